@@ -1,0 +1,216 @@
+"""ColSmolVLM page and query embeddings over colpali-engine's ``ColIdefics3``.
+
+A page becomes ``(n_tokens, 128)`` float32 vectors (about 1,100 for a Letter page with the real
+model), a query ``(n_query_tokens, 128)``. Padding positions are removed using the attention mask:
+with left padding, padded rows can come out NaN, and they are not part of the page anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.device import attn_implementation, model_dtype, resolve_device
+from indexer.errors import ColsmolError, InvalidRequest
+from indexer.models import adapter_base, from_pretrained_kwargs, load_or_explain
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "COLSMOL_ENCODER_MODEL"
+
+
+class ColSmolEncoder:
+    """Embeds page images and query texts with a ColSmolVLM checkpoint.
+
+    ``model`` is a hub id or a local directory holding merged weights or a PEFT adapter
+    (the real ``vidore/colSmol-256M`` is an adapter over ``vidore/ColSmolVLM-Instruct-256M-base``).
+    The model loads on first use, once.
+
+    On CUDA the model runs in bf16 with SDPA attention; elsewhere in fp32. A CUDA out-of-memory
+    halves the batch and retries the same inputs.
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "vidore/colSmol-256M",
+        device: str = "auto",
+        batch_size: int = 8,
+        query_batch_size: int = 32,
+    ) -> None:
+        if batch_size < 1 or query_batch_size < 1:
+            raise InvalidRequest("batch sizes must be at least 1")
+        self.model_id = str(model)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.query_batch_size = query_batch_size
+        self._model: Any = None
+        self._processor: Any = None
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> ColSmolEncoder:
+        if self._model is None:
+            self._processor = load_or_explain(self._load_processor, self.model_id, "encoder", ENV_VAR)
+            self._model = load_or_explain(self._load_model, self.model_id, "encoder", ENV_VAR)
+        return self
+
+    @property
+    def processor(self) -> Any:
+        self.load()
+        return self._processor
+
+    @property
+    def model(self) -> Any:
+        self.load()
+        return self._model
+
+    def _load_processor(self) -> Any:
+        from colpali_engine.models import ColIdefics3Processor
+
+        # The PIL backend is the reference the checkpoint was trained with (LANCZOS resampling);
+        # torchvision < 0.27 would approximate it with BICUBIC.
+        return ColIdefics3Processor.from_pretrained(self.model_id, **from_pretrained_kwargs())
+
+    def _load_model(self) -> Any:
+        from colpali_engine.models import ColIdefics3
+
+        kwargs = from_pretrained_kwargs(
+            dtype=model_dtype(self.device), attn_implementation=attn_implementation(self.device)
+        )
+        base = adapter_base(self.model_id)
+        if base is None:
+            model = ColIdefics3.from_pretrained(self.model_id, **kwargs)
+        else:
+            from peft import PeftModel
+
+            log.info("encoder %s is a PEFT adapter over %s; merging", self.model_id, base)
+            base_model = load_or_explain(
+                lambda: ColIdefics3.from_pretrained(base, **kwargs), base, "encoder base", ENV_VAR
+            )
+            model = PeftModel.from_pretrained(base_model, self.model_id).merge_and_unload()
+        return model.to(self.device).eval()
+
+    # ------------------------------------------------------------------ pages
+    def tile_count(self, image: Image.Image) -> int:
+        """Number of 512 px tiles (plus the global view) Idefics3 will split ``image`` into."""
+        ip = self.processor.image_processor
+        longest = ip.size["longest_edge"]
+        tile = ip.max_image_size["longest_edge"]
+        w, h = image.size
+        s = longest / max(w, h)
+        w, h = math.ceil(w * s / tile), math.ceil(h * s / tile)
+        return w * h + 1
+
+    def preprocess_pages(self, images: Sequence[Image.Image]) -> Any:
+        """Idefics3 splitting and normalization on CPU (the 0.4 s/page hot spot: run it in workers)."""
+        return self.processor.process_images(list(images))
+
+    def embed_pages(
+        self, images: Sequence[Image.Image], progress: Callable[[int], None] | None = None
+    ) -> list[np.ndarray]:
+        """One ``(n_tokens, 128)`` float32 array per image, in input order, padding removed.
+
+        Images are sorted by tile count so a batch holds similar lengths (little padding).
+        """
+        order = sorted(range(len(images)), key=lambda i: self.tile_count(images[i]))
+        out: list[np.ndarray | None] = [None] * len(images)
+        start = 0
+        batch = self.batch_size
+        while start < len(order):
+            idx = order[start : start + batch]
+            try:
+                vectors = self.embed_preprocessed(self.preprocess_pages([images[i] for i in idx]))
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                batch = self._shrink(batch, exc)
+                continue
+            for i, v in zip(idx, vectors, strict=True):
+                out[i] = v
+            start += len(idx)
+            if progress is not None:
+                progress(len(idx))
+        return [v for v in out if v is not None]
+
+    def embed_preprocessed(self, batch: Any) -> list[np.ndarray]:
+        """Forward an already preprocessed batch (``BatchFeature``) and strip padding."""
+        import torch
+
+        with torch.inference_mode():
+            inputs = {k: v.to(self.device) for k, v in batch.items()}
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            emb = self.model(**inputs)
+        return _strip_padding(emb, inputs["attention_mask"], "page")
+
+    # ------------------------------------------------------------------ queries
+    def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """One ``(n_query_tokens, 128)`` float32 array per query text."""
+        import torch
+
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise InvalidRequest("a query must be a non-empty string")
+        out: list[np.ndarray] = []
+        start = 0
+        batch = self.query_batch_size
+        while start < len(texts):
+            chunk = list(texts[start : start + batch])
+            try:
+                with torch.inference_mode():
+                    enc = self.processor.process_queries(chunk)
+                    inputs = {k: v.to(self.device) for k, v in enc.items()}
+                    emb = self.model(**inputs)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                batch = self._shrink(batch, exc)
+                continue
+            out.extend(_strip_padding(emb, inputs["attention_mask"], "query"))
+            start += len(chunk)
+        return out
+
+    # ------------------------------------------------------------------ misc
+    def _shrink(self, batch: int, exc: BaseException) -> int:
+        import torch
+
+        if batch == 1:
+            raise ColsmolError(f"the GPU ran out of memory on a single input ({exc}); use a smaller --dpi") from exc
+        torch.cuda.empty_cache()
+        log.warning("CUDA out of memory at batch %d; retrying with %d", batch, batch // 2)
+        return batch // 2
+
+    def close(self) -> None:
+        self._model = None
+        self._processor = None
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+def _strip_padding(emb: torch.Tensor, mask: torch.Tensor, what: str) -> list[np.ndarray]:
+    """``emb (B, L, 128)`` and ``mask (B, L)`` -> B arrays ``(n_real_tokens, 128)`` float32, all finite."""
+    emb = emb.float().cpu()
+    keep = mask.bool().cpu()
+    result = []
+    for row, m in zip(emb, keep, strict=True):
+        v = row[m].numpy()
+        if not np.isfinite(v).all():
+            raise ColsmolError(f"the encoder produced non-finite {what} vectors; the checkpoint may be broken")
+        result.append(np.ascontiguousarray(v, dtype=np.float32))
+    return result
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)

@@ -1,0 +1,71 @@
+"""Loading model weights from a hub id or a local directory, with one clear error when that fails.
+
+The hub may be unreachable (air-gapped servers, this project's own CI). Then a missing model must
+give a ``ModelUnavailable`` naming the model and the setting that points at a local copy, never a
+traceback from deep inside huggingface_hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from indexer.errors import ModelUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def is_local(model_id: str | Path) -> bool:
+    return Path(model_id).expanduser().is_dir()
+
+
+def adapter_base(model_id: str | Path) -> str | None:
+    """The base model of a PEFT adapter checkpoint, or None when ``model_id`` holds merged weights.
+
+    For a hub id this needs the hub (or its local cache); failures mean "not an adapter we can see",
+    and the merged-weights load that follows gives the clear error.
+    """
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        cfg = path / "adapter_config.json"
+        if not cfg.is_file():
+            return None
+        return str(json.loads(cfg.read_text())["base_model_name_or_path"])
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg_file = hf_hub_download(str(model_id), "adapter_config.json")
+    except Exception:  # noqa: BLE001 - any failure means "cannot see an adapter config"
+        return None
+    return str(json.loads(Path(cfg_file).read_text())["base_model_name_or_path"])
+
+
+def load_or_explain(load: Callable[[], T], model_id: str | Path, what: str, env_var: str) -> T:
+    """Run ``load``; turn 'not found / cannot download' failures into one ModelUnavailable line."""
+    try:
+        return load()
+    except ModelUnavailable:
+        raise
+    except (OSError, ValueError) as exc:  # hub errors subclass OSError or ValueError
+        if is_local(model_id) and not _looks_missing(exc):
+            raise
+        raise ModelUnavailable(
+            f"cannot load the {what} {str(model_id)!r}: it is not a local directory and could not be "
+            f"downloaded from the Hugging Face hub ({type(exc).__name__}). Download it on a machine with "
+            f"access (`huggingface-cli download {model_id} --local-dir DIR`) and set {env_var}=DIR, "
+            f"or fill the Hugging Face cache (HF_HOME) and retry."
+        ) from exc
+
+
+def _looks_missing(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("does not appear to have", "no such file", "not found", "can't load", "cannot find"))
+
+
+def from_pretrained_kwargs(**extra: Any) -> dict[str, Any]:
+    """Never run code from a checkpoint: colsmol's models are all in transformers itself."""
+    return {"trust_remote_code": False, **{k: v for k, v in extra.items() if v is not None}}

@@ -1,0 +1,55 @@
+"""The one settings object, read from ``COLSMOL_*`` environment variables.
+
+Only the edges build it: the CLI, the API app factory and ``RAGPipeline.from_settings``.
+Core classes take explicit constructor arguments instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeviceName = Literal["auto", "cuda", "cpu", "mps"]
+
+
+class Settings(BaseSettings):
+    """Every knob colsmol has, with the default a new user gets.
+
+    >>> Settings(data_dir="/tmp/x").qdrant_path
+    PosixPath('/tmp/x/qdrant')
+    """
+
+    model_config = SettingsConfigDict(env_prefix="COLSMOL_", extra="ignore")
+
+    data_dir: Path = Field(Path("./colsmol_data"), description="Where embedded Qdrant and page images live.")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset means embedded Qdrant Edge.")
+    qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
+    collection: str = Field("colsmol", description="Qdrant collection name.")
+    encoder_model: str = Field("vidore/colSmol-256M", description="Hub id or local dir of the ColSmolVLM encoder.")
+    generator_model: str = Field(
+        "HuggingFaceTB/SmolVLM-256M-Instruct", description="Hub id or local dir of the SmolVLM generator."
+    )
+    device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu.")
+    page_batch_size: int = Field(8, ge=1, description="Pages per encoder forward pass.")
+    query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
+    dpi: int = Field(150, ge=36, le=600, description="Rendering resolution for PDF pages.")
+    renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
+    max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
+    api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")
+
+    @field_validator("qdrant_url", "qdrant_api_key", "api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `COLSMOL_QDRANT_URL=` in a compose file or shell means "not set", not "connect to ''".
+        return None if value == "" else value
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "pages"

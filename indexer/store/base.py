@@ -1,0 +1,421 @@
+"""The store interface shared by the embedded Qdrant Edge backend and the Qdrant server backend.
+
+Both backends hold the same collection schema (DESIGN.md decision 4):
+
+- named multivector ``tokens``: 128-d, dot product, MaxSim comparator, fp16, HNSW off (``m=0``);
+- named multivector ``pooled``: a few vectors per page, HNSW on, for candidate prefetch at scale;
+- payload indexes on the filter fields;
+- deterministic point ids: ``uuid5(doc_id, page_number)``, so re-ingesting is idempotent;
+- one marker point per document (``kind == "document"``, no vectors) written *after* all its pages,
+  so a document counts as complete only when every page is stored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from indexer.types import DocumentInfo, PageRecord
+
+DIM = 128
+TOKENS_VECTOR = "tokens"
+POOLED_VECTOR = "pooled"
+# Qdrant rejects a point whose multivector has more than 1,048,576 floats.
+MAX_FLOATS_PER_POINT = 1_048_576
+MAX_TOKENS_PER_PAGE = MAX_FLOATS_PER_POINT // DIM
+
+PAYLOAD_FIELDS = (
+    "kind",  # "page" or "document"
+    "doc_id",
+    "source",
+    "file_name",
+    "page_number",
+    "page_count",
+    "width",
+    "height",
+    "content_hash",
+    "ingested_at",
+    "metadata",  # user metadata, a flat dict of str -> str|int|float|bool
+)
+INDEXED_FIELDS = ("kind", "doc_id", "source", "content_hash", "page_number")
+
+_NAMESPACE = uuid.UUID("6f1c3c1e-9a57-4c1b-8d0a-36c0c5a1d6e1")
+
+
+def page_point_id(doc_id: str, page_number: int) -> str:
+    """Deterministic point id of one page.
+
+    >>> page_point_id("abc", 1) == page_point_id("abc", 1) != page_point_id("abc", 2)
+    True
+    """
+    return str(uuid.uuid5(_NAMESPACE, f"{doc_id}:{page_number}"))
+
+
+def document_point_id(doc_id: str) -> str:
+    """Deterministic point id of a document's completion marker."""
+    return str(uuid.uuid5(_NAMESPACE, f"{doc_id}:document"))
+
+
+class VectorStore(Protocol):
+    """What the indexer, retriever and API need from Qdrant. Two implementations: Edge and server."""
+
+    collection: str
+
+    def upsert_pages(self, records: Sequence[PageRecord]) -> None:
+        """Write pages (idempotent: same point id overwrites). Vectors must be finite."""
+
+    def mark_document_complete(self, info: DocumentInfo) -> None:
+        """Write the document's marker point once all its pages are stored."""
+
+    def delete_document(self, doc_id: str) -> int:
+        """Remove every page and the marker of ``doc_id``; return the number of pages removed."""
+
+    def delete_pages(self, point_ids: Sequence[str]) -> None:
+        """Remove single pages by point id."""
+
+    def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
+        """Documents with page counts, sorted by source path."""
+
+    def get_document(self, doc_id: str) -> DocumentInfo | None: ...
+
+    def find_by_source(self, source: str) -> list[DocumentInfo]:
+        """Documents (complete or not) that were ingested from this path."""
+
+    def page_ids(self, doc_id: str) -> list[str]:
+        """Point ids of the pages stored for ``doc_id``."""
+
+    def get_payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Payloads of pages by point id (missing ids are absent from the result)."""
+
+    def iter_pages(
+        self, batch_size: int = 256, with_vectors: bool = True
+    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
+        """Every page point as ``(point_id, tokens (n, 128) float32 or None, payload)``."""
+
+    def prefetch(
+        self,
+        query: np.ndarray,
+        limit: int,
+        doc_filter: dict[str, Any] | None = None,
+        *,
+        using: str = POOLED_VECTOR,
+    ) -> list[tuple[str, float]]:
+        """Candidate pages for a query ``(n_q, 128)``: Qdrant MaxSim over the pooled vectors.
+
+        ``using=TOKENS_VECTOR`` scores the full token multivectors instead (exact, slow: tests and
+        pages stored without pooled vectors). Pages without the ``using`` vector are never returned.
+        """
+
+    def count_pages(self) -> int: ...
+
+    def version(self) -> str:
+        """A cheap token that changes whenever pages are added or removed (by any process)."""
+
+    def close(self) -> None: ...
+
+
+def check_vectors(vectors: np.ndarray, what: str) -> None:
+    """Refuse to store NaN/inf or an over-long multivector (Qdrant's per-point float limit)."""
+    if vectors.ndim != 2 or vectors.shape[1] != DIM:
+        raise ValueError(f"{what}: expected shape (n, {DIM}), got {tuple(vectors.shape)}")
+    if vectors.shape[0] == 0:
+        raise ValueError(f"{what}: empty multivector")
+    if vectors.shape[0] > MAX_TOKENS_PER_PAGE:
+        raise ValueError(f"{what}: {vectors.shape[0]} vectors exceed Qdrant's {MAX_TOKENS_PER_PAGE} per point")
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{what}: non-finite values in vectors")
+
+
+def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by both backends: payload-filter translation and the document-level logic.
+# ---------------------------------------------------------------------------------------------
+
+KIND_PAGE = "page"
+KIND_DOCUMENT = "document"
+KIND_STATE = "state"  # the server backend's version token point (see ServerStore.version)
+
+# Payload index type per indexed field: everything is a keyword except the page number.
+INDEX_TYPES = {name: ("integer" if name == "page_number" else "keyword") for name in INDEXED_FIELDS}
+
+
+class NoMatch(Exception):
+    """Raised by :func:`build_filter` when a filter can match nothing (an empty value list)."""
+
+
+@dataclass(frozen=True)
+class FilterAPI:
+    """The filter classes of one Qdrant API (qdrant_edge or qdrant_client.models).
+
+    Both accept the same keyword arguments: ``Filter(must=...)``, ``FieldCondition(key=, match=,
+    range=)``, ``MatchValue(value=)``, ``MatchAny(any=)`` and a range class with ``gte=``/``lte=``.
+    """
+
+    Filter: Any
+    FieldCondition: Any
+    MatchValue: Any
+    MatchAny: Any
+    Range: Any
+
+
+def build_filter(api: FilterAPI, doc_filter: dict[str, Any] | None = None, kind: str | None = KIND_PAGE) -> Any:
+    """Translate ``{"doc_id": [...], "metadata.lang": "en"}`` to an API ``Filter``.
+
+    A list value means membership (``MatchAny``), a scalar means equality (``MatchValue``; a float
+    becomes a closed range ``[v, v]``). Keys are payload paths (``metadata.x`` for user metadata).
+    ``kind`` adds ``kind == kind`` (pages only, by default). Returns ``None`` for no condition.
+    Raises :class:`NoMatch` for an empty list and ``ValueError`` for a value that cannot be matched.
+    """
+    must: list[Any] = []
+    if kind is not None:
+        must.append(api.FieldCondition(key="kind", match=api.MatchValue(value=kind)))
+    for key, value in (doc_filter or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"filter key must be a non-empty string, got {key!r}")
+        if isinstance(value, (list, tuple, set, frozenset)):
+            values = list(value)
+            if not values:
+                raise NoMatch(key)
+            if all(isinstance(v, str) for v in values) or all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
+                must.append(api.FieldCondition(key=key, match=api.MatchAny(any=values)))
+            else:
+                raise ValueError(
+                    f"filter {key!r}: a value list must be all strings or all integers, got {values!r}"
+                )
+        elif isinstance(value, (str, bool, int)):
+            must.append(api.FieldCondition(key=key, match=api.MatchValue(value=value)))
+        elif isinstance(value, float):
+            must.append(api.FieldCondition(key=key, range=api.Range(gte=value, lte=value)))
+        else:
+            raise ValueError(f"filter {key!r}: cannot match a value of type {type(value).__name__}")
+    return api.Filter(must=must) if must else None
+
+
+def tokens_array(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """A multivector returned by Qdrant (a list of ``n`` lists of 128 floats) as float32 ``(n, 128)``.
+
+    One ``np.fromiter`` pass over the flattened floats, measurably faster than ``np.asarray`` on
+    the nested list (about 5 ms per 1,000-token page).
+    """
+    n = len(rows)
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float32, count=n * DIM)
+    return flat.reshape(n, DIM)
+
+
+class QdrantStoreCore:
+    """Document-level logic shared by ``EdgeStore`` and ``ServerStore``.
+
+    Subclasses supply a handful of primitives over their API (ids are strings, filters come from
+    :meth:`_filter`); everything the :class:`VectorStore` protocol promises is built here once, so
+    both backends behave alike by construction.
+    """
+
+    collection: str
+    #: Floats per write request: a 1,100-token page is ~141k floats, so about 7 pages per request.
+    max_floats_per_request: int = 1_000_000
+
+    # ---- primitives ------------------------------------------------------------------------
+    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = KIND_PAGE) -> Any:
+        raise NotImplementedError
+
+    def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
+        raise NotImplementedError
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def _delete_where(self, flt: Any) -> None:
+        raise NotImplementedError
+
+    def _scroll(
+        self, flt: Any, limit: int, offset: Any, payload: bool | list[str], vectors: list[str] | None
+    ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], Any]:
+        """One page of ``(id, {name: list-of-lists}, payload)`` and the next offset (None at end)."""
+        raise NotImplementedError
+
+    def _count(self, flt: Any) -> int:
+        raise NotImplementedError
+
+    def _facet(self, key: str, flt: Any) -> dict[Any, int]:
+        raise NotImplementedError
+
+    def _retrieve(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
+        raise NotImplementedError
+
+    def _changed(self) -> None:
+        """Called after every write, so that ``version()`` moves."""
+
+    # ---- writes ----------------------------------------------------------------------------
+    def upsert_pages(self, records: Sequence[PageRecord]) -> None:
+        prepared: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]] = []
+        for rec in records:  # validate everything first: a bad page raises before any write
+            what = f"page {rec.point_id}"
+            tokens = np.ascontiguousarray(rec.vectors, dtype=np.float32)
+            check_vectors(tokens, what)
+            vectors = {TOKENS_VECTOR: tokens}
+            if rec.pooled is not None:
+                pooled = np.ascontiguousarray(rec.pooled, dtype=np.float32)
+                check_vectors(pooled, f"{what} (pooled)")
+                vectors[POOLED_VECTOR] = pooled
+            if not rec.payload.get("doc_id"):
+                raise ValueError(f"{what}: payload has no doc_id")
+            prepared.append((str(rec.point_id), vectors, {**rec.payload, "kind": KIND_PAGE}))
+        batch: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]] = []
+        floats = 0
+        for point in prepared:
+            n = sum(v.size for v in point[1].values())
+            if batch and floats + n > self.max_floats_per_request:
+                self._upsert(batch)
+                batch, floats = [], 0
+            batch.append(point)
+            floats += n
+        if batch:
+            self._upsert(batch)
+        if prepared:
+            self._changed()
+
+    def mark_document_complete(self, info: DocumentInfo) -> None:
+        payload = {
+            "kind": KIND_DOCUMENT,
+            "doc_id": info.doc_id,
+            "source": info.source,
+            "file_name": info.file_name,
+            "page_count": int(info.page_count),
+            "content_hash": info.content_hash,
+            "ingested_at": info.ingested_at,
+            "metadata": dict(info.metadata),
+        }
+        self._upsert([(document_point_id(info.doc_id), {}, payload)])
+        self._changed()
+
+    def delete_document(self, doc_id: str) -> int:
+        pages = self._count(self._filter({"doc_id": doc_id}))
+        # Pages and the marker both carry doc_id: one delete-by-filter removes them all.
+        self._delete_where(self._filter({"doc_id": doc_id}, kind=None))
+        self._changed()
+        return pages
+
+    def delete_pages(self, point_ids: Sequence[str]) -> None:
+        ids = [str(i) for i in point_ids]
+        if ids:
+            self._delete_ids(ids)
+            self._changed()
+
+    # ---- reads -----------------------------------------------------------------------------
+    def _scroll_all(
+        self, flt: Any, payload: bool | list[str], vectors: list[str] | None = None, batch: int = 1024
+    ) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        offset = None
+        while True:
+            rows, offset = self._scroll(flt, batch, offset, payload, vectors)
+            yield from rows
+            if offset is None or not rows:
+                return
+
+    def _documents(self, doc_filter: dict[str, Any] | None, include_incomplete: bool) -> list[DocumentInfo]:
+        try:
+            marker_filter = self._filter(doc_filter, kind=KIND_DOCUMENT)
+            page_filter = self._filter(doc_filter, kind=KIND_PAGE)
+        except NoMatch:
+            return []
+        counts = self._facet("doc_id", page_filter)
+        payloads = {p["doc_id"]: p for _, _, p in self._scroll_all(marker_filter, True)}
+        infos = [self._info(p, counts.get(doc_id, 0), True) for doc_id, p in payloads.items()]
+        if include_incomplete:
+            for doc_id, n in counts.items():
+                if doc_id in payloads or n <= 0:
+                    continue
+                rows, _ = self._scroll(self._filter({"doc_id": doc_id}), 1, None, True, None)
+                if rows:
+                    infos.append(self._info(rows[0][2], n, False))
+        infos.sort(key=lambda d: (d.source, d.doc_id))
+        return infos
+
+    @staticmethod
+    def _info(payload: dict[str, Any], pages_stored: int, complete: bool) -> DocumentInfo:
+        return DocumentInfo(
+            doc_id=str(payload["doc_id"]),
+            source=str(payload.get("source", "")),
+            file_name=str(payload.get("file_name", "")),
+            page_count=int(payload.get("page_count") or 0),
+            pages_stored=int(pages_stored),
+            content_hash=str(payload.get("content_hash", "")),
+            ingested_at=str(payload.get("ingested_at", "")),
+            complete=complete,
+            metadata=dict(payload.get("metadata") or {}),
+        )
+
+    def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
+        return self._documents(None, include_incomplete)
+
+    def get_document(self, doc_id: str) -> DocumentInfo | None:
+        docs = self._documents({"doc_id": doc_id}, include_incomplete=True)
+        return docs[0] if docs else None
+
+    def find_by_source(self, source: str) -> list[DocumentInfo]:
+        return self._documents({"source": source}, include_incomplete=True)
+
+    def page_ids(self, doc_id: str) -> list[str]:
+        return [pid for pid, _, _ in self._scroll_all(self._filter({"doc_id": doc_id}), False)]
+
+    def get_payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        ids = [str(i) for i in point_ids]
+        if not ids:
+            return {}
+        return {pid: p for pid, p in self._retrieve(ids) if p.get("kind") == KIND_PAGE}
+
+    def iter_pages(
+        self, batch_size: int = 256, with_vectors: bool = True
+    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
+        vectors = [TOKENS_VECTOR] if with_vectors else None
+        for pid, vecs, payload in self._scroll_all(self._filter(), True, vectors, batch=batch_size):
+            if not with_vectors:
+                yield pid, None, payload
+                continue
+            rows = vecs.get(TOKENS_VECTOR)
+            yield pid, (tokens_array(rows) if rows else None), payload
+
+    def prefetch(
+        self,
+        query: np.ndarray,
+        limit: int,
+        doc_filter: dict[str, Any] | None = None,
+        *,
+        using: str = POOLED_VECTOR,
+    ) -> list[tuple[str, float]]:
+        if using not in (POOLED_VECTOR, TOKENS_VECTOR):
+            raise ValueError(f"using must be {POOLED_VECTOR!r} or {TOKENS_VECTOR!r}, got {using!r}")
+        q = np.asarray(query, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        check_vectors(q, "query")
+        if limit <= 0:
+            return []
+        try:
+            flt = self._filter(doc_filter)
+        except NoMatch:
+            return []
+        return self._query(q, using, int(limit), flt)
+
+    def count_pages(self) -> int:
+        return self._count(self._filter())

@@ -1,0 +1,55 @@
+"""Frozen records that flow through the pipeline: a rendered page in, a stored page out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    """One page of one input file, rendered to RGB pixels.
+
+    ``page_number`` is 1-based. ``width``/``height`` are the rendered pixel size.
+    """
+
+    image: Image.Image
+    page_number: int
+    page_count: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    """What the store keeps for one page.
+
+    ``vectors`` is the page multivector, shape ``(n_tokens, 128)``, float32, finite, padding removed.
+    ``pooled`` is a small ``(n_pooled, 128)`` set used for candidate prefetch at scale (may be ``None``).
+    ``payload`` holds document id, source path, file name, page number, page count, page size,
+    content hash, ingest time and user metadata (see ``indexer.store.base.PAYLOAD_FIELDS``).
+    """
+
+    point_id: str
+    vectors: np.ndarray
+    payload: dict[str, Any]
+    pooled: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One indexed document as listed by ``colsmol documents``."""
+
+    doc_id: str
+    source: str
+    file_name: str
+    page_count: int
+    pages_stored: int
+    content_hash: str
+    ingested_at: str
+    complete: bool
+    metadata: dict[str, Any] = field(default_factory=dict)

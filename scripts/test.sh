@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up from nothing and run the whole test suite (CPU only; GPU tests skip with their reason).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests exercise: poppler (the alternative PDF renderer).
+if ! command -v pdftoppm >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "colsmol: installing poppler-utils"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils) >/dev/null
+    else
+        echo "colsmol: pdftoppm not found; poppler renderer tests will be skipped (apt-get install poppler-utils)"
+    fi
+fi
+
+COLSMOL_EXTRAS=test bash scripts/setup.sh
+VENV=${COLSMOL_VENV:-.venv}
+# The hub is unreachable from test machines; tests build tiny checkpoints instead.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+"$VENV/bin/python" -m ruff check indexer retriever rag api tests bench
+exec "$VENV/bin/python" -m pytest "$@"

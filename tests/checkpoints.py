@@ -1,0 +1,216 @@
+"""Tiny random ColSmolVLM / SmolVLM checkpoints, built from config in about 2 s on CPU.
+
+No machine here reaches the Hugging Face hub, so the tests build real (tiny) Idefics3 models and
+processors, save them with ``save_pretrained`` and load them back through the production
+``from_pretrained`` path. The tokenizer is a byte-level BPE made with ``tokenizers`` that carries the
+Idefics3 special tokens. Weights are random: outputs mean nothing, shapes and code paths are real.
+
+Geometry (kept small so CPU tests are fast): 32 px tiles, 8 px patches, scale factor 2, so each tile
+is 4 image tokens; the processor resizes to a longest edge of 64 px, so a page is at most
+2 x 2 tiles + 1 global view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TILE = 32
+PATCH = 8
+SCALE = 2
+LONGEST_EDGE = 64
+IMAGE_SEQ_LEN = (TILE // PATCH) ** 2 // SCALE**2
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+] + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+
+# SmolVLM's chat template: "<|im_start|>User:<image>text<end_of_utterance>\nAssistant:".
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+_CORPUS = [
+    "Query: what is the revenue in 2023? Describe the image.",
+    "User: Assistant: The answer is on page two. The document does not contain the answer.",
+    "invoice total amount due date tax table figure chart report summary annual quarterly",
+    "the quick brown fox jumps over the lazy dog 0123456789 .,;:!?()[]{}<>-_=+*/%$#@&",
+]
+
+
+def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
+    """A small byte-level BPE tokenizer with the Idefics3 special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
+        padding_side="left",
+        model_max_length=4096,
+    )
+    if out_dir is not None:
+        fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_config(tokenizer):  # -> Idefics3Config
+    from transformers import Idefics3Config
+
+    vocab = len(tokenizer)
+    return Idefics3Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": TILE,
+            "patch_size": PATCH,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": vocab,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 2048,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": False,
+        },
+        scale_factor=SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def build_processor(tokenizer, processor_cls=None):
+    """An Idefics3 processor with the tiny geometry; ``processor_cls`` may be ``ColIdefics3Processor``."""
+    from transformers import Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": LONGEST_EDGE},
+        max_image_size={"longest_edge": TILE},
+        do_image_splitting=True,
+    )
+    cls = processor_cls or Idefics3Processor
+    return cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=IMAGE_SEQ_LEN,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def build_encoder(out_dir: Path, seed: int = 0) -> Path:
+    """A merged tiny ColIdefics3 checkpoint + ColIdefics3Processor, saved in ``out_dir``."""
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+
+    _seed(seed)
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer)
+    model = ColIdefics3(config)
+    model.save_pretrained(out_dir)
+    build_processor(tokenizer, ColIdefics3Processor).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_encoder_adapter(base_dir: Path, adapter_dir: Path, seed: int = 1) -> Path:
+    """A PEFT LoRA adapter over the tiny base, laid out like ``vidore/colSmol-256M``.
+
+    The LoRA ``B`` matrices are randomized (PEFT initializes them to zero), so the adapter really
+    changes the output and a loader that forgot to apply it would be caught.
+    """
+    import torch
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+    from peft import LoraConfig, get_peft_model
+
+    _seed(seed)
+    base = ColIdefics3.from_pretrained(base_dir)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=r".*(text_model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$|.*(linear)$",
+        init_lora_weights="gaussian",
+    )
+    peft_model = get_peft_model(base, lora)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(adapter_dir)
+    # The adapter records where its base lives: a local dir here, a hub id for the real model.
+    import json
+
+    cfg_path = adapter_dir / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = str(base_dir)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    ColIdefics3Processor.from_pretrained(base_dir).save_pretrained(adapter_dir)
+    return adapter_dir
+
+
+def build_generator(out_dir: Path, seed: int = 2) -> Path:
+    """A tiny Idefics3ForConditionalGeneration (SmolVLM's architecture) + processor."""
+    from transformers import Idefics3ForConditionalGeneration
+
+    _seed(seed)
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer)
+    model = Idefics3ForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    build_processor(tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_all(root: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    enc = build_encoder(root / "encoder")
+    adapter = build_encoder_adapter(enc, root / "encoder-adapter")
+    gen = build_generator(root / "generator")
+    return {"encoder": enc, "adapter": adapter, "generator": gen}
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    t = time.perf_counter()
+    paths = build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/colsmol-tiny"))
+    print(paths, f"{time.perf_counter() - t:.1f}s")

@@ -1,0 +1,35 @@
+"""Shared, session-scoped heavy fixtures: tiny checkpoints are built once per test run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The hub is unreachable here: make every from_pretrained fail fast instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random encoder (merged), encoder (PEFT adapter) and generator checkpoints on disk."""
+    from tests.checkpoints import build_all
+
+    return build_all(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_models: dict[str, Path]):
+    from indexer.encoder import ColSmolEncoder
+
+    return ColSmolEncoder(tiny_models["encoder"], device="cpu", batch_size=4).load()
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tiny_models: dict[str, Path]):
+    from rag.generator import SmolVLMGenerator
+
+    return SmolVLMGenerator(tiny_models["generator"], device="cpu").load()
