@@ -196,9 +196,7 @@ def build_filter(api: FilterAPI, doc_filter: dict[str, Any] | None = None, kind:
             ):
                 must.append(api.FieldCondition(key=key, match=api.MatchAny(any=values)))
             else:
-                raise ValueError(
-                    f"filter {key!r}: a value list must be all strings or all integers, got {values!r}"
-                )
+                raise ValueError(f"filter {key!r}: a value list must be all strings or all integers, got {values!r}")
         elif isinstance(value, (str, bool, int)):
             must.append(api.FieldCondition(key=key, match=api.MatchValue(value=value)))
         elif isinstance(value, float):
@@ -247,7 +245,7 @@ class QdrantStoreCore:
     def _scroll(
         self, flt: Any, limit: int, offset: Any, payload: bool | list[str], vectors: list[str] | None
     ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], Any]:
-        """One page of ``(id, {name: list-of-lists}, payload)`` and the next offset (None at end)."""
+        """One page of ``(id, {name: float32 (n, 128) array}, payload)`` and the next offset (None at end)."""
         raise NotImplementedError
 
     def _count(self, flt: Any) -> int:
@@ -392,8 +390,7 @@ class QdrantStoreCore:
             if not with_vectors:
                 yield pid, None, payload
                 continue
-            rows = vecs.get(TOKENS_VECTOR)
-            yield pid, (tokens_array(rows) if rows else None), payload
+            yield pid, vecs.get(TOKENS_VECTOR), payload
 
     def prefetch(
         self,

@@ -1,0 +1,112 @@
+"""Compressed page images on disk, keyed by point id (DESIGN.md decision 8).
+
+Answering and display read pages from here, never from the original file, which may have moved.
+
+Layout: ``root / id[:2] / f"{id}.webp"`` (full page, WebP quality 85) and
+``root / id[:2] / f"{id}.thumb.webp"`` (longest side 256 px). Two hex characters of a uuid give
+256 subfolders, so 1M pages make about 4,000 files per folder. Every write goes to a temporary
+file in the same folder and is renamed into place with ``os.replace``: a reader sees the old
+image or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+Size = Literal["full", "thumb"]
+THUMB_SIZE = 256
+QUALITY = 85
+_WEBP_MAX_SIDE = 16_383  # the WebP format's limit
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,127}$")
+
+
+class PageImageStore:
+    """Page images, saved compressed with a thumbnail, under ``root``.
+
+    >>> import tempfile; from PIL import Image
+    >>> store = PageImageStore(Path(tempfile.mkdtemp()))
+    >>> _ = store.save("ab12", Image.new("RGB", (850, 1100), "white"))
+    >>> store.load("ab12", "thumb").size
+    (198, 256)
+    """
+
+    def __init__(self, root: Path, quality: int = QUALITY, thumb_size: int = THUMB_SIZE) -> None:
+        self.root = Path(root)
+        self.quality = quality
+        self.thumb_size = thumb_size
+
+    def path(self, point_id: str, size: Size = "full") -> Path:
+        """Where the image of ``point_id`` lives (whether or not it exists)."""
+        point_id = str(point_id)
+        if not _ID.match(point_id):
+            raise ValueError(f"invalid point id for a page image: {point_id!r}")
+        if size not in ("full", "thumb"):
+            raise ValueError(f"size must be 'full' or 'thumb', got {size!r}")
+        suffix = ".webp" if size == "full" else ".thumb.webp"
+        return self.root / point_id[:2].lower() / f"{point_id}{suffix}"
+
+    def save(self, point_id: str, image: Image.Image) -> Path:
+        """Store ``image`` (any mode; saved as RGB) and its thumbnail; return the full image's path."""
+        full = image if image.mode == "RGB" else image.convert("RGB")
+        if max(full.size) > _WEBP_MAX_SIDE:
+            full = full.copy()
+            full.thumbnail((_WEBP_MAX_SIDE, _WEBP_MAX_SIDE))
+        thumb = full.copy()
+        thumb.thumbnail((self.thumb_size, self.thumb_size))
+        target = self.path(point_id, "full")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Thumbnail first: once the full image exists, both do.
+        self._write(self.path(point_id, "thumb"), thumb)
+        self._write(target, full)
+        return target
+
+    def _write(self, target: Path, image: Image.Image) -> None:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                image.save(fh, format="WEBP", quality=self.quality, method=4)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def load(self, point_id: str, size: Size = "full") -> Image.Image:
+        """The stored image as an RGB PIL image. Raises ``FileNotFoundError`` if absent."""
+        from PIL import Image
+
+        with Image.open(self.path(point_id, size)) as img:
+            return img.convert("RGB")
+
+    def exists(self, point_id: str, size: Size = "full") -> bool:
+        return self.path(point_id, size).is_file()
+
+    def delete(self, point_ids: Iterable[str]) -> int:
+        """Remove the images of these points (missing ones are skipped); return how many pages had one."""
+        removed = 0
+        for pid in point_ids:
+            found = False
+            for size in ("full", "thumb"):
+                try:
+                    self.path(pid, size).unlink()
+                    found = True
+                except FileNotFoundError:
+                    pass
+            removed += found
+        return removed
+
+    def __repr__(self) -> str:
+        return f"PageImageStore({str(self.root)!r})"

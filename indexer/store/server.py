@@ -1,0 +1,269 @@
+"""The shared store: a Qdrant server or cluster through ``qdrant-client``.
+
+Same schema as the Edge backend (DESIGN.md decision 4): named multivectors ``tokens``
+``(n_tokens, 128)`` (Dot, MaxSim, fp16, HNSW off ``m=0``) and ``pooled`` ``(n_pooled, 128)``
+(Dot, MaxSim, HNSW on), payload indexes on the filter fields (keyword, integer for
+``page_number``). The collection is created on first use; an existing one with another schema
+raises :class:`SchemaMismatch`.
+
+Any number of processes may share it. ``version()`` must notice writes by any of them, and the
+collection info has no "last modified" field, so every write also overwrites one reserved point
+(``kind == "state"``, no vectors, id ``uuid5(namespace, "colsmol:state")``) with a fresh random
+token; ``version()`` is ``"{points_count}:{token}"`` (one ``get_collection`` and one ``retrieve``).
+
+``ServerStore`` also accepts a ready ``QdrantClient``; tests pass ``QdrantClient(":memory:")``
+(local mode) as a stand-in for a server. Local mode ignores payload indexes; never use it for real.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import warnings
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.store.base import (
+    _NAMESPACE,
+    DIM,
+    INDEX_TYPES,
+    KIND_STATE,
+    POOLED_VECTOR,
+    TOKENS_VECTOR,
+    FilterAPI,
+    QdrantStoreCore,
+    build_filter,
+    tokens_array,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:state"))
+_FIX = "use another COLSMOL_COLLECTION or delete the collection on the server"
+
+
+class ServerStore(QdrantStoreCore):
+    """:class:`~indexer.store.base.VectorStore` over a Qdrant server (``url``) or a ready ``QdrantClient``.
+
+    ``shard_number``, ``replication_factor`` and ``write_consistency_factor`` are used only when
+    the collection is created. Pages are upserted in requests of at most
+    ``max_floats_per_request`` floats (about 4 pages of 1,100 x 128, ~12 MB of JSON at ~20 bytes a
+    float), well under the server's default 32 MB request limit.
+    """
+
+    max_floats_per_request = 600_000
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        collection: str,
+        api_key: str | None = None,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
+        timeout: int = 60,
+    ) -> None:
+        from qdrant_client import QdrantClient, models
+
+        self._m = models
+        self.collection = collection
+        self._api = FilterAPI(models.Filter, models.FieldCondition, models.MatchValue, models.MatchAny, models.Range)
+        if isinstance(url_or_client, str):
+            self.url = url_or_client
+            self.client = QdrantClient(url=url_or_client, api_key=api_key, timeout=timeout)
+            self._owns_client = True
+        else:
+            self.url = repr(url_or_client)
+            self.client = url_or_client
+            self._owns_client = False
+        self._closed = False
+        try:
+            exists = self.client.collection_exists(collection)
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"cannot reach the Qdrant server at {self.url}: {exc}; start it (docker compose up -d qdrant) "
+                "or unset COLSMOL_QDRANT_URL to use the embedded store"
+            ) from exc
+        if not exists:
+            self._create(shard_number, replication_factor, write_consistency_factor)
+        self._check_schema()
+        self._ensure_indexes()
+
+    # ---- schema ----------------------------------------------------------------------------
+    def _vectors_config(self) -> dict[str, Any]:
+        m = self._m
+        maxsim = m.MultiVectorConfig(comparator=m.MultiVectorComparator.MAX_SIM)
+        return {
+            TOKENS_VECTOR: m.VectorParams(
+                size=DIM,
+                distance=m.Distance.DOT,
+                multivector_config=maxsim,
+                datatype=m.Datatype.FLOAT16,
+                hnsw_config=m.HnswConfigDiff(m=0),
+            ),
+            POOLED_VECTOR: m.VectorParams(
+                size=DIM,
+                distance=m.Distance.DOT,
+                multivector_config=maxsim,
+                hnsw_config=m.HnswConfigDiff(m=16),
+            ),
+        }
+
+    def _create(self, shard_number: int | None, replication_factor: int | None, wcf: int | None) -> None:
+        logger.info("creating Qdrant collection %r on %s", self.collection, self.url)
+        try:
+            self.client.create_collection(
+                self.collection,
+                vectors_config=self._vectors_config(),
+                shard_number=shard_number,
+                replication_factor=replication_factor,
+                write_consistency_factor=wcf,
+            )
+        except Exception as exc:
+            # Another process may have created it at the same moment: then it exists now.
+            if not self.client.collection_exists(self.collection):
+                raise StoreUnavailable(f"cannot create collection {self.collection!r} on {self.url}: {exc}") from exc
+
+    def _check_schema(self) -> None:
+        m = self._m
+        params = self.client.get_collection(self.collection).config.params
+        vectors = params.vectors if isinstance(params.vectors, dict) else {}
+        diffs: list[str] = []
+        for name in (TOKENS_VECTOR, POOLED_VECTOR):
+            have = vectors.get(name)
+            if have is None:
+                diffs.append(f"vector {name!r} is missing")
+                continue
+            comparator = have.multivector_config.comparator if have.multivector_config else None
+            if have.size != DIM:
+                diffs.append(f"vector {name!r} has size={have.size}, colsmol needs {DIM}")
+            if have.distance != m.Distance.DOT:
+                diffs.append(f"vector {name!r} has distance={have.distance.value}, colsmol needs Dot")
+            if comparator != m.MultiVectorComparator.MAX_SIM:
+                diffs.append(f"vector {name!r} is not a MaxSim multivector")
+        tokens = vectors.get(TOKENS_VECTOR)
+        if tokens is not None and tokens.datatype not in (m.Datatype.FLOAT16,):
+            diffs.append(
+                f"vector 'tokens' has datatype={getattr(tokens.datatype, 'value', None)}, colsmol needs float16"
+            )
+        if diffs:
+            raise SchemaMismatch(
+                f"collection {self.collection!r} on {self.url} has a schema colsmol cannot use: "
+                f"{'; '.join(diffs)}. Fix: {_FIX}"
+            )
+
+    def _ensure_indexes(self) -> None:
+        m = self._m
+        kinds = {"keyword": m.PayloadSchemaType.KEYWORD, "integer": m.PayloadSchemaType.INTEGER}
+        have = self.client.get_collection(self.collection).payload_schema or {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # local mode warns that it ignores payload indexes
+            for name, kind in INDEX_TYPES.items():
+                if name not in have:
+                    self.client.create_payload_index(self.collection, name, kinds[kind], wait=True)
+
+    # ---- primitives ------------------------------------------------------------------------
+    def _live(self) -> Any:
+        if self._closed:
+            raise StoreUnavailable(f"store for collection {self.collection!r} on {self.url} is closed")
+        return self.client
+
+    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = "page") -> Any:
+        return build_filter(self._api, doc_filter, kind)
+
+    def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
+        structs = [
+            self._m.PointStruct(id=pid, vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)
+            for pid, vectors, payload in points
+        ]
+        self._live().upsert(self.collection, structs, wait=True)
+
+    def _delete_ids(self, ids: list[str]) -> None:
+        self._live().delete(self.collection, points_selector=self._m.PointIdsList(points=ids), wait=True)
+
+    def _delete_where(self, flt: Any) -> None:
+        self._live().delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
+
+    def _scroll(
+        self, flt: Any, limit: int, offset: Any, payload: bool | list[str], vectors: list[str] | None
+    ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], Any]:
+        records, next_offset = self._live().scroll(
+            self.collection,
+            scroll_filter=flt,
+            limit=limit,
+            offset=offset,
+            with_payload=payload,
+            with_vectors=vectors or False,
+        )
+        rows = []
+        for r in records:
+            vecs = {}
+            if vectors and isinstance(r.vector, dict):
+                vecs = {name: tokens_array(rows_) for name, rows_ in r.vector.items() if rows_}
+                r.vector = None  # free the nested lists now
+            rows.append((str(r.id), vecs, r.payload or {}))
+        return rows, next_offset
+
+    def _count(self, flt: Any) -> int:
+        return int(self._live().count(self.collection, count_filter=flt, exact=True).count)
+
+    def _facet(self, key: str, flt: Any) -> dict[Any, int]:
+        res = self._live().facet(self.collection, key, facet_filter=flt, limit=10_000_000, exact=True)
+        return {hit.value: int(hit.count) for hit in res.hits}
+
+    def _retrieve(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        records = self._live().retrieve(self.collection, ids, with_payload=True, with_vectors=False)
+        return [(str(r.id), r.payload or {}) for r in records]
+
+    def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
+        res = self._live().query_points(
+            self.collection,
+            query=query.tolist(),
+            using=using,
+            limit=limit,
+            query_filter=flt,
+            with_payload=False,
+            with_vectors=False,
+        )
+        return [(str(p.id), float(p.score)) for p in res.points]
+
+    def _changed(self) -> None:
+        token = uuid.uuid4().hex
+        payload = {"kind": KIND_STATE, "token": token, "updated_at": time.time()}
+        self._live().upsert(
+            self.collection, [self._m.PointStruct(id=STATE_POINT_ID, vector={}, payload=payload)], wait=True
+        )
+
+    # ---- the rest of the protocol ----------------------------------------------------------
+    def version(self) -> str:
+        client = self._live()
+        points = client.get_collection(self.collection).points_count or 0
+        state = client.retrieve(self.collection, [STATE_POINT_ID], with_payload=["token"], with_vectors=False)
+        token = (state[0].payload or {}).get("token", "") if state else ""
+        return f"{points}:{token}"
+
+    def flush(self) -> None:
+        """Writes use ``wait=True``: nothing is pending client-side."""
+
+    def close(self) -> None:
+        """Close the client if this store created it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            try:
+                self.client.close()
+            except Exception:  # closing a dead connection must not mask the caller's error
+                logger.debug("error closing Qdrant client", exc_info=True)
+
+    def __enter__(self) -> ServerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ServerStore({self.url!r}, {self.collection!r})"

@@ -1,0 +1,467 @@
+"""One store test suite, run against both backends, plus the page image store.
+
+No Qdrant server runs here (no Docker, no network), so the server backend's API calls are
+exercised against qdrant-client's local mode, ``QdrantClient(":memory:")``, which stands in for a
+server. Local mode stores float32 where a server stores fp16 and ignores payload indexes; the
+congruence test therefore compares vectors to fp16 tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.images import PageImageStore
+from indexer.store import EdgeStore, ServerStore, open_store
+from indexer.store.base import DIM, document_point_id, page_point_id
+from indexer.types import DocumentInfo, PageRecord
+
+BACKENDS = ["edge", "server"]
+
+
+def make_store(kind: str, tmp_path: Path):
+    if kind == "edge":
+        return EdgeStore(tmp_path / "qdrant", "colsmol")
+    from qdrant_client import QdrantClient
+
+    return ServerStore(QdrantClient(":memory:"), "colsmol")
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+def page(
+    doc_id: str,
+    n: int,
+    *,
+    seed: int = 0,
+    tokens: int = 24,
+    pooled: bool = True,
+    source: str | None = None,
+    lang: str = "en",
+) -> PageRecord:
+    rng = np.random.default_rng([seed, n, len(doc_id)] + [ord(c) for c in doc_id])
+    vectors = rng.standard_normal((tokens, DIM)).astype(np.float32)
+    return PageRecord(
+        point_id=page_point_id(doc_id, n),
+        vectors=vectors,
+        payload={
+            "doc_id": doc_id,
+            "source": source or f"/docs/{doc_id}.pdf",
+            "file_name": f"{doc_id}.pdf",
+            "page_number": n,
+            "page_count": 3,
+            "width": 850,
+            "height": 1100,
+            "content_hash": f"hash-{doc_id}",
+            "ingested_at": "2026-11-23T00:00:00Z",
+            "metadata": {"lang": lang},
+        },
+        pooled=vectors[:4].copy() if pooled else None,
+    )
+
+
+def info(doc_id: str, page_count: int = 3, lang: str = "en") -> DocumentInfo:
+    return DocumentInfo(
+        doc_id,
+        f"/docs/{doc_id}.pdf",
+        f"{doc_id}.pdf",
+        page_count,
+        page_count,
+        f"hash-{doc_id}",
+        "2026-11-23T00:00:00Z",
+        True,
+        {"lang": lang},
+    )
+
+
+def ingest(store, doc_id: str, pages: int = 3, complete: bool = True, lang: str = "en") -> list[PageRecord]:
+    recs = [page(doc_id, n, lang=lang) for n in range(1, pages + 1)]
+    store.upsert_pages(recs)
+    if complete:
+        store.mark_document_complete(info(doc_id, pages, lang))
+    return recs
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared suite: every test runs on Edge and on the server API.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_documents_listed_with_counts_and_completion(store):
+    ingest(store, "b-doc", 3)
+    ingest(store, "a-doc", 2, complete=False)
+    assert store.count_pages() == 5
+    done = store.list_documents()
+    assert [(d.doc_id, d.pages_stored, d.complete) for d in done] == [("b-doc", 3, True)]
+    everything = store.list_documents(include_incomplete=True)
+    assert [(d.doc_id, d.pages_stored, d.page_count, d.complete) for d in everything] == [
+        ("a-doc", 2, 3, False),  # sorted by source; page_count from the page payload
+        ("b-doc", 3, 3, True),
+    ]
+    assert everything[1].metadata == {"lang": "en"} and everything[1].content_hash == "hash-b-doc"
+    assert store.get_document("b-doc").complete
+    assert store.get_document("a-doc").pages_stored == 2
+    assert store.get_document("nope") is None
+    assert [d.doc_id for d in store.find_by_source("/docs/a-doc.pdf")] == ["a-doc"]
+    assert sorted(store.page_ids("b-doc")) == sorted(page_point_id("b-doc", n) for n in (1, 2, 3))
+
+
+def test_reupsert_is_idempotent(store):
+    recs = ingest(store, "d", 3)
+    store.upsert_pages(recs)
+    store.mark_document_complete(info("d"))
+    assert store.count_pages() == 3
+    assert [d.pages_stored for d in store.list_documents()] == [3]
+
+
+def test_payloads_and_iter_pages_roundtrip(store):
+    recs = ingest(store, "d", 3)
+    payloads = store.get_payloads([recs[0].point_id, "00000000-0000-0000-0000-000000000000", document_point_id("d")])
+    assert list(payloads) == [recs[0].point_id]  # missing ids and the marker are absent
+    assert payloads[recs[0].point_id]["page_number"] == 1
+    assert payloads[recs[0].point_id]["kind"] == "page"
+    by_id = {r.point_id: r for r in recs}
+    seen = list(store.iter_pages(batch_size=2))  # several scroll pages
+    assert sorted(pid for pid, _, _ in seen) == sorted(by_id)
+    for pid, vectors, payload in seen:
+        assert vectors.dtype == np.float32 and vectors.shape == (24, DIM)
+        np.testing.assert_allclose(vectors, by_id[pid].vectors, rtol=1e-3, atol=1e-3)  # fp16 storage
+        assert payload["doc_id"] == "d"
+    assert all(v is None for _, v, _ in store.iter_pages(with_vectors=False))
+
+
+def test_non_finite_vectors_refused_and_nothing_written(store):
+    good = page("d", 1)
+    bad = page("d", 2)
+    bad.vectors[3, 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        store.upsert_pages([good, bad])
+    bad_pooled = page("d", 3)
+    bad_pooled.pooled[0, 0] = np.inf
+    with pytest.raises(ValueError, match="pooled"):
+        store.upsert_pages([bad_pooled])
+    with pytest.raises(ValueError, match="shape"):
+        store.upsert_pages([PageRecord(page_point_id("d", 4), np.zeros((3, 64), np.float32), {"doc_id": "d"})])
+    assert store.count_pages() == 0
+
+
+def test_pooled_is_optional_and_markers_have_no_vectors(store):
+    with_pooled = page("d", 1)
+    without = page("d", 2, pooled=False)
+    store.upsert_pages([with_pooled, without])
+    store.mark_document_complete(info("d", 2))
+    query = without.vectors[:5]
+    assert [pid for pid, _ in store.prefetch(query, 10)] == [with_pooled.point_id]
+    top = store.prefetch(query, 10, using="tokens")
+    assert top[0][0] == without.point_id and len(top) == 2  # the marker never shows up
+    assert store.count_pages() == 2
+
+
+def test_prefetch_filters(store):
+    ingest(store, "en-doc", 2, lang="en")
+    ingest(store, "fr-doc", 2, lang="fr")
+    q = page("en-doc", 1).vectors[:6]
+    assert {pid for pid, _ in store.prefetch(q, 10)} == {
+        page_point_id(d, n) for d in ("en-doc", "fr-doc") for n in (1, 2)
+    }
+    fr = {page_point_id("fr-doc", n) for n in (1, 2)}
+    assert {pid for pid, _ in store.prefetch(q, 10, {"metadata.lang": "fr"})} == fr
+    assert {pid for pid, _ in store.prefetch(q, 10, {"doc_id": ["fr-doc", "other"]})} == fr
+    assert {pid for pid, _ in store.prefetch(q, 10, {"doc_id": "fr-doc", "page_number": 2})} == {
+        page_point_id("fr-doc", 2)
+    }
+    assert store.prefetch(q, 10, {"doc_id": []}) == []
+    assert store.prefetch(q, 1)[0][0] == page_point_id("en-doc", 1)
+    with pytest.raises(ValueError):
+        store.prefetch(q, 10, {"doc_id": {"nested": 1}})
+
+
+def test_delete_document_and_pages(store):
+    ingest(store, "keep", 2)
+    recs = ingest(store, "drop", 3)
+    assert store.delete_document("drop") == 3
+    assert [d.doc_id for d in store.list_documents(include_incomplete=True)] == ["keep"]
+    assert store.get_document("drop") is None
+    assert store.count_pages() == 2
+    assert store.delete_document("drop") == 0
+    store.delete_pages([page_point_id("keep", 1)])
+    assert store.page_ids("keep") == [page_point_id("keep", 2)]
+    assert store.list_documents()[0].pages_stored == 1
+    assert store.get_payloads([recs[0].point_id]) == {}
+
+
+def test_version_moves_on_every_change(store):
+    seen = {store.version()}
+    ingest(store, "d", 2, complete=False)
+    seen.add(store.version())
+    store.upsert_pages([page("d", 1)])  # same count, new content
+    seen.add(store.version())
+    store.delete_pages([page_point_id("d", 1)])
+    seen.add(store.version())
+    assert len(seen) == 4
+    assert store.version() == store.version()
+
+
+def test_upserts_are_batched(store, monkeypatch):
+    calls = []
+    original = store._upsert
+    monkeypatch.setattr(store, "_upsert", lambda pts: (calls.append(len(pts)), original(pts)))
+    monkeypatch.setattr(store, "max_floats_per_request", 3 * 28 * DIM)  # 3 pages of 24 + 4 vectors
+    store.upsert_pages([page("d", n) for n in range(1, 8)])
+    assert calls == [3, 3, 1]
+    assert store.count_pages() == 7
+
+
+def test_closed_store_refuses(store):
+    store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.count_pages()
+    store.close()  # idempotent
+
+
+def test_thread_safety_reads_during_writes(store):
+    errors = []
+
+    def reader():
+        try:
+            for _ in range(20):
+                store.count_pages()
+                list(store.iter_pages(batch_size=4))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for n in range(1, 11):
+        store.upsert_pages([page("d", n)])
+    t.join()
+    assert errors == [] and store.count_pages() == 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Congruence: the same operations give the same answers on both backends.
+# ---------------------------------------------------------------------------------------------
+
+
+def _run_script(s) -> None:
+    ingest(s, "alpha", 3, lang="en")
+    ingest(s, "beta", 2, lang="fr")
+    ingest(s, "gamma", 2, complete=False)
+    s.upsert_pages([page("alpha", 2)])  # re-upsert
+    s.upsert_pages([page("delta", 1, pooled=False)])
+    s.delete_pages([page_point_id("beta", 2)])
+    ingest(s, "eps", 2)
+    s.delete_document("eps")
+
+
+def test_backends_congruent(tmp_path):
+    edge, server = make_store("edge", tmp_path), make_store("server", tmp_path)
+    try:
+        for s in (edge, server):
+            _run_script(s)
+        for incl in (False, True):
+            assert edge.list_documents(incl) == server.list_documents(incl)
+        ids = [page_point_id(d, n) for d in ("alpha", "beta", "gamma", "delta") for n in (1, 2, 3)]
+        assert edge.get_payloads(ids) == server.get_payloads(ids)
+        assert edge.count_pages() == server.count_pages() == 7
+        e_pages = {pid: (v, p) for pid, v, p in edge.iter_pages(batch_size=3)}
+        s_pages = {pid: (v, p) for pid, v, p in server.iter_pages(batch_size=3)}
+        assert e_pages.keys() == s_pages.keys()
+        for pid, (v, p) in e_pages.items():
+            assert p == s_pages[pid][1]
+            np.testing.assert_allclose(v, s_pages[pid][0], rtol=1e-3, atol=2e-3)
+        q = page("alpha", 2).vectors[:8]
+        for flt in (None, {"metadata.lang": "en"}, {"doc_id": ["beta", "gamma"]}):
+            for using in ("pooled", "tokens"):
+                e = edge.prefetch(q, 5, flt, using=using)
+                s = server.prefetch(q, 5, flt, using=using)
+                assert [i for i, _ in e] == [i for i, _ in s], (flt, using)
+                np.testing.assert_allclose([x for _, x in e], [x for _, x in s], rtol=1e-2, atol=0.5)
+    finally:
+        edge.close()
+        server.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge only: persistence, the one-process lock, schema checks.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_edge_persists_across_close_and_reopen(tmp_path):
+    with EdgeStore(tmp_path, "c") as s:
+        recs = ingest(s, "d", 3)
+    with EdgeStore(tmp_path, "c") as s:
+        assert s.count_pages() == 3
+        assert s.list_documents()[0].pages_stored == 3
+        got = {pid: v for pid, v, _ in s.iter_pages()}
+        np.testing.assert_allclose(got[recs[2].point_id], recs[2].vectors, atol=1e-3, rtol=1e-3)
+    cfg = json.loads((tmp_path / "c" / "edge_config.json").read_text())["vectors"]
+    assert cfg["tokens"]["datatype"] == "float16" and cfg["tokens"]["hnsw_config"]["m"] == 0
+    assert cfg["pooled"]["multivector_config"]["comparator"] == "max_sim"
+
+
+def test_edge_same_process_second_open_refused(tmp_path):
+    first = EdgeStore(tmp_path, "c")
+    with pytest.raises(
+        StoreUnavailable, match=rf"in use by process {os.getpid()} \(this process\).*COLSMOL_QDRANT_URL"
+    ):
+        EdgeStore(tmp_path, "c")
+    first.upsert_pages([page("d", 1)])  # the refused open did not disturb the owner
+    first.close()
+    with EdgeStore(tmp_path, "c") as again:  # released on close
+        assert again.count_pages() == 1
+
+
+def test_edge_other_process_refused_and_lock_dies_with_it(tmp_path):
+    holder = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from indexer.store import EdgeStore
+        s = EdgeStore(Path({str(tmp_path)!r}), "c")
+        print("ready", flush=True)
+        sys.stdin.readline()
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreUnavailable, match=rf"in use by process {child.pid}\b"):
+            EdgeStore(tmp_path, "c")
+    finally:
+        child.kill()  # dies without closing: the kernel drops the lock
+        child.wait(timeout=30)
+    with EdgeStore(tmp_path, "c") as s:
+        s.upsert_pages([page("d", 1)])
+        assert s.count_pages() == 1
+    # And the other way round: a second process refused while we hold it.
+    with EdgeStore(tmp_path, "c"):
+        probe = textwrap.dedent(
+            f"""
+            from pathlib import Path
+            from indexer.errors import StoreUnavailable
+            from indexer.store import EdgeStore
+            try:
+                EdgeStore(Path({str(tmp_path)!r}), "c")
+            except StoreUnavailable as exc:
+                print(exc)
+            """
+        )
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert f"in use by process {os.getpid()}" in out.stdout, out.stderr
+
+
+def test_edge_schema_mismatch(tmp_path):
+    import qdrant_edge as qe
+
+    maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
+    shard = qe.EdgeShard.create(
+        str(tmp_path / "other"),
+        qe.EdgeConfig(
+            vectors={"tokens": qe.EdgeVectorParams(size=64, distance=qe.Distance.Cosine, multivector_config=maxsim)}
+        ),
+    )
+    shard.close()
+    with pytest.raises(SchemaMismatch) as err:
+        EdgeStore(tmp_path, "other")
+    msg = str(err.value)
+    assert "'other'" in msg and "size=64" in msg and "'pooled' is missing" in msg and "COLSMOL_COLLECTION" in msg
+    with pytest.raises(SchemaMismatch):  # the failed open released its lock: same error, not "in use"
+        EdgeStore(tmp_path, "other")
+    with EdgeStore(tmp_path, "fresh") as s:  # another collection in the same data dir works
+        assert s.count_pages() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Server API only (local mode standing in for a server).
+# ---------------------------------------------------------------------------------------------
+
+
+def test_server_schema_mismatch():
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(":memory:")
+    client.create_collection(
+        "c", vectors_config={"tokens": models.VectorParams(size=128, distance=models.Distance.COSINE)}
+    )
+    with pytest.raises(SchemaMismatch) as err:
+        ServerStore(client, "c")
+    msg = str(err.value)
+    assert "'c'" in msg and "distance=Cosine" in msg and "'pooled' is missing" in msg and "COLSMOL_COLLECTION" in msg
+
+
+def test_server_version_sees_other_writers():
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(":memory:")
+    api, ingester = ServerStore(client, "c"), ServerStore(client, "c")  # two "processes"
+    before = api.version()
+    ingester.upsert_pages([page("d", 1)])
+    mid = api.version()
+    ingester.upsert_pages([page("d", 1, seed=1)])  # same count, new content
+    assert len({before, mid, api.version()}) == 3
+    assert api.count_pages() == 1 and api.list_documents(include_incomplete=True)[0].pages_stored == 1
+
+
+def test_server_unreachable_is_store_unavailable():
+    with pytest.raises(StoreUnavailable, match="cannot reach"):
+        ServerStore("http://127.0.0.1:9", "c", timeout=1)
+
+
+def test_open_store_picks_backend(tmp_path):
+    with open_store(tmp_path, "c") as s:
+        assert isinstance(s, EdgeStore) and s.shard_path == tmp_path / "c"
+    with pytest.raises(StoreUnavailable):
+        open_store(tmp_path, "c", url="http://127.0.0.1:9", timeout=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Page images.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_page_images_roundtrip(tmp_path):
+    from PIL import Image
+
+    images = PageImageStore(tmp_path / "pages")
+    pid = page_point_id("d", 1)
+    rng = np.random.default_rng(0)
+    img = Image.fromarray((rng.random((1100, 850, 3)) * 40 + 100).astype(np.uint8))
+    path = images.save(pid, img)
+    assert path == tmp_path / "pages" / pid[:2] / f"{pid}.webp" and images.exists(pid)
+    assert images.exists(pid, "thumb")
+    full = images.load(pid)
+    assert full.size == (850, 1100) and full.mode == "RGB"
+    assert np.abs(np.asarray(full, float) - np.asarray(img, float)).mean() < 12  # lossy, close
+    assert images.load(pid, "thumb").size == (198, 256)
+    assert path.stat().st_size < 1100 * 850 * 3 / 2
+    images.save(pid, Image.new("RGBA", (40, 30)))  # overwrite, any mode
+    assert images.load(pid).size == (40, 30)
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+    assert images.delete([pid, page_point_id("d", 9)]) == 1
+    assert not images.exists(pid) and not images.exists(pid, "thumb")
+    with pytest.raises(FileNotFoundError):
+        images.load(pid)
+
+
+def test_page_images_reject_bad_ids(tmp_path):
+    images = PageImageStore(tmp_path)
+    for bad in ("../etc/passwd", "a/b", "", "x"):
+        with pytest.raises(ValueError):
+            images.path(bad)
+    with pytest.raises(ValueError):
+        images.path("abcd", "huge")  # type: ignore[arg-type]
