@@ -1,0 +1,400 @@
+"""Late-interaction MaxSim scoring kernels over packed page multivectors.
+
+Layout shared by every path:
+
+- ``tokens``: every page's token vectors packed one after another, shape ``(T, dim)``;
+  fp16/fp32, or int8 with a per-token fp32 ``scales`` vector of shape ``(T,)`` (symmetric quantization);
+- ``offsets``: int64 ``(P + 1,)``, page ``p`` owns rows ``offsets[p]:offsets[p + 1]``;
+- ``queries``: ``(Q, n_q, dim)`` padded, with a bool ``query_mask`` ``(Q, n_q)`` marking real tokens
+  (or a list of ``(n_i, dim)`` arrays, padded by :func:`pad_queries`).
+
+Score of query ``q`` against page ``p``: ``sum_i max_j <q_i, t_j>`` over the real query tokens ``i`` and the
+page's tokens ``j``. Result: ``(Q, P)`` float32.
+
+Two implementations give the same numbers:
+
+- :func:`maxsim_torch`: the reference path (CPU and GPU). Pages are processed in chunks whose similarity
+  block ``(Q * n_q, tokens in chunk)`` stays under a memory budget; on CUDA the block is gathered into a padded
+  ``(Q * n_q, pages, max_len)`` view (padding = -inf) and reduced with ``amax``; on CPU ``torch.segment_reduce``
+  takes the per-page max directly.
+- :func:`maxsim_triton`: a fused CUDA kernel. One program handles one page x a block of queries with all
+  their tokens: it streams the page's tokens tile by tile, keeps a running max per query token in registers
+  and writes one score per (query, page); the full similarity matrix is never written.
+  Triton is imported lazily and only when CUDA is available, so CPU-only machines never touch it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+DIM = 128
+_NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------------- packing
+
+
+def pack(vectors: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate page multivectors, each ``(n_tokens, dim)``, into ``tokens (T, dim)`` and ``offsets (P + 1,)``."""
+    tensors = [torch.as_tensor(v) for v in vectors]
+    lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.int64)
+    offsets = torch.zeros(len(tensors) + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    if not tensors:
+        return torch.empty(0, DIM), offsets
+    return torch.cat(tensors, 0), offsets
+
+
+def pad_queries(
+    queries: Sequence[np.ndarray | torch.Tensor] | np.ndarray | torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalize queries to ``(Q, n_q, dim)`` plus a bool mask ``(Q, n_q)``.
+
+    Accepts one query ``(n_q, dim)``, a padded batch ``(Q, n_q, dim)`` (optional ``query_mask``), or a list of
+    ``(n_i, dim)`` arrays. Padded positions are zeroed so they never contribute.
+    """
+    if isinstance(queries, (np.ndarray, torch.Tensor)):
+        q = torch.as_tensor(queries)
+        if q.ndim == 2:
+            q = q.unsqueeze(0)
+            if query_mask is not None and query_mask.ndim == 1:
+                query_mask = query_mask.unsqueeze(0)
+        if q.ndim != 3:
+            raise ValueError(f"queries: expected (n_q, dim) or (Q, n_q, dim), got {tuple(q.shape)}")
+        mask = (
+            torch.ones(q.shape[:2], dtype=torch.bool)
+            if query_mask is None
+            else torch.as_tensor(query_mask, dtype=torch.bool).cpu()
+        )
+        q = q.to(device=device, dtype=dtype)
+        mask = mask.to(device=q.device)
+        q = q * mask.unsqueeze(-1).to(q.dtype)
+        return q, mask
+    qs = [torch.as_tensor(x) for x in queries]
+    if not qs:
+        raise ValueError("queries: empty list")
+    n = max(x.shape[0] for x in qs)
+    dim = qs[0].shape[1]
+    out = torch.zeros(len(qs), n, dim, dtype=dtype)
+    mask = torch.zeros(len(qs), n, dtype=torch.bool)
+    for i, x in enumerate(qs):
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"query {i}: expected (n_q, {dim}), got {tuple(x.shape)}")
+        out[i, : x.shape[0]] = x.to(dtype)
+        mask[i, : x.shape[0]] = True
+    return out.to(device), mask.to(device)
+
+
+# --------------------------------------------------------------------------------------------------- int8
+
+
+def quantize_int8(vectors: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric int8: ``vectors (n_tokens, dim)`` -> ``(int8 (n_tokens, dim), scales fp32 (n_tokens,))``.
+
+    ``vectors ~= q.float() * scales[:, None]``; the max |component| of each token maps to 127.
+    """
+    v = torch.as_tensor(vectors).float()
+    scales = v.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    q = torch.round(v / scales[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``(n_tokens, dim)`` int8 + ``(n_tokens,)`` scales -> float32 ``(n_tokens, dim)``."""
+    return q.float() * scales.float()[:, None]
+
+
+# --------------------------------------------------------------------------------------------------- torch path
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    # CPU has no fast fp16 GEMM: upcast chunks to fp32 there. On CUDA, fp16 GEMM accumulates in fp32.
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _chunks(offsets_cpu: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Split pages ``[0, P)`` into consecutive ranges of at most ``max_tokens`` tokens (at least one page each)."""
+    P = len(offsets_cpu) - 1
+    ranges = []
+    p = 0
+    while p < P:
+        limit = offsets_cpu[p] + max_tokens
+        q = int(np.searchsorted(offsets_cpu, limit, side="right")) - 1
+        q = max(q, p + 1)
+        q = min(q, P)
+        ranges.append((p, q))
+        p = q
+    return ranges
+
+
+def maxsim_torch(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    max_chunk_bytes: int = 256 << 20,
+    method: str = "auto",
+) -> torch.Tensor:
+    """Reference MaxSim: ``queries (Q, n_q, dim)`` vs packed ``tokens (T, dim)`` / ``offsets (P + 1,)`` -> ``(Q, P)``.
+
+    ``query_mask (Q, n_q)`` marks real query tokens (default: all). ``scales (T,)`` is given for int8 tokens.
+    Memory stays bounded: the similarity of at most ``max_chunk_bytes`` is materialized at a time.
+    ``method``: ``"segment"`` (segment_reduce, the CPU default) or ``"pad"`` (padded gather + amax, the CUDA default).
+    """
+    device = tokens.device
+    cdt = _compute_dtype(device)
+    if queries.ndim == 2:
+        queries = queries.unsqueeze(0)
+    Q, nq, dim = queries.shape
+    if query_mask is None:
+        query_mask = torch.ones(Q, nq, dtype=torch.bool, device=device)
+    query_mask = query_mask.to(device)
+    qf = (queries.to(device=device, dtype=torch.float32) * query_mask.unsqueeze(-1)).to(cdt).reshape(Q * nq, dim)
+    offsets_cpu = offsets.detach().cpu().numpy()
+    P = len(offsets_cpu) - 1
+    out = torch.empty(Q, P, dtype=torch.float32, device=device)
+    if P == 0:
+        return out
+    lengths_all = np.diff(offsets_cpu)
+    if (lengths_all <= 0).any():
+        raise ValueError("maxsim_torch: every page needs at least one token")
+    elt = 4 if cdt == torch.float32 else 2
+    # similarity chunk (Q*nq, Tc) + its padded gather (about the same size again)
+    max_tokens = max(1, max_chunk_bytes // (2 * elt * Q * nq))
+    wmask = query_mask.to(torch.float32)
+    for p0, p1 in _chunks(offsets_cpu, max_tokens):
+        t0, t1 = int(offsets_cpu[p0]), int(offsets_cpu[p1])
+        chunk = tokens[t0:t1].to(cdt)
+        lengths = lengths_all[p0:p1]
+        if method == "segment" or (method == "auto" and device.type == "cpu"):
+            # CPU: (Tc, Q*nq) similarity reduced per page with segment_reduce (no padded copy)
+            simt = chunk @ qf.T
+            if scales is not None:
+                simt = simt * scales[t0:t1].to(cdt)[:, None]
+            seg_lengths = torch.from_numpy(lengths).to(device)
+            best = torch.segment_reduce(simt, "max", lengths=seg_lengths, axis=0)  # (Pc, Q*nq)
+            best = best.T.reshape(Q, nq, p1 - p0)
+            out[:, p0:p1] = (best * wmask[:, :, None]).sum(1)
+            continue
+        sim = qf @ chunk.T  # (Q*nq, Tc)
+        if scales is not None:
+            sim = sim * scales[t0:t1].to(device=device, dtype=cdt)[None, :]
+        Lmax = int(lengths.max())
+        Tc = t1 - t0
+        if (lengths == Lmax).all():
+            best = sim.view(Q * nq, p1 - p0, Lmax).amax(-1)
+        else:
+            # gather into a padded (Q*nq, pages, Lmax) view; padding points at an extra -inf column.
+            starts = torch.as_tensor(offsets_cpu[p0:p1] - t0, device=device)
+            lens = torch.as_tensor(lengths, device=device)
+            ar = torch.arange(Lmax, device=device)
+            idx = starts[:, None] + ar[None, :]
+            idx = torch.where(ar[None, :] < lens[:, None], idx, torch.full_like(idx, Tc))
+            sim = torch.cat([sim, torch.full((Q * nq, 1), _NEG_INF, dtype=sim.dtype, device=device)], 1)
+            best = sim[:, idx.reshape(-1)].view(Q * nq, p1 - p0, Lmax).amax(-1)
+        best = best.float().view(Q, nq, p1 - p0)
+        out[:, p0:p1] = (best * wmask[:, :, None]).sum(1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- triton path
+
+_TRITON: dict[str, Any] = {}
+
+
+def triton_available() -> bool:
+    """True when CUDA is available and Triton imports (the fused kernel can run)."""
+    if "ok" in _TRITON:
+        return _TRITON["ok"]
+    ok = False
+    if torch.cuda.is_available():
+        try:
+            _TRITON["kernel"] = _build_triton_kernel()
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - any import/compile failure means: use the torch path
+            logger.warning("Triton MaxSim kernel unavailable, using the torch path: %s", exc)
+    _TRITON["ok"] = ok
+    return ok
+
+
+def _build_triton_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _maxsim_kernel(
+        q_ptr,  # (Q, NQ, D) fp16, zero padded
+        qmask_ptr,  # (Q, NQ) fp32, 1.0 for real tokens
+        t_ptr,  # (T, D) fp16 or int8
+        s_ptr,  # (T,) fp32 scales (int8 only)
+        off_ptr,  # (P + 1,) int64
+        out_ptr,  # (Q, P) fp32
+        n_queries,
+        n_pages,
+        NQ: tl.constexpr,
+        BLOCK_Q: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+        D: tl.constexpr,
+        HAS_SCALE: tl.constexpr,
+    ):
+        # 1-D grid (a 2-D grid's y axis stops at 65,535 pages): the query block varies fastest, so the programs
+        # that read the same page run together and the page's later reads hit L2.
+        pid = tl.program_id(0)
+        n_qb = tl.cdiv(n_queries, BLOCK_Q)
+        pid_q = pid % n_qb
+        pid_p = pid // n_qb
+        R: tl.constexpr = BLOCK_Q * NQ
+        rows = tl.arange(0, R)
+        q_idx = pid_q * BLOCK_Q + rows // NQ
+        row_ok = q_idx < n_queries
+        q_rows = q_idx * NQ + rows % NQ
+        dims = tl.arange(0, D)
+        q = tl.load(q_ptr + q_rows[:, None] * D + dims[None, :], mask=row_ok[:, None], other=0.0)
+        qm = tl.load(qmask_ptr + q_rows, mask=row_ok, other=0.0)
+        start = tl.load(off_ptr + pid_p)
+        end = tl.load(off_ptr + pid_p + 1)
+        running = tl.full((R,), float("-inf"), tl.float32)
+        n_tiles = ((end - start + BLOCK_T - 1) // BLOCK_T).to(tl.int32)
+        for i in range(0, n_tiles):
+            cols = start + i * BLOCK_T + tl.arange(0, BLOCK_T)  # int64: T * D can exceed 2**31
+            cmask = cols < end
+            t = tl.load(t_ptr + cols[:, None] * D + dims[None, :], mask=cmask[:, None], other=0)
+            if HAS_SCALE:
+                t = t.to(tl.float16)
+            s = tl.dot(q, tl.trans(t))  # (R, BLOCK_T) fp32 accumulate
+            if HAS_SCALE:
+                sc = tl.load(s_ptr + cols, mask=cmask, other=0.0)
+                s = s * sc[None, :]
+            s = tl.where(cmask[None, :], s, float("-inf"))
+            running = tl.maximum(running, tl.max(s, axis=1))
+        contrib = tl.where(qm > 0, running, 0.0)
+        per_q = tl.sum(tl.reshape(contrib, (BLOCK_Q, NQ)), axis=1)
+        qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        tl.store(out_ptr + qs.to(tl.int64) * n_pages + pid_p, per_q, mask=qs < n_queries)
+
+    return _maxsim_kernel
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def maxsim_triton(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    block_t: int = 64,
+    rows_per_program: int = 128,
+    num_warps: int = 4,
+    kernel: Any = None,
+) -> torch.Tensor:
+    """Fused MaxSim (Triton): same contract and result as :func:`maxsim_torch`, ``(Q, P)`` float32.
+
+    ``tokens (T, dim)`` fp16 (or int8 with ``scales (T,)``) and ``offsets (P + 1,)`` int64 on one CUDA device.
+    ``kernel`` is for tests (e.g. Triton's interpreter on CPU); normally the cached compiled kernel is used.
+    """
+    if kernel is None:
+        if not triton_available():
+            raise RuntimeError("maxsim_triton needs CUDA and Triton; use maxsim_torch")
+        kernel = _TRITON["kernel"]
+    device = tokens.device
+    if queries.ndim == 2:
+        queries = queries.unsqueeze(0)
+    Q, nq, dim = queries.shape
+    if query_mask is None:
+        query_mask = torch.ones(Q, nq, dtype=torch.bool, device=device)
+    NQ = max(16, _next_pow2(nq))
+    qpad = torch.zeros(Q, NQ, dim, dtype=torch.float16, device=device)
+    qpad[:, :nq] = (queries.to(device=device, dtype=torch.float32) * query_mask.to(device).unsqueeze(-1)).half()
+    qm = torch.zeros(Q, NQ, dtype=torch.float32, device=device)
+    qm[:, :nq] = query_mask.to(device=device, dtype=torch.float32)
+    block_q = max(1, min(_next_pow2(Q), rows_per_program // NQ))
+    if tokens.dtype == torch.int8:
+        if scales is None:
+            raise ValueError("int8 tokens need scales")
+        has_scale = True
+        s = scales.to(device=device, dtype=torch.float32).contiguous()
+    else:
+        has_scale = False
+        tokens = tokens if tokens.dtype == torch.float16 else tokens.half()
+        s = torch.empty(1, dtype=torch.float32, device=device)
+    offsets = offsets.to(device=device, dtype=torch.int64).contiguous()
+    P = offsets.numel() - 1
+    out = torch.empty(Q, P, dtype=torch.float32, device=device)
+    if P == 0:
+        return out
+    grid = (((Q + block_q - 1) // block_q) * P,)
+    kernel[grid](
+        qpad,
+        qm,
+        tokens.contiguous(),
+        s,
+        offsets,
+        out,
+        Q,
+        P,
+        NQ=NQ,
+        BLOCK_Q=block_q,
+        BLOCK_T=block_t,
+        D=dim,
+        HAS_SCALE=has_scale,
+        num_warps=num_warps,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- dispatch
+
+
+def maxsim(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Dispatch: Triton on CUDA when available (``backend="auto"|"triton"``), else the torch path. ``(Q, P)``."""
+    use_triton = backend == "triton" or (
+        backend == "auto" and tokens.is_cuda and tokens.dtype in (torch.float16, torch.int8) and triton_available()
+    )
+    if use_triton:
+        return maxsim_triton(queries, tokens, offsets, query_mask, scales)
+    return maxsim_torch(queries, tokens, offsets, query_mask, scales)
+
+
+def topk(
+    scores: torch.Tensor, k: int, allowed: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` per row of ``scores (Q, P)``, restricted to ``allowed (P,)`` or ``(Q, P)`` bool when given.
+
+    Returns host arrays ``values (Q, k')``, ``indices (Q, k')`` and ``valid (Q, k')`` where ``k' = min(k, P)``;
+    ``valid`` is False for slots that fell on a disallowed page (fewer than ``k`` pages allowed).
+    """
+    if scores.ndim == 1:
+        scores = scores.unsqueeze(0)
+    Q, P = scores.shape
+    kk = min(int(k), P)
+    if kk <= 0:
+        empty = np.zeros((Q, 0))
+        return empty.astype(np.float32), empty.astype(np.int64), empty.astype(bool)
+    if allowed is not None:
+        allowed = allowed.to(scores.device)
+        scores = scores.masked_fill(~allowed if allowed.ndim == 2 else ~allowed[None, :], _NEG_INF)
+    vals, idx = torch.topk(scores, kk, dim=1)
+    vals = vals.float().cpu().numpy()
+    idx = idx.cpu().numpy()
+    return vals, idx, np.isfinite(vals)

@@ -1,0 +1,551 @@
+"""Page multivectors resident on the scoring device: packed tokens + offsets, updated in place.
+
+Device memory holds ``tokens (capacity, dim)`` (fp16, or int8 with per-token ``scales (capacity,)``) of which the
+first ``n_tokens`` rows are used; page ``r`` owns ``starts[r] : starts[r] + lengths[r]``. Host memory holds the
+point ids and the small payload bits that filters need (doc_id, source, file_name, page_number, metadata).
+
+Writes (``add``/``remove``/``build``/compaction) hold a lock; ``score`` takes a consistent snapshot under the lock
+(views of the used prefix + copies of the small host arrays) and scores outside it. Appends only write past the
+snapshot's prefix or into a new buffer, and compaction builds new buffers, so a snapshot is never mutated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk
+from retriever.pooling import pool_tokens
+
+logger = logging.getLogger(__name__)
+
+PAGE_FIELDS = ("doc_id", "source", "file_name", "page_number")
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def page_bits(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload fields kept in host memory for filters and hits."""
+    bits = {f: payload.get(f) for f in PAGE_FIELDS}
+    bits["metadata"] = dict(payload.get("metadata") or {})
+    bits["content_hash"] = payload.get("content_hash")
+    bits["ingested_at"] = payload.get("ingested_at")
+    return bits
+
+
+def _field_value(bits: dict[str, Any], key: str) -> Any:
+    if key.startswith("metadata."):
+        return bits["metadata"].get(key[len("metadata.") :])
+    return bits.get(key)
+
+
+def filter_mask(bits: Sequence[dict[str, Any]], flt: dict[str, Any] | None) -> np.ndarray:
+    """Bool ``(P,)``: pages whose bits match every clause of ``flt``.
+
+    Keys: ``doc_id``, ``source``, ``file_name``, ``page_number`` or ``metadata.<key>``. A list/tuple/set value
+    means membership, a scalar means equality. ``None``/``{}`` matches everything.
+    """
+    n = len(bits)
+    mask = np.ones(n, dtype=bool)
+    if not flt:
+        return mask
+    for key, want in flt.items():
+        if not (key in PAGE_FIELDS or key.startswith("metadata.")):
+            raise ValueError(f"filter: unknown field {key!r}; use one of {PAGE_FIELDS} or 'metadata.<key>'")
+        if isinstance(want, (list, tuple, set, frozenset)):
+            allowed = set(want)
+            col = np.fromiter((_field_value(b, key) in allowed for b in bits), dtype=bool, count=n)
+        else:
+            col = np.fromiter((_field_value(b, key) == want for b in bits), dtype=bool, count=n)
+        mask &= col
+    return mask
+
+
+@dataclass(frozen=True)
+class ScoredPage:
+    """One ranked page: ``row`` is only meaningful within the snapshot that produced it."""
+
+    point_id: str
+    score: float
+    bits: dict[str, Any]
+
+
+@dataclass
+class _Snapshot:
+    tokens: torch.Tensor
+    scales: torch.Tensor | None
+    offsets: torch.Tensor
+    alive: np.ndarray
+    point_ids: list[str]  # shared, read only the first n_rows
+    bits: list[dict[str, Any]]
+    n_rows: int
+
+
+class TokenIndex:
+    """All page multivectors, resident on ``device``, scored exhaustively by MaxSim.
+
+    ``dtype``: ``"fp16"`` (fp32 on CPU is not needed: fp16 storage, fp32 compute) or ``"int8"`` (per-token
+    symmetric). ``pool_factor > 1`` pools each page's tokens at insert time (:func:`retriever.pooling.pool_tokens`).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "auto",
+        dtype: str = "fp16",
+        pool_factor: int = 1,
+        initial_capacity_tokens: int = 1 << 16,
+        compact_ratio: float = 0.25,
+        backend: str = "auto",
+    ) -> None:
+        if dtype not in ("fp16", "int8"):
+            raise ValueError(f"TokenIndex dtype must be 'fp16' or 'int8', got {dtype!r}")
+        self.device = _resolve_device(device)
+        self.dtype = dtype
+        self.pool_factor = int(pool_factor)
+        self.compact_ratio = compact_ratio
+        self.backend = backend
+        self._lock = threading.RLock()
+        self._store_version: str | None = None
+        self._reset(initial_capacity_tokens)
+
+    # ----------------------------------------------------------------------------------------------- storage
+
+    def _reset(self, capacity: int) -> None:
+        capacity = max(1, int(capacity))
+        tdt = torch.int8 if self.dtype == "int8" else torch.float16
+        self._tokens = torch.empty(capacity, DIM, dtype=tdt, device=self.device)
+        self._scales = torch.empty(capacity, dtype=torch.float32, device=self.device) if self.dtype == "int8" else None
+        self._n_tokens = 0
+        self._starts: list[int] = []
+        self._lengths: list[int] = []
+        self._alive = np.zeros(1024, dtype=bool)  # per row, with spare capacity (doubling)
+        self._point_ids: list[str] = []
+        self._bits: list[dict[str, Any]] = []
+        self._row_of: dict[str, int] = {}
+        self._dead_tokens = 0
+        self._offsets_cache: torch.Tensor | None = None
+        self._mask_cache: dict[str, tuple[list, np.ndarray]] = {}
+
+    def _ensure_capacity(self, extra: int) -> None:
+        need = self._n_tokens + extra
+        cap = self._tokens.shape[0]
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        new = torch.empty(new_cap, DIM, dtype=self._tokens.dtype, device=self.device)
+        new[: self._n_tokens] = self._tokens[: self._n_tokens]
+        self._tokens = new
+        if self._scales is not None:
+            ns = torch.empty(new_cap, dtype=torch.float32, device=self.device)
+            ns[: self._n_tokens] = self._scales[: self._n_tokens]
+            self._scales = ns
+
+    def _prepare(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for v in vectors:
+            a = np.asarray(v, dtype=np.float32)
+            if a.ndim != 2 or a.shape[1] != DIM or a.shape[0] == 0:
+                raise ValueError(f"page vectors must be (n_tokens>0, {DIM}), got {a.shape}")
+            if self.pool_factor > 1:
+                a = pool_tokens(a, self.pool_factor)
+            out.append(a)
+        return out
+
+    def _append_block(self, point_ids: Sequence[str], vectors: Sequence[np.ndarray], payloads: Sequence[dict]) -> None:
+        """Append already prepared pages (lock held). Existing ids are tombstoned first (upsert)."""
+        for pid in point_ids:
+            self._tombstone(pid)
+        lengths = [int(v.shape[0]) for v in vectors]
+        total = sum(lengths)
+        self._ensure_capacity(total)
+        block = torch.from_numpy(np.concatenate(vectors, 0) if len(vectors) > 1 else vectors[0])
+        block = block.to(self.device, non_blocking=True)
+        s0 = self._n_tokens
+        if self.dtype == "int8":
+            q, sc = quantize_int8(block)
+            self._tokens[s0 : s0 + total] = q
+            self._scales[s0 : s0 + total] = sc
+        else:
+            self._tokens[s0 : s0 + total] = block.half()
+        pos = s0
+        r0 = len(self._point_ids)
+        if r0 + len(point_ids) > len(self._alive):
+            grown = np.zeros(max(2 * len(self._alive), r0 + len(point_ids)), dtype=bool)
+            grown[:r0] = self._alive[:r0]
+            self._alive = grown
+        self._alive[r0 : r0 + len(point_ids)] = True
+        for pid, n, payload in zip(point_ids, lengths, payloads, strict=True):
+            self._row_of[pid] = len(self._point_ids)
+            self._point_ids.append(pid)
+            self._starts.append(pos)
+            self._lengths.append(n)
+            self._bits.append(page_bits(payload or {}))
+            pos += n
+        self._n_tokens = pos
+        self._offsets_cache = None
+
+    def _tombstone(self, pid: str) -> bool:
+        row = self._row_of.pop(pid, None)
+        if row is None:
+            return False
+        self._alive[row] = False
+        self._dead_tokens += self._lengths[row]
+        return True
+
+    def _maybe_compact(self) -> None:
+        if self._n_tokens and self._dead_tokens > self.compact_ratio * self._n_tokens:
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop tombstoned pages: copy the live pages into fresh buffers (old snapshots stay valid)."""
+        with self._lock:
+            live = np.flatnonzero(self._alive[: len(self._point_ids)]).tolist()
+            total = sum(self._lengths[r] for r in live)
+            idx = (
+                torch.cat([torch.arange(self._starts[r], self._starts[r] + self._lengths[r]) for r in live])
+                if live
+                else torch.empty(0, dtype=torch.int64)
+            ).to(self.device)
+            cap = max(1 << 16, int(total * 1.25))
+            tokens = torch.empty(cap, DIM, dtype=self._tokens.dtype, device=self.device)
+            tokens[:total] = self._tokens.index_select(0, idx)
+            scales = None
+            if self._scales is not None:
+                scales = torch.empty(cap, dtype=torch.float32, device=self.device)
+                scales[:total] = self._scales.index_select(0, idx)
+            lengths = [self._lengths[r] for r in live]
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if live else []
+            self._tokens, self._scales = tokens, scales
+            self._starts, self._lengths = starts, lengths
+            self._point_ids = [self._point_ids[r] for r in live]
+            self._bits = [self._bits[r] for r in live]
+            self._mask_cache = {}
+            self._alive = np.ones(max(1024, 2 * len(live)), dtype=bool)
+            self._row_of = {pid: i for i, pid in enumerate(self._point_ids)}
+            self._n_tokens = total
+            self._dead_tokens = 0
+            self._offsets_cache = None
+            logger.debug("compacted token index to %d pages, %d tokens", len(live), total)
+
+    # ----------------------------------------------------------------------------------------------- public API
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._row_of)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens of live pages."""
+        with self._lock:
+            return self._n_tokens - self._dead_tokens
+
+    def nbytes(self) -> int:
+        """Device bytes of the used token rows (plus scales)."""
+        with self._lock:
+            per = DIM * self._tokens.element_size() + (4 if self._scales is not None else 0)
+            return self._n_tokens * per
+
+    def point_ids(self) -> list[str]:
+        with self._lock:
+            return [p for p, a in zip(self._point_ids, self._alive, strict=False) if a]
+
+    def __contains__(self, point_id: str) -> bool:
+        with self._lock:
+            return point_id in self._row_of
+
+    def payload_bits(self, point_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._row_of.get(point_id)
+            return None if row is None else self._bits[row]
+
+    def get_vectors(self, point_ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Resident vectors ``(n_tokens, dim)`` (fp16, or dequantized fp32 for int8) of the ids present."""
+        with self._lock:
+            out = {}
+            for pid in point_ids:
+                row = self._row_of.get(pid)
+                if row is None:
+                    continue
+                s, n = self._starts[row], self._lengths[row]
+                t = self._tokens[s : s + n]
+                out[pid] = t.float() * self._scales[s : s + n, None] if self._scales is not None else t
+            return out
+
+    def add(
+        self,
+        point_ids: Sequence[str],
+        vectors_list: Sequence[np.ndarray],
+        payloads: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        """Insert or replace pages: ``vectors_list[i]`` is ``(n_tokens, dim)`` float32 for ``point_ids[i]``."""
+        if len(point_ids) != len(vectors_list):
+            raise ValueError("add: point_ids and vectors_list differ in length")
+        if not point_ids:
+            return
+        payloads = payloads if payloads is not None else [{}] * len(point_ids)
+        prepared = self._prepare(vectors_list)
+        with self._lock:
+            self._append_block(list(point_ids), prepared, payloads)
+            self._maybe_compact()
+
+    def remove(self, point_ids: Iterable[str]) -> int:
+        """Tombstone pages by id (compacting when over ``compact_ratio`` dead); returns how many were present."""
+        with self._lock:
+            n = sum(self._tombstone(pid) for pid in point_ids)
+            if n:
+                self._maybe_compact()
+            return n
+
+    def build(self, store: Any, batch_size: int = 256, chunk_pages: int = 4096) -> float:
+        """Replace the contents with every page of ``store`` (``store.iter_pages``); returns pages/s.
+
+        Pages are gathered on the host in chunks of ``chunk_pages`` and appended with one copy per chunk; the device
+        buffer is pre-sized from ``store.count_pages()`` when the store offers it.
+        """
+        t0 = time.perf_counter()
+        version = store.version() if hasattr(store, "version") else None
+        est = None
+        try:
+            est = int(store.count_pages()) * 1100
+        except Exception:  # noqa: BLE001 - sizing hint only
+            est = None
+        if self.pool_factor > 1 and est:
+            est = est // self.pool_factor + 1
+        with self._lock:
+            self._reset(est or (1 << 16))
+            ids: list[str] = []
+            vecs: list[np.ndarray] = []
+            pays: list[dict] = []
+            n_pages = 0
+            for pid, v, payload in store.iter_pages(batch_size=batch_size, with_vectors=True):
+                if payload is not None and payload.get("kind", "page") != "page":
+                    continue
+                if v is None:
+                    raise ValueError(f"store page {pid} came without vectors")
+                ids.append(str(pid))
+                vecs.append(v)
+                pays.append(payload or {})
+                if len(ids) >= chunk_pages:
+                    self._append_block(ids, self._prepare(vecs), pays)
+                    n_pages += len(ids)
+                    ids, vecs, pays = [], [], []
+            if ids:
+                self._append_block(ids, self._prepare(vecs), pays)
+                n_pages += len(ids)
+            self._maybe_compact()
+            self._store_version = version
+        dt = time.perf_counter() - t0
+        rate = n_pages / dt if dt > 0 else float("inf")
+        logger.info(
+            "token index built: %d pages, %d tokens in %.2f s (%.0f pages/s)", n_pages, self._n_tokens, dt, rate
+        )
+        return rate
+
+    def save(self, path: str | Path) -> None:
+        """Write a compacted copy to directory ``path`` (``tokens.npy``, ``scales.npy``, ``meta.json``).
+
+        Rebuilding from Qdrant is bound by converting its float lists (about 100 pages/s measured from Edge), so a
+        server can start from this cache and then :meth:`sync` (a payload-only scan) instead of :meth:`build`.
+        """
+        import json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self.compact()
+            np.save(path / "tokens.npy", self._tokens[: self._n_tokens].cpu().numpy())
+            if self._scales is not None:
+                np.save(path / "scales.npy", self._scales[: self._n_tokens].cpu().numpy())
+            meta = {
+                "format": 1,
+                "dtype": self.dtype,
+                "pool_factor": self.pool_factor,
+                "store_version": self._store_version,
+                "point_ids": self._point_ids,
+                "lengths": self._lengths,
+                "bits": self._bits,
+            }
+        (path / "meta.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", **kwargs: Any) -> TokenIndex:
+        """Read an index written by :meth:`save` onto ``device``; call :meth:`sync` with the store afterwards."""
+        import json
+
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        idx = cls(device=device, dtype=meta["dtype"], pool_factor=meta["pool_factor"], **kwargs)
+        tokens = torch.from_numpy(np.load(path / "tokens.npy"))
+        with idx._lock:
+            idx._reset(max(1, tokens.shape[0]))
+            idx._tokens[: tokens.shape[0]] = tokens.to(idx.device)
+            if idx._scales is not None:
+                idx._scales[: tokens.shape[0]] = torch.from_numpy(np.load(path / "scales.npy")).to(idx.device)
+            idx._n_tokens = int(tokens.shape[0])
+            idx._lengths = [int(n) for n in meta["lengths"]]
+            idx._starts = (
+                np.concatenate([[0], np.cumsum(idx._lengths)[:-1]]).astype(int).tolist() if idx._lengths else []
+            )
+            idx._point_ids = list(meta["point_ids"])
+            idx._bits = list(meta["bits"])
+            idx._alive = np.ones(max(1024, 2 * len(idx._point_ids)), dtype=bool)
+            idx._row_of = {pid: i for i, pid in enumerate(idx._point_ids)}
+            idx._store_version = meta["store_version"]
+        return idx
+
+    @classmethod
+    def from_store(cls, store: Any, **kwargs: Any) -> TokenIndex:
+        idx = cls(**kwargs)
+        idx.build(store)
+        return idx
+
+    def sync(self, store: Any) -> bool:
+        """Cheap check of ``store.version()``; on change (another process wrote), diff by point ids.
+
+        Pages missing from the store are removed; pages new to the index are fetched and added. Pages rewritten
+        under the same id are refreshed when their ``content_hash``/``ingested_at`` changed. Returns True when
+        anything was reloaded.
+        """
+        version = store.version()
+        with self._lock:
+            if version == self._store_version:
+                return False
+            known = {
+                pid: (b.get("content_hash"), b.get("ingested_at"))
+                for pid, b in zip(self._point_ids, self._bits, strict=True)
+            }
+            live = set(self._row_of)
+        fresh: dict[str, dict] = {}
+        for pid, _v, payload in store.iter_pages(with_vectors=False):
+            if payload is not None and payload.get("kind", "page") != "page":
+                continue
+            fresh[str(pid)] = payload or {}
+        gone = live - set(fresh)
+        changed = {
+            pid
+            for pid, p in fresh.items()
+            if pid not in live or known.get(pid) != (p.get("content_hash"), p.get("ingested_at"))
+        }
+        if gone:
+            self.remove(gone)
+        if changed:
+            ids, vecs, pays = [], [], []
+            getter = getattr(store, "get_vectors", None)  # by id when the store can; else one full scan
+            if getter is not None:
+                got = getter(sorted(changed))
+                for pid, v in got.items():
+                    ids.append(str(pid))
+                    vecs.append(v)
+                    pays.append(fresh[str(pid)])
+            else:
+                for pid, v, payload in store.iter_pages(with_vectors=True):
+                    if str(pid) in changed:
+                        ids.append(str(pid))
+                        vecs.append(v)
+                        pays.append(payload)
+            self.add(ids, vecs, pays)
+        with self._lock:
+            self._store_version = version
+        logger.info("token index sync: %d removed, %d added/refreshed", len(gone), len(changed))
+        return bool(gone or changed)
+
+    # ----------------------------------------------------------------------------------------------- scoring
+
+    def snapshot(self) -> _Snapshot:
+        with self._lock:
+            if self._offsets_cache is None or self._offsets_cache.numel() != len(self._starts) + 1:
+                # rows are packed back to back (append-only, compaction repacks), so offsets = starts + end
+                off = np.empty(len(self._starts) + 1, dtype=np.int64)
+                off[:-1] = self._starts
+                off[-1] = self._n_tokens
+                self._offsets_cache = torch.from_numpy(off).to(self.device)
+            n = len(self._point_ids)
+            # point_ids/bits are append-only between compactions (which build new lists): sharing the list
+            # objects is safe as long as readers only look at the first n rows.
+            return _Snapshot(
+                tokens=self._tokens[: self._n_tokens],
+                scales=None if self._scales is None else self._scales[: self._n_tokens],
+                offsets=self._offsets_cache,
+                alive=self._alive[:n].copy(),
+                point_ids=self._point_ids,
+                bits=self._bits,
+                n_rows=n,
+            )
+
+    def _where_mask(self, snap: _Snapshot, where: dict[str, Any]) -> np.ndarray:
+        """Filter mask over the snapshot's rows, cached per filter: rows' bits never change once appended (until a
+        compaction builds a new list), so only rows appended since the last call are evaluated."""
+        key = repr(
+            sorted(
+                (k, sorted(map(repr, v)) if isinstance(v, (list, tuple, set, frozenset)) else repr(v))
+                for k, v in where.items()
+            )
+        )
+        cached = self._mask_cache.get(key)
+        if cached is not None and cached[0] is snap.bits and cached[1].shape[0] <= snap.n_rows:
+            done = cached[1]
+            if done.shape[0] < snap.n_rows:
+                done = np.concatenate([done, filter_mask(snap.bits[done.shape[0] : snap.n_rows], where)])
+        else:
+            done = filter_mask(snap.bits[: snap.n_rows], where)
+        if len(self._mask_cache) > 64:
+            self._mask_cache.clear()
+        self._mask_cache[key] = (snap.bits, done)
+        return done[: snap.n_rows]
+
+    def score(
+        self,
+        queries: Any,
+        k: int = 10,
+        allowed_mask: np.ndarray | None = None,
+        where: dict[str, Any] | None = None,
+        query_mask: torch.Tensor | None = None,
+        candidates: Sequence[str] | None = None,
+    ) -> list[list[ScoredPage]]:
+        """Top-``k`` pages per query, best first.
+
+        ``queries``: one ``(n_q, dim)`` array, a list of them, or a padded ``(Q, n_q, dim)`` tensor (+``query_mask``).
+        Restrict pages with ``where`` (a filter dict, see :func:`filter_mask`), ``allowed_mask`` (bool over
+        :meth:`point_ids` order at call time) or ``candidates`` (point ids). Restrictions apply before top-k.
+        """
+        snap = self.snapshot()
+        P = snap.n_rows
+        q, qm = pad_queries(queries, query_mask, device=self.device)
+        if P == 0 or not snap.alive.any():
+            return [[] for _ in range(q.shape[0])]
+        allowed = snap.alive.copy()
+        if allowed_mask is not None:
+            am = np.asarray(allowed_mask, dtype=bool)
+            live_rows = np.flatnonzero(snap.alive)
+            if am.shape != (len(live_rows),):
+                raise ValueError(f"allowed_mask: expected ({len(live_rows)},) over point_ids(), got {am.shape}")
+            allowed[live_rows] &= am
+        if where:
+            allowed &= self._where_mask(snap, where)
+        if candidates is not None:
+            cand = set(candidates)
+            allowed &= np.fromiter((p in cand for p in snap.point_ids[:P]), dtype=bool, count=P)
+        scores = maxsim(q, snap.tokens, snap.offsets, qm, snap.scales, backend=self.backend)
+        vals, idx, valid = topk(scores, k, None if allowed.all() else torch.from_numpy(allowed))
+        out: list[list[ScoredPage]] = []
+        for qi in range(vals.shape[0]):
+            out.append(
+                [
+                    ScoredPage(snap.point_ids[r], float(s), snap.bits[r])
+                    for s, r, ok in zip(vals[qi], idx[qi], valid[qi], strict=True)
+                    if ok
+                ]
+            )
+        return out
