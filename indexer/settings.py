@@ -37,10 +37,35 @@ class Settings(BaseSettings):
     query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
     dpi: int = Field(150, ge=36, le=600, description="Rendering resolution for PDF pages.")
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
+    index_dtype: Literal["fp16", "int8"] = Field("fp16", description="Token index precision on the device.")
+    pool_factor: int = Field(1, ge=1, le=8, description="Token pooling factor of the search index (1 = exact).")
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
     api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")
+    qdrant_shard_number: int | None = Field(
+        None, ge=1, description="Shards of a new server collection (server default when unset)."
+    )
+    qdrant_replication_factor: int | None = Field(
+        None, ge=1, description="Copies of each shard in a new server collection (server default when unset)."
+    )
+    qdrant_write_consistency_factor: int | None = Field(
+        None, ge=1, description="Replicas that must confirm a write to a new server collection (default 1)."
+    )
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest file one upload may carry.")
+    max_upload_files: int = Field(20, ge=1, description="Most files in one upload request.")
+    search_batch_window_ms: float = Field(
+        3.0, ge=0, le=1000, description="How long the API waits to gather concurrent searches into one batch."
+    )
+    search_max_batch: int = Field(64, ge=1, description="Most queries the API scores in one batch.")
 
-    @field_validator("qdrant_url", "qdrant_api_key", "api_key", mode="before")
+    @field_validator(
+        "qdrant_url",
+        "qdrant_api_key",
+        "api_key",
+        "qdrant_shard_number",
+        "qdrant_replication_factor",
+        "qdrant_write_consistency_factor",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `COLSMOL_QDRANT_URL=` in a compose file or shell means "not set", not "connect to ''".

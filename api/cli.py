@@ -1,0 +1,420 @@
+"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve.
+
+Settings come from ``COLSMOL_*`` environment variables; flags override them. Errors from the core
+become one line on stderr and an exit code: 0 success, 1 a file or operation failed, 2 bad usage.
+Heavy modules (torch, transformers, qdrant) are imported inside the commands, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from indexer.errors import ColsmolError, ConfigError, InvalidRequest
+
+if TYPE_CHECKING:
+    from indexer.settings import Settings
+    from rag.pipeline import RAGPipeline
+
+app = typer.Typer(
+    name="colsmol",
+    help="Visual document search and question answering: ColSmolVLM + Qdrant + MaxSim + SmolVLM.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (env COLSMOL_DATA_DIR).")]
+Collection = Annotated[str | None, typer.Option("--collection", "-c", help="Collection (env COLSMOL_COLLECTION).")]
+Device = Annotated[str | None, typer.Option("--device", help="auto, cuda, cpu or mps (env COLSMOL_DEVICE).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"colsmol: error: {msg}", err=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from indexer.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _pipeline(s: Settings) -> RAGPipeline:
+    from rag.pipeline import RAGPipeline
+
+    return RAGPipeline.from_settings(s)
+
+
+def _parse_filters(items: list[str] | None) -> dict[str, Any] | None:
+    """``["doc_id=a,b", "metadata.lang=en"]`` -> ``{"doc_id": ["a", "b"], "metadata.lang": "en"}``."""
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"--filter {item!r} is not key=value")
+        out[key] = value.split(",") if "," in value else value
+    return out
+
+
+def _hits_table(hits: list[Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("rank", "score", "file", "page", "doc_id"):
+        table.add_column(col, justify="right" if col in ("rank", "score", "page") else "left")
+    for i, h in enumerate(hits, 1):
+        table.add_row(str(i), f"{h.score:.3f}", str(h.file_name), str(h.page_number), str(h.doc_id))
+    Console().print(table)
+
+
+def _hit_dict(h: Any) -> dict[str, Any]:
+    return {
+        "point_id": h.point_id,
+        "doc_id": h.doc_id,
+        "source": h.source,
+        "file_name": h.file_name,
+        "page_number": h.page_number,
+        "score": round(float(h.score), 6),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- ingest
+@app.command(
+    epilog="Exit codes: 0 every file was indexed or unchanged; 1 a file failed (the others were still "
+    "indexed); 2 usage error."
+)
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="PDF or image files, or folders (walked recursively).")],
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", "-m", help="key=value stored with every page (repeatable).")
+    ] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove documents whose files no longer exist.")] = False,
+    renderer: Annotated[str | None, typer.Option("--renderer", help="pdfium (default) or poppler.")] = None,
+    dpi: Annotated[int | None, typer.Option("--dpi", help="PDF rendering resolution (env COLSMOL_DPI).")] = None,
+    password: Annotated[str | None, typer.Option("--password", help="Password for encrypted PDFs.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Pages per encoder batch.")] = None,
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Index PDFs and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
+    from indexer.ingest import ProgressEvent, parse_metadata
+
+    s = _settings(
+        collection=collection, data_dir=data_dir, device=device, renderer=renderer, dpi=dpi, page_batch_size=batch_size
+    )
+    meta = parse_metadata(metadata or [])
+    with _pipeline(s) as rag:
+        if json_out or not sys.stderr.isatty():
+            report = rag.ingest(paths, metadata=meta, prune=prune, password=password)
+        else:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+            )
+            with Progress(*columns, transient=False) as bar:
+                files_t = bar.add_task("files", total=None, rate="")
+                pages_t = bar.add_task("pages", total=0, rate="")
+
+                def on_event(e: ProgressEvent) -> None:
+                    if e.kind == "file":
+                        bar.update(pages_t, total=(bar.tasks[pages_t].total or 0) + e.total)
+                    elif e.kind == "pages":
+                        bar.advance(pages_t, e.n)
+                        speed = bar.tasks[pages_t].speed
+                        bar.update(pages_t, rate=f"{speed:.1f} pages/s" if speed else "")
+                    elif e.kind == "done":
+                        bar.advance(files_t, 1)
+                        if e.result is not None and e.result.status == "failed":
+                            bar.console.print(f"[red]failed[/] {e.path}: {e.result.error}")
+
+                report = rag.ingest(paths, metadata=meta, prune=prune, password=password, progress=on_event)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        d = report.to_dict()
+        typer.echo(
+            f"indexed {d['indexed']}, unchanged {d['unchanged']}, failed {d['failed']}, skipped {d['skipped']}; "
+            f"{d['pages_embedded']} pages embedded in {d['seconds']:.1f} s"
+            + (f" ({d['pages_per_second']:.1f} pages/s)" if d["pages_per_second"] else "")
+            + (f"; pruned {len(report.pruned)}" if report.pruned else "")
+        )
+        for f in report.files:
+            if f.status in ("failed", "skipped"):
+                typer.echo(f"  {f.status}: {f.path}: {f.error}", err=True)
+    raise typer.Exit(report.exit_code)
+
+
+# ---------------------------------------------------------------------------------------------- documents
+@app.command()
+def documents(collection: Collection = None, data_dir: DataDir = None, json_out: JsonOut = False) -> None:
+    """List indexed documents with their page counts."""
+    from rag.pipeline import open_settings_store
+
+    s = _settings(collection=collection, data_dir=data_dir)
+    store = open_settings_store(s)
+    try:
+        docs = store.list_documents()
+    finally:
+        store.close()
+    if json_out:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "doc_id": d.doc_id,
+                        "source": d.source,
+                        "file_name": d.file_name,
+                        "pages": d.page_count,
+                        "ingested_at": d.ingested_at,
+                        "metadata": d.metadata,
+                    }
+                    for d in docs
+                ],
+                indent=2,
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(docs)} documents in {s.collection!r}")
+    for col in ("doc_id", "pages", "file", "ingested"):
+        table.add_column(col)
+    for d in docs:
+        table.add_row(d.doc_id, str(d.page_count), d.source, d.ingested_at)
+    Console().print(table)
+
+
+@app.command()
+def delete(
+    doc_id: Annotated[str, typer.Argument(help="Document id, as `colsmol documents` lists it.")],
+    collection: Collection = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Remove one document: its pages, vectors and page images."""
+    s = _settings(collection=collection, data_dir=data_dir)
+    with _pipeline(s) as rag:
+        n = rag.delete(doc_id)
+    typer.echo(f"deleted {doc_id} ({n} pages)")
+
+
+# ---------------------------------------------------------------------------------------------- search
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    k: Annotated[int, typer.Option("-k", help="Number of pages to return (1-100).")] = 10,
+    filter: Annotated[
+        list[str] | None,
+        typer.Option("--filter", "-f", help="key=value, e.g. doc_id=ID or metadata.lang=en; a,b means any of."),
+    ] = None,
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Rank pages by late-interaction (MaxSim) similarity to QUERY."""
+    s = _settings(collection=collection, data_dir=data_dir, device=device)
+    flt = _parse_filters(filter)
+    with _pipeline(s) as rag:
+        hits = rag.search(query, k=k, filter=flt)
+    if json_out:
+        typer.echo(json.dumps([_hit_dict(h) for h in hits], indent=2))
+    elif not hits:
+        typer.echo("no pages indexed yet (or none match the filter)")
+    else:
+        _hits_table(hits, f"top {len(hits)} for {query!r}")
+
+
+# ---------------------------------------------------------------------------------------------- answer
+@app.command()
+def answer(
+    question: Annotated[str, typer.Argument(help="The question to answer from your documents.")],
+    k: Annotated[int, typer.Option("-k", help="Pages shown to the model (1-8).")] = 3,
+    filter: Annotated[list[str] | None, typer.Option("--filter", "-f", help="As for `search`.")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Answer length limit.")] = None,
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    json_out: JsonOut = False,
+) -> None:
+    """Answer QUESTION with SmolVLM over the top-k retrieved pages, and cite them."""
+    from rag.types import Answer
+
+    s = _settings(collection=collection, data_dir=data_dir, device=device, max_new_tokens=max_new_tokens)
+    flt = _parse_filters(filter)
+    with _pipeline(s) as rag:
+        if stream and not json_out:
+            result = None
+            for piece in rag.stream_answer(question, k=k, filter=flt, max_new_tokens=s.max_new_tokens):
+                if isinstance(piece, Answer):
+                    result = piece
+                else:
+                    typer.echo(piece, nl=False)
+            typer.echo("")
+            assert result is not None
+        else:
+            result = rag.answer(question, k=k, filter=flt, max_new_tokens=s.max_new_tokens)
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "sources": [_hit_dict(h) for h in result.sources],
+                    "timings": result.timings,
+                    "warnings": result.warnings,
+                },
+                indent=2,
+            )
+        )
+        return
+    if not stream:
+        typer.echo(result.text)
+    if result.sources:
+        typer.echo("\nSources:")
+        for i, h in enumerate(result.sources, 1):
+            typer.echo(f"  [{i}] {h.file_name}, page {h.page_number} (score {h.score:.3f}) {h.source}")
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------- explain
+@app.command()
+def explain(
+    query: Annotated[str, typer.Argument(help="The query whose matches to show.")],
+    page: Annotated[str, typer.Option("--page", help="Point id of the page (from `search --json`).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the PNG heatmap overlay.")] = Path(
+        "heatmap.png"
+    ),
+    token: Annotated[int | None, typer.Option("--token", help="Show one query token's map (index).")] = None,
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+) -> None:
+    """Write a heatmap of which regions of a page matched QUERY (a similarity map)."""
+    s = _settings(collection=collection, data_dir=data_dir, device=device)
+    with _pipeline(s) as rag:
+        smap = rag.explain(query, page, token=token)
+    smap.overlay().save(out)
+    typer.echo(f"wrote {out} ({smap.heatmap.shape[1]}x{smap.heatmap.shape[0]}); query tokens: {smap.query_tokens}")
+
+
+# ---------------------------------------------------------------------------------------------- backups
+@app.command("export")
+def export_cmd(
+    path: Annotated[Path, typer.Argument(help="New (or empty) folder to write the export into.")],
+    collection: Collection = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Write everything needed to rebuild the collection: points, vectors, payloads, page images."""
+    from indexer.backup import export_collection
+    from indexer.images import PageImageStore
+    from rag.pipeline import open_settings_store
+
+    s = _settings(collection=collection, data_dir=data_dir)
+    store = open_settings_store(s)
+    try:
+        r = export_collection(store, PageImageStore(s.images_dir / s.collection), path)
+    finally:
+        store.close()
+    typer.echo(
+        f"exported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
+        f"{r.images} page images from collection {r.collection!r} to {r.path} "
+        f"({r.bytes / 1e6:.1f} MB, {r.seconds:.1f} s)"
+    )
+
+
+@app.command("import")
+def import_cmd(
+    path: Annotated[Path, typer.Argument(help="A folder written by `colsmol export`.")],
+    merge: Annotated[bool, typer.Option("--merge", help="Allow importing into a non-empty collection.")] = False,
+    collection: Collection = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Restore an export into an empty collection (embedded or server: exports move between them)."""
+    from indexer.backup import import_collection
+    from indexer.images import PageImageStore
+    from rag.pipeline import open_settings_store
+
+    s = _settings(collection=collection, data_dir=data_dir)
+    store = open_settings_store(s)
+    try:
+        r = import_collection(store, PageImageStore(s.images_dir / s.collection), path, allow_merge=merge)
+    finally:
+        store.close()
+    typer.echo(
+        f"imported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
+        f"{r.images} page images into collection {r.collection!r} from {r.path} ({r.seconds:.1f} s)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="Processes (server backend only).")] = 1,
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+) -> None:
+    """Run the HTTP API and web page (uvicorn)."""
+    try:
+        from api.app import serve as run_server
+    except ImportError as exc:  # pragma: no cover - the API module ships with the package
+        raise ColsmolError(f"the HTTP API is not available in this build: {exc}") from exc
+    run_server(_settings(collection=collection, data_dir=data_dir, device=device), host, port, workers)
+
+
+def _register_eval() -> None:
+    from api.eval_cmd import eval_command
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()
+
+
+def main() -> None:
+    """Console-script entry point: core errors become one line and an exit code, never a traceback."""
+    import os
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Our own progress bars are enough; transformers' per-checkpoint "Loading weights" bars are noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        # Standalone mode: click prints usage errors itself (exit 2) and turns typer.Exit into the exit code.
+        app()
+    except (ConfigError, InvalidRequest) as exc:
+        _err(str(exc))
+        sys.exit(2)
+    except ColsmolError as exc:
+        _err(str(exc))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

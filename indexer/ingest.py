@@ -1,0 +1,465 @@
+"""Folder ingest: files in, pages embedded and stored, incremental and crash-safe.
+
+One page's path: ``walk_inputs`` finds the file -> its content hash gives the document id ->
+``iter_file_pages`` renders it page by page -> ``ColSmolEncoder`` embeds a batch of pages ->
+``VectorStore.upsert_pages`` writes each page as a point with id ``uuid5(doc_id, page)`` and
+``PageImageStore`` keeps a compressed copy of the image -> when every page of the document is
+stored, ``mark_document_complete`` writes its marker. Only then is the document listed, and only then
+are the pages of an older version of the same file removed.
+
+The stages overlap: a render thread, a pool of preprocessing threads (Idefics3 tiling is the CPU hot
+spot), the encoder on the calling thread and a writer thread. Queues are bounded, so memory stays
+flat however long a PDF is. A ``kill -9`` at any point leaves at worst an incomplete document, which
+the next run finishes (pages already stored are not embedded again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.errors import ColsmolError, DocumentError
+from indexer.images import PageImageStore
+from indexer.render import file_page_count, iter_file_pages, make_renderer, walk_inputs
+from indexer.store.base import VectorStore, page_point_id
+from indexer.types import DocumentInfo, PageRecord, RenderedPage
+
+log = logging.getLogger(__name__)
+
+Status = str  # "indexed" | "unchanged" | "failed" | "skipped"
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: Status
+    doc_id: str | None = None
+    pages: int = 0
+    error: str | None = None
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did, file by file. ``exit_code`` is 0 unless a file failed."""
+
+    files: list[FileResult] = field(default_factory=list)
+    pages_embedded: int = 0
+    pruned: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "failed"]
+
+    def count(self, status: Status) -> int:
+        return sum(f.status == status for f in self.files)
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages_embedded / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "indexed": self.count("indexed"),
+            "unchanged": self.count("unchanged"),
+            "failed": self.count("failed"),
+            "skipped": self.count("skipped"),
+            "pages_embedded": self.pages_embedded,
+            "seconds": round(self.seconds, 3),
+            "pages_per_second": round(self.pages_per_second, 2),
+            "pruned": self.pruned,
+            "files": [asdict(f) for f in self.files],
+        }
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Fed to the ``progress`` callback: ``kind`` is "file" (a file started, ``total`` = its pages),
+    "pages" (``n`` pages stored) or "done" (a file finished, ``result`` set)."""
+
+    kind: str
+    path: str = ""
+    n: int = 0
+    total: int = 0
+    result: FileResult | None = None
+
+
+def file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def doc_id_for(content_hash: str) -> str:
+    """The document id: the first 24 hex digits (96 bits) of the file's SHA-256.
+
+    Not 32: a 32-hex-digit string parses as a UUID, and Qdrant's local mode then reports it back in
+    UUID form from facet counts, which would no longer match the stored id.
+
+    >>> doc_id_for("ab" * 32)
+    'abababababababababababab'
+    """
+    return content_hash[:24]
+
+
+@dataclass
+class _Doc:
+    """Book-keeping of one document in flight."""
+
+    path: Path
+    doc_id: str
+    content_hash: str
+    page_count: int
+    metadata: dict[str, Any]
+    ingested_at: str
+    stale: list[str]
+    result: FileResult
+    pending: int = 0  # pages sent to the encoder, not yet stored
+    rendered_all: bool = False
+    failed: bool = False
+
+
+@dataclass
+class _Item:
+    doc: _Doc
+    page: RenderedPage
+
+
+_END = object()
+
+
+class Ingestor:
+    """Runs ingest against one store with one encoder.
+
+    ``encoder`` is anything with ``preprocess_pages(images)`` and ``embed_preprocessed(batch)`` (the
+    ``ColSmolEncoder``); it is touched only when a page really needs embedding. ``pool`` turns a page
+    multivector into the small pooled set stored for prefetch (the retriever supplies it), or None.
+    """
+
+    def __init__(
+        self,
+        store: VectorStore,
+        encoder: Any,
+        images: PageImageStore,
+        renderer: str = "pdfium",
+        dpi: int = 150,
+        password: str | None = None,
+        batch_size: int = 8,
+        preprocess_workers: int | None = None,
+        pool: Callable[[np.ndarray], np.ndarray] | None = None,
+        queue_pages: int | None = None,
+    ) -> None:
+        self.store = store
+        self.encoder = encoder
+        self.images = images
+        self.renderer = make_renderer(renderer)  # type: ignore[arg-type]
+        self.dpi = dpi
+        self.password = password
+        self.batch_size = batch_size
+        self.preprocess_workers = preprocess_workers or max(1, min(4, (os.cpu_count() or 2) - 1))
+        self.pool = pool
+        # Bounded: at most this many rendered pages wait for the encoder.
+        self.queue_pages = queue_pages or 2 * batch_size
+        self._embedded = 0
+
+    # ------------------------------------------------------------------ public
+    def ingest(
+        self,
+        paths: Iterable[str | Path],
+        metadata: dict[str, Any] | None = None,
+        prune: bool = False,
+        progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        emit = progress or (lambda _e: None)
+        self._embedded = 0
+        walk = walk_inputs(paths)
+        for p, reason in walk.skipped:
+            report.files.append(FileResult(str(p), "skipped", error=reason))
+        try:
+            self._run(walk.files, dict(metadata or {}), report, emit)
+        finally:
+            report.pages_embedded = self._embedded
+        if prune:
+            report.pruned = self.prune()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def prune(self) -> list[str]:
+        """Remove documents whose source file no longer exists; return their ids."""
+        removed = []
+        for doc in self.store.list_documents(include_incomplete=True):
+            if not Path(doc.source).exists():
+                self._delete(doc.doc_id)
+                removed.append(doc.doc_id)
+                log.info("pruned %s (%s no longer exists)", doc.doc_id, doc.source)
+        return removed
+
+    def delete(self, doc_id: str) -> int:
+        return self._delete(doc_id)
+
+    # ------------------------------------------------------------------ stages
+    def _run(self, files: Sequence[Path], metadata: dict[str, Any], report: IngestReport, emit: Any) -> None:
+        pages_q: queue.Queue[Any] = queue.Queue(maxsize=self.queue_pages)
+        write_q: queue.Queue[Any] = queue.Queue(maxsize=4)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def render_stage() -> None:
+            try:
+                for path in files:
+                    if stop.is_set():
+                        break
+                    doc = self._open_doc(path, metadata, report, emit)
+                    if doc is None:
+                        continue
+                    try:
+                        for page in self._pages_to_embed(doc):
+                            if stop.is_set():
+                                break
+                            doc.pending += 1
+                            pages_q.put(_Item(doc, page))
+                    except DocumentError as exc:
+                        self._fail(doc, exc.reason, emit)
+                    except Exception as exc:  # noqa: BLE001 - one file must not stop the batch
+                        log.exception("rendering %s failed", path)
+                        self._fail(doc, f"rendering failed: {exc}", emit)
+                    # An end marker per document travels in order with its pages.
+                    pages_q.put(("doc_end", doc))
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+            finally:
+                pages_q.put(_END)
+
+        def write_stage() -> None:
+            try:
+                while (job := write_q.get()) is not _END:
+                    if isinstance(job, tuple) and job[0] == "doc_end":
+                        self._finish_doc(job[1], emit)
+                        continue
+                    items, vectors = job
+                    self._write(items, vectors, emit)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                stop.set()
+                # Keep draining so the encoder thread never blocks on a full queue.
+                while write_q.get() is not _END:
+                    pass
+
+        renderer_t = threading.Thread(target=render_stage, name="colsmol-render", daemon=True)
+        writer_t = threading.Thread(target=write_stage, name="colsmol-write", daemon=True)
+        renderer_t.start()
+        writer_t.start()
+        try:
+            self._encode_stage(pages_q, write_q, stop, emit)
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            write_q.put(_END)
+            # Unblock the renderer if it is waiting on a full queue.
+            while renderer_t.is_alive():
+                try:
+                    pages_q.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            writer_t.join()
+        if errors:
+            raise errors[0]
+
+    def _encode_stage(
+        self, pages_q: queue.Queue[Any], write_q: queue.Queue[Any], stop: threading.Event, emit: Any
+    ) -> None:
+        """Batch pages, preprocess batches on a thread pool, embed in order on this thread."""
+        in_flight: list[tuple[list[_Item], Future[Any]]] = []
+        batch: list[_Item] = []
+        with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colsmol-preprocess") as pool:
+
+            def submit() -> None:
+                nonlocal batch
+                if batch:
+                    images = [it.page.image for it in batch]
+                    in_flight.append((batch, pool.submit(self.encoder.preprocess_pages, images)))
+                    batch = []
+
+            def drain(keep: int) -> None:
+                while len(in_flight) > keep:
+                    items, fut = in_flight.pop(0)
+                    vectors = self.encoder.embed_preprocessed(fut.result())
+                    write_q.put((items, vectors))
+
+            while True:
+                item = pages_q.get()
+                if item is _END or stop.is_set():
+                    break
+                if isinstance(item, tuple):  # a document ended: flush its pages first, in order
+                    submit()
+                    drain(0)
+                    write_q.put(item)
+                    continue
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    submit()
+                    drain(self.preprocess_workers)
+            if not stop.is_set():
+                submit()
+                drain(0)
+
+    def _write(self, items: list[_Item], vectors: list[np.ndarray], emit: Any) -> None:
+        records = []
+        for it, vec in zip(items, vectors, strict=True):
+            d, page = it.doc, it.page
+            pid = page_point_id(d.doc_id, page.page_number)
+            self.images.save(pid, page.image)
+            payload = {
+                "kind": "page",
+                "doc_id": d.doc_id,
+                "source": str(d.path),
+                "file_name": d.path.name,
+                "page_number": page.page_number,
+                "page_count": d.page_count,
+                "width": page.width,
+                "height": page.height,
+                "content_hash": d.content_hash,
+                "ingested_at": d.ingested_at,
+                "metadata": d.metadata,
+            }
+            pooled = self.pool(vec) if self.pool is not None else None
+            records.append(PageRecord(pid, vec, payload, pooled))
+        self.store.upsert_pages(records)
+        self._embedded += len(items)
+        for it in items:
+            it.doc.pending -= 1
+            it.doc.result.pages += 1
+        emit(ProgressEvent("pages", n=len(items)))
+
+    # ------------------------------------------------------------------ documents
+    def _open_doc(self, path: Path, metadata: dict[str, Any], report: IngestReport, emit: Any) -> _Doc | None:
+        result = FileResult(str(path), "indexed")
+        report.files.append(result)
+        try:
+            if path.stat().st_size == 0:
+                raise DocumentError(str(path), "empty file")
+            content_hash = file_hash(path)
+            doc_id = doc_id_for(content_hash)
+            result.doc_id = doc_id
+            source = str(path.resolve())
+            existing = self.store.get_document(doc_id)
+            same_source = [d for d in self.store.find_by_source(source) if d.doc_id != doc_id]
+            if existing is not None and existing.complete:
+                result.status = "unchanged"
+                result.pages = existing.page_count
+                # An older version at this path can still be here if the last run died before cleanup.
+                for stale in same_source:
+                    self._delete(stale.doc_id)
+                emit(ProgressEvent("done", str(path), result=result))
+                return None
+            page_count = file_page_count(path, self.renderer, self.password)
+        except DocumentError as exc:
+            result.status, result.error = "failed", exc.reason
+            emit(ProgressEvent("done", str(path), result=result))
+            return None
+        except OSError as exc:
+            result.status, result.error = "failed", f"unreadable: {exc.strerror or exc}"
+            emit(ProgressEvent("done", str(path), result=result))
+            return None
+        emit(ProgressEvent("file", str(path), total=page_count))
+        return _Doc(
+            path=Path(source),
+            doc_id=doc_id,
+            content_hash=content_hash,
+            page_count=page_count,
+            metadata=metadata,
+            ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            stale=[d.doc_id for d in same_source],
+            result=result,
+        )
+
+    def _pages_to_embed(self, doc: _Doc) -> Iterable[RenderedPage]:
+        """The document's pages, minus those a crashed earlier run already stored."""
+        done: set[int] = set()
+        stored = self.store.page_ids(doc.doc_id)
+        if stored:
+            payloads = self.store.get_payloads(stored)
+            for pid, pl in payloads.items():
+                if self.images.exists(pid):
+                    done.add(int(pl["page_number"]))
+            doc.result.pages += len(done)
+            log.info("%s: resuming, %d of %d pages already stored", doc.path, len(done), doc.page_count)
+        for page in iter_file_pages(doc.path, self.renderer, self.dpi, self.password):
+            if page.page_number not in done:
+                yield page
+
+    def _finish_doc(self, doc: _Doc, emit: Any) -> None:
+        if doc.failed:
+            # Rendering failures are deterministic (a corrupt page stays corrupt): drop the partial pages.
+            self._delete(doc.doc_id)
+        else:
+            stored = len(self.store.page_ids(doc.doc_id))
+            if stored != doc.page_count:
+                doc.failed = True
+                doc.result.status = "failed"
+                doc.result.error = f"only {stored} of {doc.page_count} pages could be stored"
+            else:
+                source = str(doc.path)
+                self.store.mark_document_complete(
+                    DocumentInfo(
+                        doc_id=doc.doc_id,
+                        source=source,
+                        file_name=doc.path.name,
+                        page_count=doc.page_count,
+                        pages_stored=stored,
+                        content_hash=doc.content_hash,
+                        ingested_at=doc.ingested_at,
+                        complete=True,
+                        metadata=doc.metadata,
+                    )
+                )
+                for stale in doc.stale:
+                    self._delete(stale)
+        emit(ProgressEvent("done", str(doc.path), result=doc.result))
+
+    def _fail(self, doc: _Doc, reason: str, emit: Any) -> None:
+        doc.failed = True
+        doc.result.status = "failed"
+        doc.result.error = reason
+
+    def _delete(self, doc_id: str) -> int:
+        pids = self.store.page_ids(doc_id)
+        n = self.store.delete_document(doc_id)
+        self.images.delete(pids)
+        return n
+
+
+def parse_metadata(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["lang=en", "year=2024"]`` -> ``{"lang": "en", "year": "2024"}``.
+
+    >>> parse_metadata(["lang=en", "team=a=b"])
+    {'lang': 'en', 'team': 'a=b'}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ColsmolError(f"metadata {pair!r} is not key=value")
+        out[key.strip()] = value
+    return out

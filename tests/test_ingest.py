@@ -1,0 +1,257 @@
+"""Folder ingest end to end: real PDFs rendered by pypdfium2, tiny real encoder, real Qdrant stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from indexer.images import PageImageStore
+from indexer.ingest import Ingestor, parse_metadata
+from indexer.store import EdgeStore, ServerStore
+from indexer.store.base import page_point_id
+from tests.pdfs import LETTER, PageSpec, mixed_pages, write_pdf
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class CountingEncoder:
+    """The real tiny encoder, with a count of the pages it was asked to embed (instrumentation, not a mock)."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+        self.pages = 0
+        self.batch_size = encoder.batch_size
+
+    def preprocess_pages(self, images):
+        return self.encoder.preprocess_pages(images)
+
+    def embed_preprocessed(self, batch):
+        out = self.encoder.embed_preprocessed(batch)
+        self.pages += len(out)
+        return out
+
+
+def _corpus(root: Path) -> Path:
+    docs = root / "docs"
+    (docs / "sub").mkdir(parents=True)
+    write_pdf(docs / "mixed.pdf", mixed_pages())
+    write_pdf(docs / "sub" / "two.pdf", [PageSpec(*LETTER, text="alpha"), PageSpec(*LETTER, text="beta")])
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(docs / "photo.png")
+    frames = [Image.new("RGB", (200, 260), c) for c in ("white", "gray", "black")]
+    frames[0].save(docs / "scan.tiff", save_all=True, append_images=frames[1:])
+    (docs / ".hidden.pdf").write_bytes((docs / "mixed.pdf").read_bytes())
+    (docs / "notes.txt").write_text("not a page")
+    for name in ("corrupt.pdf", "truncated.pdf", "encrypted_secret.pdf", "zero_pages.pdf", "empty.pdf"):
+        shutil.copy(FIXTURES / name, docs / name)
+    os.symlink(docs, docs / "sub" / "loop")
+    return docs
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path):
+    if request.param == "edge":
+        s = EdgeStore(tmp_path / "qdrant", "test")
+    else:
+        # No Qdrant server runs here: qdrant-client's local mode stands in for the server API.
+        from qdrant_client import QdrantClient
+
+        s = ServerStore(QdrantClient(path=str(tmp_path / "local")), "test")
+    yield s
+    s.close()
+
+
+def _ingestor(store, tiny_encoder, tmp_path, **kw) -> tuple[Ingestor, CountingEncoder]:
+    enc = CountingEncoder(tiny_encoder)
+    images = PageImageStore(tmp_path / "pages")
+    return Ingestor(store, enc, images, dpi=50, batch_size=3, pool=lambda v: v[::8].copy(), **kw), enc
+
+
+def test_folder_ingest_incremental_and_bad_files(store, tiny_encoder, tmp_path) -> None:
+    docs = _corpus(tmp_path)
+    ing, enc = _ingestor(store, tiny_encoder, tmp_path)
+    report = ing.ingest([docs], metadata={"team": "a"})
+
+    by_name = {Path(f.path).name: f for f in report.files}
+    assert by_name["mixed.pdf"].status == "indexed" and by_name["mixed.pdf"].pages == 5
+    assert by_name["two.pdf"].pages == 2
+    assert by_name["scan.tiff"].pages == 3  # a multi-page TIFF gives several pages
+    assert by_name["photo.png"].pages == 1
+    assert ".hidden.pdf" not in by_name
+    assert by_name["notes.txt"].status == "skipped"
+    reasons = {n: by_name[n].error for n in by_name if by_name[n].status == "failed"}
+    assert reasons == {
+        "corrupt.pdf": reasons["corrupt.pdf"],
+        "truncated.pdf": reasons["truncated.pdf"],
+        "encrypted_secret.pdf": "encrypted: pass --password",
+        "zero_pages.pdf": "no pages",
+        "empty.pdf": "empty file",
+    }
+    assert "corrupt" in reasons["corrupt.pdf"] and "truncated" in reasons["truncated.pdf"]
+    assert report.exit_code == 1
+    assert report.pages_embedded == enc.pages == 11
+
+    listed = {d.file_name: d for d in store.list_documents()}
+    assert set(listed) == {"mixed.pdf", "two.pdf", "photo.png", "scan.tiff"}
+    assert all(d.complete and d.pages_stored == d.page_count for d in listed.values())
+    assert store.count_pages() == 11
+
+    # The payload carries everything a hit needs, and the page image is stored.
+    doc = listed["two.pdf"]
+    pid = page_point_id(doc.doc_id, 2)
+    payload = store.get_payloads([pid])[pid]
+    assert payload["page_number"] == 2 and payload["page_count"] == 2 and payload["file_name"] == "two.pdf"
+    assert payload["metadata"] == {"team": "a"} and payload["content_hash"].startswith(doc.doc_id)
+    assert payload["width"] > 0 and payload["height"] > 0
+    assert ing.images.load(pid).size == (payload["width"], payload["height"])
+
+    # Second run: nothing is embedded, nothing duplicated.
+    again = ing.ingest([docs])
+    assert enc.pages == 11 and again.pages_embedded == 0
+    assert {Path(f.path).name for f in again.files if f.status == "unchanged"} == set(listed)
+    assert store.count_pages() == 11
+
+
+def test_changed_file_reindexed_and_stale_pages_gone(store, tiny_encoder, tmp_path) -> None:
+    path = write_pdf(tmp_path / "report.pdf", [PageSpec(*LETTER, text="v1")] * 3)
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    ing.ingest([path])
+    (old,) = store.list_documents()
+    old_ids = store.page_ids(old.doc_id)
+    assert len(old_ids) == 3 and all(ing.images.exists(p) for p in old_ids)
+
+    write_pdf(path, [PageSpec(*LETTER, text="v2")] * 2)
+    report = ing.ingest([path])
+    assert report.files[0].status == "indexed"
+    (new,) = store.list_documents()
+    assert new.doc_id != old.doc_id and new.page_count == 2
+    assert store.page_ids(old.doc_id) == [] and store.count_pages() == 2
+    assert not any(ing.images.exists(p) for p in old_ids)
+
+
+def test_prune_and_delete(store, tiny_encoder, tmp_path) -> None:
+    a = write_pdf(tmp_path / "a.pdf", [PageSpec(*LETTER, text="a")])
+    b = write_pdf(tmp_path / "b.pdf", [PageSpec(*LETTER, text="b")] * 2)
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    ing.ingest([a, b])
+    a.unlink()
+    report = ing.ingest([b], prune=True)
+    assert len(report.pruned) == 1
+    (left,) = store.list_documents()
+    assert left.file_name == "b.pdf"
+    assert ing.delete(left.doc_id) == 2
+    assert store.list_documents() == [] and store.count_pages() == 0
+
+
+def test_encrypted_with_password(store, tiny_encoder, tmp_path) -> None:
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path, password="secret")
+    report = ing.ingest([FIXTURES / "encrypted_secret.pdf"])
+    assert report.files[0].status == "indexed" and report.exit_code == 0
+
+
+def test_parse_metadata_rejects_bad_pairs() -> None:
+    from indexer.errors import ColsmolError
+
+    with pytest.raises(ColsmolError, match="key=value"):
+        parse_metadata(["novalue"])
+
+
+def _cli_env(tiny_models, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        COLSMOL_DATA_DIR=str(data_dir),
+        COLSMOL_ENCODER_MODEL=str(tiny_models["encoder"]),
+        COLSMOL_GENERATOR_MODEL=str(tiny_models["generator"]),
+        COLSMOL_DEVICE="cpu",
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+def _colsmol(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_mid_ingest_then_resume(tiny_models, tmp_path) -> None:
+    """kill -9 in the middle of an ingest, run again: everything stored once, every document complete."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        write_pdf(docs / f"d{i}.pdf", [PageSpec(*LETTER, text=f"doc {i} page {p}") for p in range(40)])
+    data = tmp_path / "data"
+    env = _cli_env(tiny_models, data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "ingest", str(docs), "--dpi", "40", "--batch-size", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pages_dir = data / "pages"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        stored = sum(1 for p in pages_dir.rglob("*") if p.is_file()) if pages_dir.exists() else 0
+        if stored >= 20:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest finished before it could be killed; make the corpus larger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    res = _colsmol("ingest", str(docs), "--json", "--dpi", "40", env=env)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    summary = json.loads(res.stdout)
+    assert summary["failed"] == 0
+    assert 0 < summary["pages_embedded"] < 120, "the second run must resume, not start over"
+
+    store = EdgeStore(data / "qdrant", "colsmol")
+    try:
+        listed = store.list_documents()
+        assert len(listed) == 3 and all(d.complete and d.pages_stored == 40 for d in listed)
+        assert store.count_pages() == 120
+        ids = [pid for pid, _v, _p in store.iter_pages(with_vectors=False)]
+        assert len(ids) == len(set(ids)) == 120
+    finally:
+        store.close()
+
+
+def test_cli_help_and_exit_codes(tiny_models, tmp_path) -> None:
+    env = _cli_env(tiny_models, tmp_path / "data")
+    res = _colsmol("--help", env=env)
+    assert res.returncode == 0
+    for cmd in ("ingest", "documents", "delete", "search", "answer", "serve"):
+        assert cmd in res.stdout
+    assert "Exit codes" in _colsmol("ingest", "--help", env=env).stdout
+
+    good = write_pdf(tmp_path / "good.pdf", [PageSpec(*LETTER)])
+    res = _colsmol("ingest", str(good), str(FIXTURES / "corrupt.pdf"), "--json", env=env)
+    assert res.returncode == 1, res.stderr
+    assert '"failed": 1' in res.stdout and '"indexed": 1' in res.stdout
+    assert _colsmol("ingest", env=env).returncode == 2  # usage error
+    res = _colsmol("documents", "--json", env=env)
+    assert res.returncode == 0 and "good.pdf" in res.stdout
+
+
+def test_cli_unreachable_model_is_one_line(tmp_path) -> None:
+    env = dict(os.environ, COLSMOL_DATA_DIR=str(tmp_path), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    env.pop("COLSMOL_ENCODER_MODEL", None)
+    good = write_pdf(tmp_path / "good.pdf", [PageSpec(*LETTER)])
+    res = _colsmol("ingest", str(good), env=env)
+    assert res.returncode == 1
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "vidore/colSmol-256M" in lines[0] and "COLSMOL_ENCODER_MODEL" in lines[0]
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,136 @@
+"""RAGPipeline end to end on tiny real models: ingest real PDFs, search, answer, stream, explain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer.errors import InvalidRequest, NotFound, StoreUnavailable
+from indexer.settings import Settings
+from indexer.store import EdgeStore
+from rag.pipeline import MAX_ANSWER_K, NO_DOCUMENTS, RAGPipeline
+from rag.types import Answer
+from tests.pdfs import A4, LETTER, PageSpec, write_pdf
+
+
+def _settings(tiny_models, tmp_path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        encoder_model=str(tiny_models["encoder"]),
+        generator_model=str(tiny_models["generator"]),
+        device="cpu",
+        dpi=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def rag(tiny_models, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("rag")
+    docs = tmp / "docs"
+    docs.mkdir()
+    write_pdf(docs / "report.pdf", [PageSpec(*LETTER, text=f"revenue table {i}") for i in range(4)])
+    write_pdf(docs / "manual.pdf", [PageSpec(*A4, text="battery safety"), PageSpec(*A4, text="", scan=True)])
+    pipeline = RAGPipeline.from_settings(_settings(tiny_models, tmp))
+    report = pipeline.ingest([docs], metadata={"team": "a"})
+    assert report.exit_code == 0 and report.pages_embedded == 6
+    yield pipeline
+    pipeline.close()
+
+
+def test_sources_are_the_top_k_hits(rag: RAGPipeline) -> None:
+    hits = rag.search("what was the revenue?", k=3)
+    answer = rag.answer("what was the revenue?", k=3, max_new_tokens=8)
+    assert isinstance(answer, Answer) and isinstance(answer.text, str)
+    assert [h.point_id for h in answer.sources] == [h.point_id for h in hits]
+    assert answer.timings["search"] > 0 and answer.timings["generate"] > 0
+    assert answer.warnings == []
+
+
+def test_stream_equals_answer_greedy(rag: RAGPipeline) -> None:
+    full = rag.answer("battery charging?", k=2, max_new_tokens=10)
+    events = list(rag.stream_answer("battery charging?", k=2, max_new_tokens=10))
+    *pieces, final = events
+    assert all(isinstance(p, str) for p in pieces) and isinstance(final, Answer)
+    assert "".join(pieces).strip() == full.text == final.text
+    assert [h.point_id for h in final.sources] == [h.point_id for h in full.sources]
+    assert final.timings["first_token"] > 0
+
+
+def test_search_filters_and_batches(rag: RAGPipeline) -> None:
+    docs = {d.file_name: d.doc_id for d in rag.documents()}
+    hits = rag.search("battery", k=10, filter={"doc_id": docs["manual.pdf"]})
+    assert len(hits) == 2 and {h.file_name for h in hits} == {"manual.pdf"}
+    assert len(rag.search("battery", k=10, filter={"metadata.team": "a"})) == 6
+    assert rag.search("battery", k=10, filter={"metadata.team": "b"}) == []
+    batch = rag.search(["battery", "revenue"], k=2)
+    assert len(batch) == 2 and all(len(b) == 2 for b in batch)
+    single = rag.search("revenue", k=2)
+    assert [h.point_id for h in batch[1]] == [h.point_id for h in single]
+
+
+def test_explain_heatmap(rag: RAGPipeline) -> None:
+    hit = rag.search("revenue table", k=1)[0]
+    smap = rag.explain("revenue table", hit)
+    page = rag.images.load(hit.point_id)
+    assert smap.heatmap.shape == (page.height, page.width)
+    assert float(np.ptp(smap.heatmap)) > 0
+    assert smap.overlay().size == page.size
+    with pytest.raises(NotFound):
+        rag.explain("revenue", "not-a-point-id")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"question": ""}, {"question": "   "}, {"question": "x", "k": 0}, {"question": "x", "k": MAX_ANSWER_K + 1}],
+)
+def test_bad_questions(rag: RAGPipeline, kwargs) -> None:
+    with pytest.raises(InvalidRequest):
+        rag.answer(**kwargs)
+
+
+def test_missing_page_image_is_skipped_with_warning(tiny_models, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text="one"), PageSpec(*LETTER, text="two")])
+    with RAGPipeline.from_settings(_settings(tiny_models, tmp_path)) as rag:
+        rag.ingest([docs])
+        top = rag.search("one", k=2)
+        rag.images.path(top[0].point_id).unlink()
+        answer = rag.answer("one", k=2, max_new_tokens=4)
+        assert [h.point_id for h in answer.sources] == [top[1].point_id]
+        assert len(answer.warnings) == 1 and "missing" in answer.warnings[0]
+
+
+def test_empty_index_answers_without_loading_the_generator(tiny_models, tmp_path) -> None:
+    with RAGPipeline.from_settings(_settings(tiny_models, tmp_path)) as rag:
+        answer = rag.answer("anything?")
+        assert answer.text == NO_DOCUMENTS and answer.sources == []
+        assert rag.generator is not None and not rag.generator.loaded
+        assert rag.search("anything", k=3) == []
+
+
+def test_context_manager_releases_the_store(tiny_models, tmp_path) -> None:
+    s = _settings(tiny_models, tmp_path)
+    with RAGPipeline.from_settings(s) as rag:
+        with pytest.raises(StoreUnavailable, match="in use"):
+            EdgeStore(s.qdrant_path, s.collection)
+        assert rag.encoder.load() is rag.encoder
+    # Closed: the Edge lock is free again and the models are dropped.
+    EdgeStore(s.qdrant_path, s.collection).close()
+    assert rag.encoder._model is None
+
+
+def test_delete_updates_search(tiny_models, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text="alpha")])
+    write_pdf(docs / "b.pdf", [PageSpec(*LETTER, text="beta")] * 2)
+    with RAGPipeline.from_settings(_settings(tiny_models, tmp_path)) as rag:
+        rag.ingest([docs])
+        assert len(rag.search("alpha", k=10)) == 3
+        doc_b = next(d.doc_id for d in rag.documents() if d.file_name == "b.pdf")
+        assert rag.delete(doc_b) == 2
+        hits = rag.search("alpha", k=10)
+        assert [h.file_name for h in hits] == ["a.pdf"]
+        with pytest.raises(NotFound):
+            rag.delete(doc_b)
