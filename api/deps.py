@@ -1,0 +1,61 @@
+"""FastAPI dependencies: the app's long-lived objects, and the optional API key check."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.batcher import SearchBatcher
+from api.jobs import JobRunner
+from indexer.errors import ModelUnavailable
+from indexer.settings import Settings
+from rag.pipeline import RAGPipeline
+
+_bearer = HTTPBearer(auto_error=False, description="Needed only when COLSMOL_API_KEY is set.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _state(request: Request, name: str) -> Any:
+    value = getattr(request.app.state, name, None)
+    if value is None:
+        raise ModelUnavailable("the server is still starting: models are loading; retry shortly (GET /readyz)")
+    return value
+
+
+def get_pipeline(request: Request) -> RAGPipeline:
+    return _state(request, "pipeline")  # type: ignore[no-any-return]
+
+
+def get_batcher(request: Request) -> SearchBatcher:
+    return _state(request, "batcher")  # type: ignore[no-any-return]
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return _state(request, "jobs")  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PipelineDep = Annotated[RAGPipeline, Depends(get_pipeline)]
+BatcherDep = Annotated[SearchBatcher, Depends(get_batcher)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+
+
+def require_api_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Every /v1 route depends on this; it passes when no key is configured."""
+    if settings.api_key is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            detail="missing or wrong API key; send 'Authorization: Bearer <COLSMOL_API_KEY>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

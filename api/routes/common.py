@@ -1,0 +1,63 @@
+"""Turning core results into response bodies, shared by the search, answer and document routes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from api.schemas import HitOut
+from retriever.search import Hit
+
+
+def page_urls(point_id: str) -> tuple[str, str]:
+    base = f"/v1/pages/{point_id}/image"
+    return f"{base}?size=full", f"{base}?size=thumb"
+
+
+def shown_name(file_name: str | None, metadata: dict[str, Any] | None) -> str | None:
+    """Uploads are stored under generated names; the client's name is kept in ``metadata.original_name``."""
+    original = (metadata or {}).get("original_name")
+    return original if isinstance(original, str) and original else file_name
+
+
+class DocNames:
+    """doc_id -> the name to show, looked up in the store once per document and then cached."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._names: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, doc_id: str) -> None:
+        with self._lock:
+            self._names.pop(doc_id, None)
+
+    def _lookup(self, doc_ids: list[str]) -> None:
+        for doc_id in doc_ids:
+            info = self.store.get_document(doc_id)
+            name = shown_name(info.file_name, info.metadata) if info is not None else None
+            with self._lock:
+                self._names[doc_id] = name
+
+    async def hits_out(self, hits: Sequence[Hit]) -> list[HitOut]:
+        missing = sorted({h.doc_id for h in hits if h.doc_id and h.doc_id not in self._names})
+        if missing:
+            await run_in_threadpool(self._lookup, missing)
+        out = []
+        for hit in hits:
+            image_url, thumb_url = page_urls(hit.point_id)
+            out.append(
+                HitOut(
+                    point_id=hit.point_id,
+                    doc_id=hit.doc_id,
+                    file_name=self._names.get(hit.doc_id or "") or hit.file_name,
+                    page_number=hit.page_number,
+                    score=hit.score,
+                    image_url=image_url,
+                    thumb_url=thumb_url,
+                )
+            )
+        return out

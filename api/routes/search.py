@@ -1,0 +1,17 @@
+"""POST /v1/search: the query joins the next batch of the search worker (api.batcher)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from api.deps import BatcherDep
+from api.schemas import SearchRequest, SearchResponse
+
+router = APIRouter(tags=["search"])
+
+
+@router.post("/search", response_model=SearchResponse)
+async def search(body: SearchRequest, batcher: BatcherDep, request: Request) -> SearchResponse:
+    """Top-k pages by exact MaxSim, best first."""
+    hits = await batcher.search(body.query, body.k, body.filter)
+    return SearchResponse(hits=await request.app.state.doc_names.hits_out(hits))

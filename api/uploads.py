@@ -1,0 +1,184 @@
+"""Receive an upload: stream a multipart body to disk, counting bytes, and sniff each file's type.
+
+Files land in ``uploads_dir / <job_id> / <NN><ext>``: names generated here, never taken from the client.
+The client's file name is kept only as metadata (``original_name``) for display. Types are decided by
+magic bytes, not by the name or the declared content type.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+SNIFF_BYTES = 16
+MAX_FIELD_BYTES = 64 * 1024
+MAX_NAME_CHARS = 255
+
+
+class UploadError(Exception):
+    """A rejected upload: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def sniff(head: bytes) -> str | None:
+    """The file extension for the magic bytes ``head``, or None when colsmol cannot read the file.
+
+    >>> sniff(b"%PDF-1.7\\n"), sniff(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff(b"hello")
+    ('.pdf', '.png', None)
+    """
+    if head.startswith(b"%PDF-"):
+        return ".pdf"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return ".tiff"
+    return None
+
+
+def display_name(name: str) -> str:
+    """The client's file name reduced to something safe to show: last path segment, no control chars."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable()).strip()
+    return base[:MAX_NAME_CHARS] or "upload"
+
+
+@dataclass
+class SavedFile:
+    path: Path
+    original_name: str
+    size: int
+
+
+@dataclass
+class Upload:
+    files: list[SavedFile] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+async def receive(
+    content_type: str, body: AsyncIterator[bytes], target: Path, max_file_bytes: int, max_files: int
+) -> Upload:
+    """Parse the multipart ``body`` into ``target`` (created here; removed again on any error)."""
+    ctype, params = parse_options_header(content_type)
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise UploadError(415, "send the files as multipart/form-data (field 'files'; optional field 'metadata')")
+    target.mkdir(parents=True, exist_ok=False)
+    try:
+        return await _receive(params[b"boundary"], body, target, max_file_bytes, max_files)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+async def _receive(boundary: bytes, body: AsyncIterator[bytes], target: Path, max_bytes: int, max_files: int) -> Upload:
+    upload = Upload()
+    fields: dict[str, bytes] = {}
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "name": None, "fh": None, "size": 0}
+
+    def on_part_begin() -> None:
+        state.update(headers={}, name=None, filename=None, fh=None, size=0, buf=b"")
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        state["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
+        filename = opts.get(b"filename")
+        if filename is None:
+            return
+        if len(upload.files) >= max_files:
+            raise UploadError(400, f"too many files in one upload; the limit is {max_files}")
+        path = target / f"{len(upload.files):03d}.part"
+        state["fh"] = path.open("wb")
+        upload.files.append(SavedFile(path, display_name(filename.decode("utf-8", "replace")), 0))
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        fh = state["fh"]
+        if fh is None:
+            if len(state["buf"]) + len(chunk) > MAX_FIELD_BYTES:
+                raise UploadError(413, f"form field {state['name']!r} is over {MAX_FIELD_BYTES} bytes")
+            state["buf"] += chunk
+            return
+        saved = upload.files[-1]
+        saved.size += len(chunk)
+        if saved.size > max_bytes:
+            raise UploadError(413, f"{saved.original_name!r} is over the upload limit of {max_bytes} bytes")
+        fh.write(chunk)
+
+    def on_part_end() -> None:
+        fh = state["fh"]
+        if fh is None:
+            fields[state["name"]] = state["buf"]
+            return
+        fh.close()
+        state["fh"] = None
+        saved = upload.files[-1]
+        with saved.path.open("rb") as f:
+            ext = sniff(f.read(SNIFF_BYTES))
+        if ext is None:
+            raise UploadError(
+                415, f"{saved.original_name!r} is not a PDF, PNG, JPEG, WebP or TIFF file (checked by its content)"
+            )
+        final = saved.path.with_suffix(ext)
+        saved.path.rename(final)
+        saved.path = final
+
+    callbacks: Any = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
+    parser = MultipartParser(boundary, callbacks)
+    try:
+        async for chunk in body:
+            parser.write(chunk)
+        parser.finalize()
+    except UploadError:
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise UploadError(400, f"malformed multipart body: {exc}") from exc
+    finally:
+        if state.get("fh") is not None:
+            state["fh"].close()
+    if not upload.files:
+        raise UploadError(400, "no files in the upload; send them in the multipart field 'files'")
+    if b"" != fields.get("metadata", b""):
+        upload.metadata = _parse_metadata(fields["metadata"])
+    return upload
+
+
+def _parse_metadata(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UploadError(422, f"the metadata field is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise UploadError(422, 'the metadata field must be a JSON object, e.g. {"lang": "en"}')
+    return value
