@@ -42,7 +42,9 @@ def annual_report() -> FPDF:
     pdf.set_font("Helvetica", "B", 16)
     pdf.cell(0, 12, "Outlook for 2024", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 12)
-    pdf.multi_cell(0, 7, "We expect revenue between 52 and 55 million euros and will launch a folding e-bike in spring.")
+    pdf.multi_cell(
+        0, 7, "We expect revenue between 52 and 55 million euros and will launch a folding e-bike in spring."
+    )
     return pdf
 
 
