@@ -166,6 +166,8 @@ class Ingestor:
         preprocess_workers: int | None = None,
         pool: Callable[[np.ndarray], np.ndarray] | None = None,
         queue_pages: int | None = None,
+        on_upsert: Callable[[Sequence[PageRecord]], None] | None = None,
+        on_delete: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -179,6 +181,9 @@ class Ingestor:
         # Bounded: at most this many rendered pages wait for the encoder.
         self.queue_pages = queue_pages or 2 * batch_size
         self._embedded = 0
+        # Let a search index in the same process follow writes without re-reading the store.
+        self.on_upsert = on_upsert
+        self.on_delete = on_delete
 
     # ------------------------------------------------------------------ public
     def ingest(
@@ -346,6 +351,8 @@ class Ingestor:
             pooled = self.pool(vec) if self.pool is not None else None
             records.append(PageRecord(pid, vec, payload, pooled))
         self.store.upsert_pages(records)
+        if self.on_upsert is not None:
+            self.on_upsert(records)
         self._embedded += len(items)
         for it in items:
             it.doc.pending -= 1
@@ -446,6 +453,8 @@ class Ingestor:
     def _delete(self, doc_id: str) -> int:
         pids = self.store.page_ids(doc_id)
         n = self.store.delete_document(doc_id)
+        if self.on_delete is not None:
+            self.on_delete(pids)
         self.images.delete(pids)
         return n
 

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
     index_dtype: Literal["fp16", "int8"] = Field("fp16", description="Token index precision on the device.")
     pool_factor: int = Field(1, ge=1, le=8, description="Token pooling factor of the search index (1 = exact).")
+    search_mode: Literal["exact", "two-stage"] = Field(
+        "exact",
+        description="exact: every page scored on the device; two-stage: Qdrant prefetch on pooled vectors, "
+        "then exact rerank (for corpora larger than the device's memory).",
+    )
+    prefetch_candidates: int = Field(200, ge=1, le=10_000, description="Candidates per query in two-stage mode.")
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
     api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")
     qdrant_shard_number: int | None = Field(

@@ -63,6 +63,9 @@ class RAGPipeline:
         renderer: str = "pdfium",
         dpi: int = 150,
         prefetch_pool_factor: int = 16,
+        index_cache: Path | None = None,
+        search_mode: str = "exact",
+        prefetch_candidates: int = 200,
     ) -> None:
         self.store = store
         self.images = images
@@ -74,6 +77,12 @@ class RAGPipeline:
         self.renderer = renderer
         self.dpi = dpi
         self.prefetch_pool_factor = prefetch_pool_factor
+        self.index_cache = index_cache
+        if search_mode not in ("exact", "two-stage"):
+            raise InvalidRequest(f"search_mode must be 'exact' or 'two-stage', got {search_mode!r}")
+        self.search_mode = search_mode
+        self.prefetch_candidates = prefetch_candidates
+        self._index_dirty = False
         self._index: Any = None
         self._index_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -94,6 +103,9 @@ class RAGPipeline:
             "pool_factor": s.pool_factor,
             "renderer": s.renderer,
             "dpi": s.dpi,
+            "index_cache": s.data_dir / "index-cache" / s.collection,
+            "search_mode": s.search_mode,
+            "prefetch_candidates": s.prefetch_candidates,
         }
         kwargs.update(overrides)
         return cls(store, images, encoder, generator, **kwargs)
@@ -110,6 +122,7 @@ class RAGPipeline:
         if self._closed:
             return
         self._closed = True
+        self._save_index_cache()
         self._index = None
         self.encoder.close()
         if self.generator is not None:
@@ -128,7 +141,19 @@ class RAGPipeline:
             password=password,
             batch_size=self.encoder.batch_size,
             pool=lambda v: prefetch_vectors(v, factor),
+            on_upsert=self._index_upsert,
+            on_delete=self._index_delete,
         )
+
+    def _index_upsert(self, records: Sequence[Any]) -> None:
+        if self._index is not None:
+            self._index.add([r.point_id for r in records], [r.vectors for r in records], [r.payload for r in records])
+            self._index_dirty = True
+
+    def _index_delete(self, point_ids: Sequence[str]) -> None:
+        if self._index is not None and point_ids:
+            self._index.remove(point_ids)
+            self._index_dirty = True
 
     def ingest(
         self,
@@ -144,8 +169,13 @@ class RAGPipeline:
         if isinstance(paths, str | Path):
             paths = [paths]
         with self._write_lock:
-            report = self.ingestor(password, renderer, dpi).ingest(paths, metadata, prune=prune, progress=progress)
-        self._sync_index()
+            self._sync_index()  # take in foreign writes first, so marking the version below loses none
+            try:
+                report = self.ingestor(password, renderer, dpi).ingest(
+                    paths, metadata, prune=prune, progress=progress
+                )
+            finally:
+                self._mark_index_synced()
         return report
 
     def delete(self, doc_id: str) -> int:
@@ -153,8 +183,11 @@ class RAGPipeline:
         if self.store.get_document(doc_id) is None and not self.store.page_ids(doc_id):
             raise NotFound(f"no document with id {doc_id!r}; `colsmol documents` lists them")
         with self._write_lock:
-            n = self.ingestor().delete(doc_id)
-        self._sync_index()
+            self._sync_index()
+            try:
+                n = self.ingestor().delete(doc_id)
+            finally:
+                self._mark_index_synced()
         return n
 
     def documents(self) -> list[Any]:
@@ -163,19 +196,57 @@ class RAGPipeline:
     # ------------------------------------------------------------------ search
     @property
     def index(self) -> Any:
-        """The token index, built from the store on first use."""
+        """The token index: loaded from the on-disk cache and brought up to date from the store (a
+        payload-only scan), or built from the store's vectors when there is no usable cache."""
         with self._index_lock:
             if self._index is None:
-                from retriever.token_index import TokenIndex
-
-                idx = TokenIndex(device=self.index_device, dtype=self.index_dtype, pool_factor=self.pool_factor)
-                idx.build(self.store)
-                self._index = idx
+                self._index = self._load_index_cache() or self._build_index()
             return self._index
 
+    def _build_index(self) -> Any:
+        from retriever.token_index import TokenIndex
+
+        idx = TokenIndex(device=self.index_device, dtype=self.index_dtype, pool_factor=self.pool_factor)
+        idx.build(self.store)
+        self._index_dirty = True
+        return idx
+
+    def _load_index_cache(self) -> Any:
+        """Rebuilding from Qdrant is bound by converting its float lists (about 100 pages/s from Edge),
+        so the index is also kept as a cache file. Qdrant stays the source of truth: the cache is only
+        used after ``sync`` has reconciled it with the store's pages."""
+        cache = self.index_cache
+        if cache is None or not (cache / "meta.json").is_file():
+            return None
+        from retriever.token_index import TokenIndex
+
+        try:
+            idx = TokenIndex.load(cache, device=self.index_device)
+            if idx.dtype != self.index_dtype or idx.pool_factor != self.pool_factor:
+                return None
+            if idx.sync(self.store):
+                self._index_dirty = True
+            return idx
+        except Exception as exc:  # noqa: BLE001 - a stale or corrupt cache is rebuilt, never fatal
+            log.warning("ignoring the token index cache in %s (%s); rebuilding from the store", cache, exc)
+            return None
+
+    def _save_index_cache(self) -> None:
+        if self._index is None or self.index_cache is None or not self._index_dirty:
+            return
+        try:
+            self._index.save(self.index_cache)
+            self._index_dirty = False
+        except OSError as exc:
+            log.warning("could not write the token index cache to %s: %s", self.index_cache, exc)
+
     def _sync_index(self) -> None:
+        if self._index is not None and self._index.sync(self.store):
+            self._index_dirty = True
+
+    def _mark_index_synced(self) -> None:
         if self._index is not None:
-            self._index.sync(self.store)
+            self._index.mark_synced(self.store.version())
 
     def search(
         self, query: str | list[str], k: int = 10, filter: dict[str, Any] | None = None
@@ -185,8 +256,17 @@ class RAGPipeline:
         _check_k(k, MAX_K)
         for t in texts:
             _check_text(t, "query")
+        if self.search_mode == "two-stage":
+            # Nothing resident: Qdrant proposes candidates from the pooled vectors, the device reranks
+            # them exactly with their full vectors fetched from the store.
+            from retriever.search import TwoStageSearcher
+
+            two = TwoStageSearcher(
+                self.store, None, self.encoder.embed_queries, self.prefetch_candidates, self.index_device
+            )
+            return two.search(query, k=k, filter=filter)
         index = self.index
-        index.sync(self.store)  # cheap version check: picks up other processes' writes
+        self._sync_index()  # cheap version check: picks up other processes' writes
         if not len(index):
             return [] if isinstance(query, str) else [[] for _ in texts]
         from retriever.search import Searcher

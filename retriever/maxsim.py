@@ -368,12 +368,55 @@ def maxsim(
     backend: str = "auto",
 ) -> torch.Tensor:
     """Dispatch: Triton on CUDA when available (``backend="auto"|"triton"``), else the torch path. ``(Q, P)``."""
-    use_triton = backend == "triton" or (
-        backend == "auto" and tokens.is_cuda and tokens.dtype in (torch.float16, torch.int8) and triton_available()
-    )
-    if use_triton:
+    if backend == "triton":
         return maxsim_triton(queries, tokens, offsets, query_mask, scales)
+    use_triton = (
+        backend == "auto"
+        and _TRITON_STATE["ok"] is not False
+        and tokens.is_cuda
+        and tokens.dtype in (torch.float16, torch.int8)
+        and triton_available()
+    )
+    if use_triton and _triton_verified(queries, tokens, offsets, query_mask, scales):
+        try:
+            return maxsim_triton(queries, tokens, offsets, query_mask, scales)
+        except Exception:  # noqa: BLE001 - a kernel that fails to compile must not fail the search
+            logger.exception("Triton MaxSim failed; using the torch path from now on")
+            _TRITON_STATE["ok"] = False
     return maxsim_torch(queries, tokens, offsets, query_mask, scales)
+
+
+# "auto" trusts the fused kernel only after it agreed with the torch path once on this machine's GPU:
+# a wrong or uncompilable kernel then degrades to the (slower, exact) torch path instead of wrong hits.
+_TRITON_STATE: dict[str, bool | None] = {"ok": None}
+
+
+def _triton_verified(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    query_mask: torch.Tensor | None,
+    scales: torch.Tensor | None,
+) -> bool:
+    if _TRITON_STATE["ok"] is not None:
+        return bool(_TRITON_STATE["ok"])
+    n_pages = min(int(offsets.numel()) - 1, 64)
+    if n_pages < 1:
+        return False
+    sub_offsets = offsets[: n_pages + 1]
+    end = int(sub_offsets[-1])
+    sub_tokens, sub_scales = tokens[:end], (None if scales is None else scales[:end])
+    try:
+        fused = maxsim_triton(queries, sub_tokens, sub_offsets, query_mask, sub_scales)
+        ref = maxsim_torch(queries, sub_tokens, sub_offsets, query_mask, sub_scales)
+        ok = bool(torch.allclose(fused.float(), ref.float(), atol=2e-2, rtol=1e-3))
+    except Exception:  # noqa: BLE001
+        logger.exception("Triton MaxSim self-check raised; using the torch path")
+        ok = False
+    if not ok:
+        logger.warning("Triton MaxSim disagreed with the torch reference on this GPU; using the torch path")
+    _TRITON_STATE["ok"] = ok
+    return ok
 
 
 def topk(

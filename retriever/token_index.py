@@ -360,8 +360,13 @@ class TokenIndex:
         server can start from this cache and then :meth:`sync` (a payload-only scan) instead of :meth:`build`.
         """
         import json
+        import os
+        import shutil
 
-        path = Path(path)
+        final = Path(path)
+        # Written beside the target and swapped in, so a crash mid-save leaves the old cache or none.
+        path = final.with_name(final.name + ".tmp")
+        shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.compact()
@@ -378,6 +383,12 @@ class TokenIndex:
                 "bits": self._bits,
             }
         (path / "meta.json").write_text(json.dumps(meta))
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(path, final)
+        shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", **kwargs: Any) -> TokenIndex:
@@ -388,6 +399,8 @@ class TokenIndex:
         meta = json.loads((path / "meta.json").read_text())
         idx = cls(device=device, dtype=meta["dtype"], pool_factor=meta["pool_factor"], **kwargs)
         tokens = torch.from_numpy(np.load(path / "tokens.npy"))
+        if sum(int(n) for n in meta["lengths"]) != tokens.shape[0] or len(meta["lengths"]) != len(meta["point_ids"]):
+            raise ValueError(f"token index cache {path} is inconsistent (lengths do not match tokens)")
         with idx._lock:
             idx._reset(max(1, tokens.shape[0]))
             idx._tokens[: tokens.shape[0]] = tokens.to(idx.device)
@@ -410,6 +423,15 @@ class TokenIndex:
         idx = cls(**kwargs)
         idx.build(store)
         return idx
+
+    @property
+    def store_version(self) -> str | None:
+        return self._store_version
+
+    def mark_synced(self, version: str | None) -> None:
+        """Record that the index reflects ``version`` of the store (after in-process add/remove)."""
+        with self._lock:
+            self._store_version = version
 
     def sync(self, store: Any) -> bool:
         """Cheap check of ``store.version()``; on change (another process wrote), diff by point ids.

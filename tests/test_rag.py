@@ -134,3 +134,55 @@ def test_delete_updates_search(tiny_models, tmp_path) -> None:
         assert [h.file_name for h in hits] == ["a.pdf"]
         with pytest.raises(NotFound):
             rag.delete(doc_b)
+
+
+def test_index_follows_ingest_in_place_and_restarts_from_its_cache(tiny_models, tmp_path, monkeypatch) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text="alpha")] * 2)
+    s = _settings(tiny_models, tmp_path)
+    with RAGPipeline.from_settings(s) as rag:
+        rag.ingest([docs])
+        before = rag.search("alpha", k=5)
+        index = rag.index
+        # A second ingest updates the resident index in place: no rebuild, no vector re-read.
+        monkeypatch.setattr(rag, "_build_index", lambda: pytest.fail("index rebuilt"))
+        monkeypatch.setattr(index, "build", lambda *_a, **_k: pytest.fail("index rebuilt"))
+        write_pdf(docs / "b.pdf", [PageSpec(*A4, text="beta")])
+        rag.ingest([docs])
+        assert rag.index is index and len(index) == 3
+        assert len(rag.search("alpha", k=5)) == 3
+        monkeypatch.undo()
+
+    # Restart: the index comes from the cache (reconciled with the store), not from a rebuild.
+    with RAGPipeline.from_settings(s) as rag:
+        monkeypatch.setattr(rag, "_build_index", lambda: pytest.fail("cache not used"))
+        hits = rag.search("alpha", k=5)
+        assert len(hits) == 3
+        assert {h.point_id for h in before} <= {h.point_id for h in hits}
+        monkeypatch.undo()
+
+    # A corrupt cache is ignored and rebuilt from Qdrant, never fatal.
+    (s.data_dir / "index-cache" / s.collection / "tokens.npy").write_bytes(b"garbage")
+    with RAGPipeline.from_settings(s) as rag:
+        assert len(rag.search("alpha", k=5)) == 3
+
+
+def test_two_stage_mode_matches_exact_on_a_small_corpus(tiny_models, tmp_path) -> None:
+    """With more prefetch candidates than pages, two-stage must rank exactly like the resident index."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text=f"page {i}") for i in range(5)])
+    write_pdf(docs / "b.pdf", [PageSpec(*A4, text="", scan=True)] * 2)
+    s = _settings(tiny_models, tmp_path)
+    with RAGPipeline.from_settings(s) as rag:
+        rag.ingest([docs])
+        exact = rag.search("page three", k=4)
+    with RAGPipeline.from_settings(s.model_copy(update={"search_mode": "two-stage"})) as rag:
+        two = rag.search("page three", k=4)
+        assert rag._index is None, "two-stage mode must not build the resident index"
+        doc_a = next(d.doc_id for d in rag.documents() if d.file_name == "a.pdf")
+        filtered = rag.search("page three", k=10, filter={"doc_id": doc_a})
+    assert [h.point_id for h in two] == [h.point_id for h in exact]
+    np.testing.assert_allclose([h.score for h in two], [h.score for h in exact], atol=2e-2)
+    assert len(filtered) == 5 and {h.file_name for h in filtered} == {"a.pdf"}

@@ -465,3 +465,16 @@ def test_page_images_reject_bad_ids(tmp_path):
             images.path(bad)
     with pytest.raises(ValueError):
         images.path("abcd", "huge")  # type: ignore[arg-type]
+
+
+def test_get_vectors_returns_token_vectors_by_id(store):
+    """The two-stage rerank fetches candidates' full vectors from the store by id."""
+    rng = np.random.default_rng(5)
+    vecs = rng.standard_normal((40, 128)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    pid = page_point_id("gv-doc", 1)
+    store.upsert_pages([PageRecord(pid, vecs, {"kind": "page", "doc_id": "gv-doc", "page_number": 1})])
+    got = store.get_vectors([pid, page_point_id("gv-doc", 2)])
+    assert list(got) == [pid]
+    np.testing.assert_allclose(got[pid], vecs, atol=2e-3)
+    assert store.get_vectors([]) == {}

@@ -92,6 +92,9 @@ class VectorStore(Protocol):
     def get_payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Payloads of pages by point id (missing ids are absent from the result)."""
 
+    def get_vectors(self, point_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Token vectors ``(n, 128)`` float32 of pages by point id (for a two-stage rerank)."""
+
     def iter_pages(
         self, batch_size: int = 256, with_vectors: bool = True
     ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
@@ -257,6 +260,9 @@ class QdrantStoreCore:
     def _retrieve(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
         raise NotImplementedError
 
+    def _retrieve_tokens(self, ids: list[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
     def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
         raise NotImplementedError
 
@@ -381,6 +387,10 @@ class QdrantStoreCore:
         if not ids:
             return {}
         return {pid: p for pid, p in self._retrieve(ids) if p.get("kind") == KIND_PAGE}
+
+    def get_vectors(self, point_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        ids = [str(i) for i in point_ids]
+        return self._retrieve_tokens(ids) if ids else {}
 
     def iter_pages(
         self, batch_size: int = 256, with_vectors: bool = True

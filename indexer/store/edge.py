@@ -285,6 +285,16 @@ class EdgeStore(QdrantStoreCore):
             records = self._live().retrieve(ids, with_payload=True, with_vector=False)
             return [(str(r.id), r.payload or {}) for r in records]
 
+    def _retrieve_tokens(self, ids: list[str]) -> dict[str, np.ndarray]:
+        with self._lock:
+            records = self._live().retrieve(ids, with_payload=False, with_vector=[TOKENS_VECTOR])
+        out = {}
+        for r in records:
+            rows = (r.vector or {}).get(TOKENS_VECTOR)
+            if rows:
+                out[str(r.id)] = tokens_array(rows)
+        return out
+
     def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
         qe = self._qe
         req = qe.QueryRequest(

@@ -218,6 +218,15 @@ class ServerStore(QdrantStoreCore):
         records = self._live().retrieve(self.collection, ids, with_payload=True, with_vectors=False)
         return [(str(r.id), r.payload or {}) for r in records]
 
+    def _retrieve_tokens(self, ids: list[str]) -> dict[str, np.ndarray]:
+        records = self._live().retrieve(self.collection, ids, with_payload=False, with_vectors=[TOKENS_VECTOR])
+        out = {}
+        for r in records:
+            rows = (r.vector or {}).get(TOKENS_VECTOR) if isinstance(r.vector, dict) else None
+            if rows:
+                out[str(r.id)] = tokens_array(rows)
+        return out
+
     def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
         res = self._live().query_points(
             self.collection,
