@@ -255,3 +255,34 @@ def test_cli_unreachable_model_is_one_line(tmp_path) -> None:
     assert len(lines) == 1, res.stderr
     assert "vidore/colSmol-256M" in lines[0] and "COLSMOL_ENCODER_MODEL" in lines[0]
     assert "Traceback" not in res.stderr
+
+
+def test_memory_stays_bounded_on_a_long_pdf(tiny_encoder, tmp_path) -> None:
+    """Pages rendered but not yet stored never exceed what the bounded queues can hold."""
+    path = write_pdf(tmp_path / "long.pdf", [PageSpec(*LETTER, text=f"p{i}") for i in range(60)])
+    store = EdgeStore(tmp_path / "qdrant", "test")
+    try:
+        ing, _ = _ingestor(store, tiny_encoder, tmp_path, queue_pages=4, preprocess_workers=1)
+        ing.batch_size = 2
+        state = {"rendered": 0, "stored": 0, "peak": 0}
+        real_render = ing.renderer.render
+
+        def counting_render(*args, **kwargs):
+            for page in real_render(*args, **kwargs):
+                state["rendered"] += 1
+                state["peak"] = max(state["peak"], state["rendered"] - state["stored"])
+                yield page
+
+        ing.renderer.render = counting_render  # instrumentation around the real renderer
+
+        def on_progress(event) -> None:
+            if event.kind == "pages":
+                state["stored"] += event.n
+
+        report = ing.ingest([path], progress=on_progress)
+        assert report.files[0].pages == 60 and state["stored"] == 60
+        # pages queue (4) + one batch being filled + one preprocessing + write queue (4 batches)
+        # + one batch being written + the page in hand: 4 + 2 * (1 + 1 + 4 + 1) + 1 = 19, not 60.
+        assert state["peak"] <= 19, state
+    finally:
+        store.close()
