@@ -7,9 +7,20 @@ cd "$(dirname "$0")/.."
 if ! command -v pdftoppm >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "colsmol: installing poppler-utils"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils) >/dev/null
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq poppler-utils) >/dev/null \
+            || echo "colsmol: could not install poppler-utils; poppler renderer tests will be skipped"
     else
         echo "colsmol: pdftoppm not found; poppler renderer tests will be skipped (apt-get install poppler-utils)"
+    fi
+fi
+# ... and chromium (tests/test_web.py drives the web page in it, headless).
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "colsmol: installing chromium"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+            || echo "colsmol: could not install chromium; web page tests will be skipped"
+    else
+        echo "colsmol: /usr/bin/chromium not found; web page tests will be skipped (apt-get install chromium)"
     fi
 fi
 

@@ -21,13 +21,22 @@ async function api(path, options = {}) {
 }
 
 // <img src> cannot send an Authorization header: with a key, images are fetched and shown as blobs.
+// img.dataset.want is the API URL last asked for (a late fetch for another is dropped); img.dataset.src
+// is the API URL that the current src shows (the same URL, or a blob of it).
 async function setImage(img, url) {
-  if (!keyInput.value.trim()) { img.src = url; return; }
+  img.dataset.want = url;
+  if (!keyInput.value.trim()) { setSrc(img, url, url); return; }
   const blob = await (await api(url)).blob();
-  img.src = URL.createObjectURL(blob);
+  if (img.dataset.want === url) setSrc(img, URL.createObjectURL(blob), url);
 }
 
-function card(hit) {
+function setSrc(img, src, url) {
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.dataset.src = url;
+  if (src) img.src = src; else img.removeAttribute("src");
+}
+
+function card(hit, query) {
   const div = document.createElement("div");
   div.className = "hit";
   const img = document.createElement("img");
@@ -41,15 +50,49 @@ function card(hit) {
   score.className = "meta score";
   score.textContent = `score ${hit.score.toFixed(3)}`;
   div.append(img, meta, score);
-  div.addEventListener("click", () => enlarge(hit));
+  div.addEventListener("click", () => enlarge(hit, query));
   return div;
 }
 
-function enlarge(hit) {
-  $("viewer-caption").textContent = `${hit.file_name || hit.doc_id}, page ${hit.page_number}`;
-  setImage($("viewer-img"), hit.image_url).catch((e) => { $("viewer-caption").textContent = e.message; });
+// ------------------------------------------------------------------ enlarged page, with an optional heatmap
+// The heatmap is GET /v1/pages/{id}/explain?query=…: the page with the regions that matched the query
+// (or question) whose results are shown.
+const viewer = { hit: null, query: "", heatmap: false };
+
+function enlarge(hit, query) {
+  Object.assign(viewer, { hit, query: query || "", heatmap: false });
+  $("viewer-heatmap").hidden = !viewer.query;
+  setSrc($("viewer-img"), "", "");  // not the last page shown while this one loads
+  showViewerImage();
   $("viewer").showModal();
 }
+
+function showViewerImage() {
+  const { hit, query, heatmap } = viewer;
+  const caption = $("viewer-caption"), img = $("viewer-img");
+  const name = `${hit.file_name || hit.doc_id}, page ${hit.page_number}`;
+  $("viewer-heatmap").setAttribute("aria-pressed", String(heatmap));
+  caption.className = "";
+  caption.textContent = heatmap ? `${name}: computing heatmap for “${query}”…` : name;
+  const url = heatmap
+    ? `/v1/pages/${encodeURIComponent(hit.point_id)}/explain?query=${encodeURIComponent(query)}`
+    : hit.image_url;
+  img.onload = () => {
+    if (img.dataset.src === url) caption.textContent = heatmap ? `${name}: heatmap for “${query}”` : name;
+  };
+  img.onerror = () => {
+    if (img.dataset.src === url) { caption.className = "error"; caption.textContent = `${name}: image unavailable`; }
+  };
+  setImage(img, url).catch((e) => {
+    if (img.dataset.want === url) { caption.className = "error"; caption.textContent = e.message; }
+  });
+}
+
+$("viewer-heatmap").addEventListener("click", () => {
+  if (!viewer.hit) return;
+  viewer.heatmap = !viewer.heatmap;
+  showViewerImage();
+});
 $("viewer-close").addEventListener("click", () => $("viewer").close());
 
 // ------------------------------------------------------------------ upload
@@ -109,7 +152,7 @@ async function search(query) {
   const t0 = performance.now();
   const res = await api("/v1/search", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ query, k: 12 }) });
   const { hits } = await res.json();
-  $("results").replaceChildren(...hits.map(card));
+  $("results").replaceChildren(...hits.map((h) => card(h, query)));
   $("search-status").textContent = `${hits.length} pages in ${Math.round(performance.now() - t0)} ms`;
 }
 
@@ -133,7 +176,7 @@ async function answer(question) {
       const payload = JSON.parse(data[1]);
       if (event[1] === "token") text.textContent += payload;
       else if (event[1] === "sources") {
-        $("answer-sources").replaceChildren(...payload.sources.map(card));
+        $("answer-sources").replaceChildren(...payload.sources.map((h) => card(h, question)));
         const t = payload.timings || {};
         $("search-status").textContent = `Answered from ${payload.sources.length} page(s)` + (t.generate ? ` in ${t.generate.toFixed(2)} s` : "");
       } else if (event[1] === "error") { $("search-status").className = "error"; $("search-status").textContent = payload.detail; }
