@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 Size = Literal["full", "thumb"]
 THUMB_SIZE = 256
 QUALITY = 85
+# libwebp effort 0 (of 6): 40 ms for a 150 dpi Letter page against 170 ms at 4, files ~30% larger.
+# Pages are saved on the ingest path for every page, so speed matters more than the last bytes.
+WEBP_METHOD = 0
 _WEBP_MAX_SIDE = 16_383  # the WebP format's limit
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,127}$")
 
@@ -75,7 +78,7 @@ class PageImageStore:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                image.save(fh, format="WEBP", quality=self.quality, method=4)
+                image.save(fh, format="WEBP", quality=self.quality, method=WEBP_METHOD)
             os.replace(tmp, target)
         except BaseException:
             try:

@@ -42,10 +42,12 @@ class SmolVLMGenerator:
         model: str | Path = "HuggingFaceTB/SmolVLM-256M-Instruct",
         device: str = "auto",
         instruction: str = SYSTEM_INSTRUCTION,
+        image_longest_edge: int | None = 1536,
     ) -> None:
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.instruction = instruction
+        self.image_longest_edge = image_longest_edge
         self._model: Any = None
         self._processor: Any = None
         self._lock = threading.Lock()
@@ -99,11 +101,31 @@ class SmolVLMGenerator:
         kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
         if images:
             kwargs["images"] = [[img.convert("RGB") for img in images]]
+            size = self.page_size()
+            if size is not None:
+                kwargs["size"] = {"longest_edge": size}
         inputs = self.processor(**kwargs)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs
+
+    def page_size(self) -> int | None:
+        """The longest edge each page is resized to before tiling: the token budget per page.
+
+        SmolVLM's processor resizes every image to its own longest edge (2048 px: 4 x 4 tiles of
+        512 px + a global view = 1,088 image tokens a page), upscaling smaller ones. Capping it at
+        ``image_longest_edge`` (1,536 px: 3 x 3 tiles + global = 640 tokens with 64 tokens a tile)
+        keeps 3 pages near 2k tokens of context. The cap is rounded down to whole tiles and never
+        exceeds the processor's own size.
+        """
+        ip = self.processor.image_processor
+        default = int(ip.size["longest_edge"])
+        if self.image_longest_edge is None:
+            return None
+        tile = int(ip.max_image_size["longest_edge"])
+        capped = max(tile, (min(self.image_longest_edge, default) // tile) * tile)
+        return None if capped >= default else capped
 
     def _gen_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
         if max_new_tokens < 1:

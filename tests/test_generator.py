@@ -46,3 +46,16 @@ def test_missing_model_offline(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelUnavailable, match="COLSMOL_GENERATOR_MODEL"):
         SmolVLMGenerator("HuggingFaceTB/SmolVLM-256M-Instruct", device="cpu").load()
+
+
+def test_page_token_budget_caps_image_tokens(tiny_models) -> None:
+    """Pages are resized to the budget's longest edge before tiling: fewer tiles, fewer tokens."""
+    pages = _pages(2)
+    full = SmolVLMGenerator(tiny_models["generator"], device="cpu", image_longest_edge=None)
+    capped = SmolVLMGenerator(tiny_models["generator"], device="cpu", image_longest_edge=32)
+    assert full.page_size() is None and capped.page_size() == 32  # tiny model: 64 px, 32 px tiles
+    image_token = full.processor.tokenizer.convert_tokens_to_ids("<image>")
+    n_full = int((full.build_inputs("q?", pages)["input_ids"] == image_token).sum())
+    n_capped = int((capped.build_inputs("q?", pages)["input_ids"] == image_token).sum())
+    assert n_capped < n_full
+    assert isinstance(capped.generate("q?", pages, max_new_tokens=3), str)

@@ -1,0 +1,286 @@
+"""SmolVLM answer latency: time to first token and decode tokens/s at batch 1, and batch-8 tokens/s.
+
+The inputs are those of ``RAGPipeline.answer``: ``--pages`` Letter pages rendered at 150 dpi, shrunk to
+``ANSWER_IMAGE_LONGEST_EDGE``, one question, ``SmolVLMGenerator.build_inputs`` (chat template, Idefics3
+tiling). Every generation is forced to exactly ``--new-tokens`` tokens (``min_new_tokens`` =
+``max_new_tokens``), so a random-weight checkpoint that emits end-of-answer at once still decodes N tokens.
+Measured in one run, median of ``--reps``:
+
+- TTFT (stream): ``SmolVLMGenerator.stream`` from the call (inputs built inside) to the first text piece.
+  Its streamer holds a partial word back, so with random weights generation is restricted to tokens
+  that decode to one space-led word (the full-size random checkpoint has a 49,280-row head but a small
+  test tokenizer, whose other ids decode to nothing, and random text may have no word boundary); the
+  number of tokens decoded before that piece is reported (2 is what real text gives: the first word
+  is held until the next starts).
+- TTFT (token): ``model.generate`` on ``build_inputs`` with a streamer that only timestamps each token:
+  from before ``build_inputs`` to the first generated token on the host.
+- decode tokens/s at batch 1: (N - 1) / (last token - first token), same run as TTFT (token);
+  also plain ``generate`` without a streamer: (N - 1) / (time(N tokens) - time(1 token)).
+- batch 8: 8 questions over the same pages, left-padded into one ``generate`` call; total tokens/s
+  = 8 N / time, and decode-only 8 (N - 1) / (time(N) - time(1)).
+
+On the GPU machine, with the full-size random checkpoint (bench/make_checkpoints.py):
+
+    python bench/make_checkpoints.py /tmp/ckpt
+    python bench/answer.py --model /tmp/ckpt/generator --out answer.json
+
+``--smoke`` runs tiny on CPU with whatever model is given, to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QUESTIONS = [
+    "What was the total revenue in 2023?",
+    "Which table lists the quarterly operating costs?",
+    "Who signed the agreement on the last page?",
+    "What is the due date of the invoice?",
+    "Summarize the main finding of the report.",
+    "How many employees did the company have at the end of the year?",
+    "What does the chart on the second page show?",
+    "Which tax rate applies to the amounts in the summary table?",
+]
+
+
+def answer_pages(n: int, dpi: int = 150) -> list:
+    from indexer.render import iter_file_pages
+    from rag.pipeline import ANSWER_IMAGE_LONGEST_EDGE
+    from tests.pdfs import LETTER, PageSpec, write_pdf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_pdf(Path(tmp) / "answer.pdf", [PageSpec(*LETTER, text=f"answer page {i}") for i in range(n)])
+        pages = [p.image for p in iter_file_pages(path, dpi=dpi)]
+    for img in pages:  # as RAGPipeline._prepare_answer does
+        img.thumbnail((ANSWER_IMAGE_LONGEST_EDGE, ANSWER_IMAGE_LONGEST_EDGE))
+    return pages
+
+
+class TokenTimes:
+    """A generate() streamer that records when each generated token reaches the host (the first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:  # noqa: ANN001
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+class WordsOnly:
+    """Logits processor: only tokens that decode to one space-led word (" the", " total").
+
+    With random weights the streamer would otherwise see ids the test tokenizer cannot decode, or
+    text with no word boundary, and hold everything back to the end. A word per token makes the
+    first piece appear as it does with real text: the streamer holds the first word until the next
+    one starts, and ``stream`` drops the leading space, so the first piece comes after 2 tokens.
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, device) -> None:  # noqa: ANN001
+        import torch
+
+        ok = torch.zeros(vocab_size, dtype=torch.bool)
+        for i in range(min(len(tokenizer), vocab_size)):
+            text = tokenizer.decode([i])
+            ok[i] = len(text) > 1 and text[0] == " " and text[1:].isalnum()
+        if not ok.any():
+            raise SystemExit("the tokenizer has no space-led word tokens to restrict generation to")
+        self.words = int(ok.sum())
+        self.mask = (~ok).to(device)
+        self.calls = 0
+
+    def __call__(self, input_ids, scores):  # noqa: ANN001
+        self.calls += 1
+        return scores.masked_fill(self.mask[: scores.shape[-1]], float("-inf"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="generator checkpoint directory")
+    ap.add_argument("--pages", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens every generation is forced to")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.smoke:
+        args.new_tokens, args.reps = 16, 2
+
+    import torch
+    from transformers import LogitsProcessorList
+
+    from rag.generator import SmolVLMGenerator
+
+    gen = SmolVLMGenerator(args.model, device=args.device).load()
+    model, proc = gen.model, gen.processor
+    tok = proc.tokenizer
+    cuda = gen.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    device_name = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
+    )
+    pages = answer_pages(args.pages)
+    n = args.new_tokens
+    question = QUESTIONS[0]
+    forced = {"min_new_tokens": n, "max_new_tokens": n}
+
+    def generate(inputs, new_tokens: int, **kw):
+        with torch.inference_mode():
+            out = model.generate(**inputs, **gen._gen_kwargs(new_tokens), min_new_tokens=new_tokens, **kw)
+        sync()
+        return out
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    inputs1 = gen.build_inputs(question, pages)
+    prompt_tokens = int(inputs1["input_ids"].shape[1])
+    out = generate(inputs1, n)  # warm-up, and check the forced length
+    got = int(out.shape[1]) - prompt_tokens
+    if got != n:
+        raise SystemExit(f"generate produced {got} new tokens, expected {n}")
+    generate(inputs1, 1)
+
+    # --- TTFT through SmolVLMGenerator.stream (the API's streaming path)
+    limit = WordsOnly(tok, model.config.text_config.vocab_size, gen.device)
+    base_kwargs = gen._gen_kwargs
+    gen._gen_kwargs = lambda m: {**base_kwargs(m), **forced, "logits_processor": LogitsProcessorList([limit])}  # type: ignore[method-assign]
+    stream_ttft, stream_total, steps_before_piece = [], [], []
+    try:
+        for _ in range(args.reps):
+            limit.calls = 0
+            t0 = time.perf_counter()
+            first = None
+            for _piece in gen.stream(question, pages, max_new_tokens=n):
+                if first is None:
+                    first = time.perf_counter() - t0
+                    steps_before_piece.append(limit.calls)
+            stream_total.append(time.perf_counter() - t0)
+            stream_ttft.append(first if first is not None else float("nan"))
+    finally:
+        gen._gen_kwargs = base_kwargs  # type: ignore[method-assign]
+
+    # --- TTFT and decode rate per token (batch 1), inputs built inside the timing
+    tok_ttft, tok_decode, build = [], [], []
+    for _ in range(args.reps):
+        times = TokenTimes()
+        t0 = time.perf_counter()
+        inputs = gen.build_inputs(question, pages)
+        build.append(time.perf_counter() - t0)
+        generate(inputs, n, streamer=times)
+        tok_ttft.append(times.times[0] - t0)
+        tok_decode.append((len(times.times) - 1) / (times.times[-1] - times.times[0]))
+
+    # --- plain generate, batch 1: prefill (1 token) and N tokens
+    t1 = [timed(lambda: generate(inputs1, 1)) for _ in range(args.reps)]
+    tn = [timed(lambda: generate(inputs1, n)) for _ in range(args.reps)]
+
+    # --- plain generate, batch B: B questions over the same pages, left padded
+    tok.padding_side = "left"
+    qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
+    prompts = []
+    for q in qs:
+        content = [{"type": "image"} for _ in pages] + [{"type": "text", "text": f"{gen.instruction}\nQuestion: {q}"}]
+        prompts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
+    inputs_b = proc(
+        text=prompts, images=[[p.convert("RGB") for p in pages]] * args.batch, return_tensors="pt", padding=True
+    )
+    inputs_b = {k: v.to(gen.device) for k, v in inputs_b.items()}
+    inputs_b["pixel_values"] = inputs_b["pixel_values"].to(model.dtype)
+    outb = generate(inputs_b, n)  # warm-up + length check
+    if int(outb.shape[1]) - int(inputs_b["input_ids"].shape[1]) != n:
+        raise SystemExit("batched generate did not produce the forced length")
+    b1 = [timed(lambda: generate(inputs_b, 1)) for _ in range(args.reps)]
+    bn = [timed(lambda: generate(inputs_b, n)) for _ in range(args.reps)]
+
+    med = statistics.median
+
+    def rate(tokens: int, seconds: float) -> float | None:  # None when timing noise makes the difference <= 0
+        return tokens / seconds if seconds > 0 else None
+
+    def f0(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.0f}"
+
+    row = {
+        "pages": args.pages,
+        "page_px": list(pages[0].size),
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": n,
+        "reps": args.reps,
+        "ttft_stream_ms": med(stream_ttft) * 1e3,
+        "stream_tokens_before_first_piece": med(steps_before_piece) if steps_before_piece else None,
+        "stream_word_tokens_allowed": limit.words,
+        "stream_total_ms": med(stream_total) * 1e3,
+        "ttft_token_ms": med(tok_ttft) * 1e3,
+        "build_inputs_ms": med(build) * 1e3,
+        "decode_tokens_per_s_b1_streamer": med(tok_decode),
+        "prefill_generate_1_token_ms": med(t1) * 1e3,
+        "generate_n_tokens_ms": med(tn) * 1e3,
+        "decode_tokens_per_s_b1": rate(n - 1, med(tn) - med(t1)),
+        "tokens_per_s_b1_end_to_end": n / med(tn),
+        "batch": args.batch,
+        "batch_prompt_tokens_padded": int(inputs_b["input_ids"].shape[1]),
+        "batch_generate_1_token_ms": med(b1) * 1e3,
+        "batch_generate_n_tokens_ms": med(bn) * 1e3,
+        "batch_tokens_per_s_total": args.batch * n / med(bn),
+        "batch_decode_tokens_per_s_total": rate(args.batch * (n - 1), med(bn) - med(b1)),
+    }
+    result = {
+        "device": device_name,
+        "date": date.today().isoformat(),
+        "model": args.model,
+        "dtype": str(model.dtype),
+        "attn": str(getattr(model.config, "_attn_implementation", None)),
+        "torch": torch.__version__,
+        "smoke": args.smoke,
+        "rows": [row],
+    }
+    print(
+        f"\nanswer: {args.pages} pages {row['page_px'][0]}x{row['page_px'][1]} px, prompt {prompt_tokens} tokens, "
+        f"{n} new tokens forced, median of {args.reps}; build_inputs (chat template, image tiling, copy to device) "
+        f"{row['build_inputs_ms']:.0f} ms of TTFT; stream's first piece came after "
+        f"{row['stream_tokens_before_first_piece']} decode steps"
+    )
+    print(
+        "\n| pages | prompt tokens | TTFT stream ms | TTFT token ms | prefill ms (generate 1) "
+        "| decode tok/s b1 (streamer / plain) "
+        f"| tok/s b1 end to end ({n} new) | batch {args.batch} tok/s total "
+        f"| batch {args.batch} decode tok/s total | device | date |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.pages} | {prompt_tokens} | {row['ttft_stream_ms']:.0f} | {row['ttft_token_ms']:.0f} "
+        f"| {row['prefill_generate_1_token_ms']:.0f} "
+        f"| {row['decode_tokens_per_s_b1_streamer']:.0f} / {f0(row['decode_tokens_per_s_b1'])} "
+        f"| {row['tokens_per_s_b1_end_to_end']:.0f} | {row['batch_tokens_per_s_total']:.0f} "
+        f"| {f0(row['batch_decode_tokens_per_s_total'])} | {device_name} | {result['date']} |"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
