@@ -16,7 +16,9 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-SNIFF_BYTES = 16
+from indexer.render.base import sniff as sniff_kind
+
+SNIFF_BYTES = 1024  # the renderer looks for a PDF header anywhere in the first 1 KB
 MAX_FIELD_BYTES = 64 * 1024
 MAX_NAME_CHARS = 255
 
@@ -30,23 +32,18 @@ class UploadError(Exception):
         self.detail = detail
 
 
+_SUFFIX = {"pdf": ".pdf", "png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+
+
 def sniff(head: bytes) -> str | None:
-    """The file extension for the magic bytes ``head``, or None when colsmol cannot read the file.
+    """The file extension for the magic bytes ``head`` (the renderer's own sniffing, so the API accepts
+    exactly what ingest can read), or None when colsmol cannot read the file.
 
     >>> sniff(b"%PDF-1.7\\n"), sniff(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff(b"hello")
     ('.pdf', '.png', None)
     """
-    if head.startswith(b"%PDF-"):
-        return ".pdf"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return ".png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return ".jpg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return ".webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return ".tiff"
-    return None
+    kind = sniff_kind(head)
+    return None if kind is None else _SUFFIX[kind]
 
 
 def display_name(name: str) -> str:

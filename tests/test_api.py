@@ -6,6 +6,7 @@ One pipeline (tiny random checkpoints, Qdrant Edge in a tmp dir) is shared by ev
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
@@ -160,7 +161,12 @@ def test_end_to_end_over_http(live: httpx.Client) -> None:
     assert img.status_code == 200 and img.headers["content-type"] == "image/webp" and img.content[8:12] == b"WEBP"
     assert img.headers["cache-control"] == "public, max-age=31536000, immutable"
     thumb = live.get(hits[0]["thumb_url"])
-    assert thumb.status_code == 200 and len(thumb.content) <= len(img.content)
+    assert thumb.status_code == 200
+    from PIL import Image as _Image
+
+    full_size = _Image.open(io.BytesIO(img.content)).size
+    thumb_size = _Image.open(io.BytesIO(thumb.content)).size
+    assert max(thumb_size) <= 256 and thumb_size[0] <= full_size[0] and thumb_size[1] <= full_size[1]
     again = live.get(hits[0]["image_url"], headers={"If-None-Match": img.headers["etag"]})
     assert again.status_code == 304
 

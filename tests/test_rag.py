@@ -177,12 +177,15 @@ def test_two_stage_mode_matches_exact_on_a_small_corpus(tiny_models, tmp_path) -
     s = _settings(tiny_models, tmp_path)
     with RAGPipeline.from_settings(s) as rag:
         rag.ingest([docs])
-        exact = rag.search("page three", k=4)
+        exact = rag.search("page three", k=7)
     with RAGPipeline.from_settings(s.model_copy(update={"search_mode": "two-stage"})) as rag:
         two = rag.search("page three", k=4)
         assert rag._index is None, "two-stage mode must not build the resident index"
         doc_a = next(d.doc_id for d in rag.documents() if d.file_name == "a.pdf")
         filtered = rag.search("page three", k=10, filter={"doc_id": doc_a})
-    assert [h.point_id for h in two] == [h.point_id for h in exact]
-    np.testing.assert_allclose([h.score for h in two], [h.score for h in exact], atol=2e-2)
+    # Same scores for the same pages (up to fp16 rounding, so near-ties may swap places).
+    exact_scores = {h.point_id: h.score for h in exact}
+    for h in two:
+        assert abs(h.score - exact_scores[h.point_id]) < 2e-2
+    np.testing.assert_allclose([h.score for h in two], [h.score for h in exact[:4]], atol=2e-2)
     assert len(filtered) == 5 and {h.file_name for h in filtered} == {"a.pdf"}
