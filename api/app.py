@@ -153,7 +153,14 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        # Build and warm the pipeline before uvicorn starts, so a missing model or a store held by
+        # another process is one clear line from the CLI, not a traceback from the lifespan.
+        rag = RAGPipeline.from_settings(settings)
+        try:
+            _warm_up(rag)
+            uvicorn.run(create_app(settings, pipeline=rag), host=host, port=port, log_level="info")
+        finally:
+            rag.close()
         return
     if not settings.qdrant_url:
         raise ConfigError(
