@@ -136,9 +136,28 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
 
 
 def jsonable(errors: object) -> object:
+    """Validation errors echo the bad input; make it JSON-safe (NaN/Infinity are not JSON, and an
+    unencodable 422 body would turn bad input into a 500).
+
+    >>> jsonable([{"input": float("nan"), "loc": ("body", "k")}])
+    [{'input': 'nan', 'loc': ['body', 'k']}]
+    """
+    import math
+
     from fastapi.encoders import jsonable_encoder
 
-    return jsonable_encoder(errors, custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
+    def finite(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        return value
+
+    return finite(
+        jsonable_encoder(errors, custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
+    )
 
 
 def app_from_env() -> FastAPI:

@@ -282,6 +282,10 @@ def test_malformed_json_and_unknown_ids(client: TestClient) -> None:
     assert client.get("/v1/pages/abcd/image", params={"size": "huge"}).status_code == 422
     assert client.get("/v1/documents", params={"limit": 0}).status_code == 422
     assert client.get("/v1/documents", params={"offset": -1}).status_code == 422
+    # Python's json accepts NaN/Infinity; echoing them back in the 422 body must not become a 500.
+    for body in (b'{"question": "x", "k": NaN}', b'{"question": "x", "k": Infinity}'):
+        r = client.post("/v1/answer", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and "finite" in r.json()["detail"], r.text
 
 
 # ---------------------------------------------------------------------------------------------- auth
