@@ -19,12 +19,21 @@ Measured in one run, median of ``--reps``:
 - batch 8: 8 questions over the same pages, left-padded into one ``generate`` call; total tokens/s
   = 8 N / time, and decode-only 8 (N - 1) / (time(N) - time(1)).
 
+``--decode eager,static`` (the default) measures each decode mode of ``SmolVLMGenerator`` in turn, one
+row each, with a fresh generator per mode (``load()`` includes the warm-up, i.e. compilation and CUDA
+graph capture in static mode on CUDA; its time is reported as ``load_s`` / ``warmup_s``). ``eager`` is
+transformers' plain ``generate``, the baseline. Every row also reports ``same_tokens_as_first_mode``:
+how many of the N forced greedy tokens equal those of the first mode listed, from the start (bf16
+compiled kernels may round differently, so a late divergence on random weights is not an error), and
+on CUDA the torch.compile counters (unique graphs, graph breaks, CUDA graph skips).
+
 On the GPU machine, with the full-size random checkpoint (bench/make_checkpoints.py):
 
     python bench/make_checkpoints.py /tmp/ckpt
-    python bench/answer.py --model /tmp/ckpt/generator --out answer.json
+    python bench/answer.py --model /tmp/ckpt/generator --decode eager,static --out answer.json
 
-``--smoke`` runs tiny on CPU with whatever model is given, to check the script itself.
+``--smoke`` runs tiny on CPU with whatever model is given, to check the script itself (static mode runs
+there without compilation, which is only enabled on CUDA).
 """
 
 from __future__ import annotations
@@ -110,43 +119,31 @@ class WordsOnly:
         return scores.masked_fill(self.mask[: scores.shape[-1]], float("-inf"))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="generator checkpoint directory")
-    ap.add_argument("--pages", type=int, default=3)
-    ap.add_argument("--new-tokens", type=int, default=128, help="tokens every generation is forced to")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
-    if args.smoke:
-        args.new_tokens, args.reps = 16, 2
-
+def measure(args: argparse.Namespace, decode: str, pages: list, question: str, reference: list | None) -> dict:
+    """One row: every measurement of the module docstring, with a fresh generator in ``decode`` mode."""
     import torch
     from transformers import LogitsProcessorList
 
+    from indexer.device import resolve_device
     from rag.generator import SmolVLMGenerator
 
-    gen = SmolVLMGenerator(args.model, device=args.device).load()
+    if resolve_device(args.device).type == "cuda":
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()  # compiled graphs and counters of a previous mode do not leak into this row
+        counters.clear()
+    t_load = time.perf_counter()
+    gen = SmolVLMGenerator(args.model, device=args.device, decode=decode).load()
+    load_s = time.perf_counter() - t_load
     model, proc = gen.model, gen.processor
     tok = proc.tokenizer
     cuda = gen.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    device_name = (
-        torch.cuda.get_device_name()
-        if cuda
-        else f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
-    )
-    pages = answer_pages(args.pages)
     n = args.new_tokens
-    question = QUESTIONS[0]
     forced = {"min_new_tokens": n, "max_new_tokens": n}
 
     def generate(inputs, new_tokens: int, **kw):
-        with torch.inference_mode():
-            out = model.generate(**inputs, **gen._gen_kwargs(new_tokens), min_new_tokens=new_tokens, **kw)
+        out = gen.run_generate(inputs, new_tokens, min_new_tokens=new_tokens, **kw)
         sync()
         return out
 
@@ -161,7 +158,11 @@ def main() -> None:
     out = generate(inputs1, n)  # warm-up, and check the forced length
     got = int(out.shape[1]) - prompt_tokens
     if got != n:
-        raise SystemExit(f"generate produced {got} new tokens, expected {n}")
+        raise SystemExit(f"{decode}: generate produced {got} new tokens, expected {n}")
+    new_ids = out[0, prompt_tokens:].tolist()
+    same = None
+    if reference is not None:
+        same = next((i for i, (a, b) in enumerate(zip(new_ids, reference, strict=False)) if a != b), len(new_ids))
     generate(inputs1, 1)
 
     # --- TTFT through SmolVLMGenerator.stream (the API's streaming path)
@@ -170,7 +171,7 @@ def main() -> None:
     gen._gen_kwargs = lambda m: {**base_kwargs(m), **forced, "logits_processor": LogitsProcessorList([limit])}  # type: ignore[method-assign]
     stream_ttft, stream_total, steps_before_piece = [], [], []
     try:
-        for _ in range(args.reps):
+        for _ in range(args.reps + 1):  # the first is a warm-up (the logits processor is new)
             limit.calls = 0
             t0 = time.perf_counter()
             first = None
@@ -182,6 +183,7 @@ def main() -> None:
             stream_ttft.append(first if first is not None else float("nan"))
     finally:
         gen._gen_kwargs = base_kwargs  # type: ignore[method-assign]
+    stream_ttft, stream_total, steps_before_piece = stream_ttft[1:], stream_total[1:], steps_before_piece[1:]
 
     # --- TTFT and decode rate per token (batch 1), inputs built inside the timing
     tok_ttft, tok_decode, build = [], [], []
@@ -198,33 +200,19 @@ def main() -> None:
     t1 = [timed(lambda: generate(inputs1, 1)) for _ in range(args.reps)]
     tn = [timed(lambda: generate(inputs1, n)) for _ in range(args.reps)]
 
-    # --- plain generate, batch B: B questions over the same pages, left padded
-    tok.padding_side = "left"
-    qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
-    prompts = []
-    for q in qs:
-        content = [{"type": "image"} for _ in pages] + [{"type": "text", "text": f"{gen.instruction}\nQuestion: {q}"}]
-        prompts.append(proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True))
-    inputs_b = proc(
-        text=prompts, images=[[p.convert("RGB") for p in pages]] * args.batch, return_tensors="pt", padding=True
-    )
-    inputs_b = {k: v.to(gen.device) for k, v in inputs_b.items()}
-    inputs_b["pixel_values"] = inputs_b["pixel_values"].to(model.dtype)
-    outb = generate(inputs_b, n)  # warm-up + length check
-    if int(outb.shape[1]) - int(inputs_b["input_ids"].shape[1]) != n:
-        raise SystemExit("batched generate did not produce the forced length")
-    b1 = [timed(lambda: generate(inputs_b, 1)) for _ in range(args.reps)]
-    bn = [timed(lambda: generate(inputs_b, n)) for _ in range(args.reps)]
-
     med = statistics.median
 
     def rate(tokens: int, seconds: float) -> float | None:  # None when timing noise makes the difference <= 0
         return tokens / seconds if seconds > 0 else None
 
-    def f0(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.0f}"
-
-    row = {
+    row: dict = {
+        "decode": decode,
+        "decode_mode": gen.decode_mode,
+        "compiled": gen.compile_decode,
+        "fullgraph": gen.compile_fullgraph if gen.compile_decode else None,
+        "load_s": load_s,
+        "warmup_s": gen.warmup_s,
+        "same_tokens_as_first_mode": same,
         "pages": args.pages,
         "page_px": list(pages[0].size),
         "prompt_tokens": prompt_tokens,
@@ -242,42 +230,154 @@ def main() -> None:
         "decode_tokens_per_s_b1": rate(n - 1, med(tn) - med(t1)),
         "tokens_per_s_b1_end_to_end": n / med(tn),
         "batch": args.batch,
-        "batch_prompt_tokens_padded": int(inputs_b["input_ids"].shape[1]),
-        "batch_generate_1_token_ms": med(b1) * 1e3,
-        "batch_generate_n_tokens_ms": med(bn) * 1e3,
-        "batch_tokens_per_s_total": args.batch * n / med(bn),
-        "batch_decode_tokens_per_s_total": rate(args.batch * (n - 1), med(bn) - med(b1)),
     }
+
+    # --- plain generate, batch B: B questions over the same pages, left padded
+    if args.batch > 0:
+        try:
+            tok.padding_side = "left"
+            qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
+            prompts = []
+            for q in qs:
+                content = [{"type": "image"} for _ in pages] + [
+                    {"type": "text", "text": f"{gen.instruction}\nQuestion: {q}"}
+                ]
+                prompts.append(
+                    proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+                )
+            inputs_b = proc(
+                text=prompts, images=[[p.convert("RGB") for p in pages]] * args.batch, return_tensors="pt", padding=True
+            )
+            inputs_b = {k: v.to(gen.device) for k, v in inputs_b.items()}
+            inputs_b["pixel_values"] = inputs_b["pixel_values"].to(model.dtype)
+            outb = generate(inputs_b, n)  # warm-up (compiles the batch-B graph in static mode) + length check
+            if int(outb.shape[1]) - int(inputs_b["input_ids"].shape[1]) != n:
+                raise RuntimeError("batched generate did not produce the forced length")
+            generate(inputs_b, n)
+            b1 = [timed(lambda: generate(inputs_b, 1)) for _ in range(args.reps)]
+            bn = [timed(lambda: generate(inputs_b, n)) for _ in range(args.reps)]
+            row.update(
+                {
+                    "batch_prompt_tokens_padded": int(inputs_b["input_ids"].shape[1]),
+                    "batch_generate_1_token_ms": med(b1) * 1e3,
+                    "batch_generate_n_tokens_ms": med(bn) * 1e3,
+                    "batch_tokens_per_s_total": args.batch * n / med(bn),
+                    "batch_decode_tokens_per_s_total": rate(args.batch * (n - 1), med(bn) - med(b1)),
+                }
+            )
+        except Exception as exc:  # a batch failure must not lose the batch-1 numbers of this mode
+            row["batch_error"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            tok.padding_side = "right"
+    if cuda:
+        from torch._dynamo.utils import counters
+
+        row["compile_unique_graphs"] = int(counters["stats"]["unique_graphs"])
+        row["compile_graph_breaks"] = int(sum(counters["graph_break"].values()))
+        row["cudagraph_skips"] = int(counters["inductor"]["cudagraph_skips"])
+        row["peak_gpu_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    row["_new_ids"] = new_ids
+    gen.close()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="generator checkpoint directory")
+    ap.add_argument("--pages", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens every generation is forced to")
+    ap.add_argument("--batch", type=int, default=8, help="batch size of the batched measurement; 0 skips it")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--decode",
+        default="eager,static",
+        help="comma-separated SmolVLMGenerator decode modes, one row each (eager = plain generate, the baseline)",
+    )
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    if args.smoke:
+        args.new_tokens, args.reps = 16, 2
+    from rag.generator import DECODE_MODES
+
+    modes = [m.strip() for m in args.decode.split(",") if m.strip()]
+    if not modes or any(m not in DECODE_MODES for m in modes):
+        raise SystemExit(f"--decode takes a comma-separated list of {', '.join(DECODE_MODES)}; got {args.decode!r}")
+
+    import torch
+
+    pages = answer_pages(args.pages)
+    question = QUESTIONS[0]
+    rows: list[dict] = []
+    reference = None
+    for mode in modes:
+        row = measure(args, mode, pages, question, reference)
+        ids = row.pop("_new_ids")
+        reference = ids if reference is None else reference
+        rows.append(row)
+
+    from indexer.device import resolve_device
+
+    cuda = resolve_device(args.device).type == "cuda"
+    device_name = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
+    )
     result = {
         "device": device_name,
         "date": date.today().isoformat(),
         "model": args.model,
-        "dtype": str(model.dtype),
-        "attn": str(getattr(model.config, "_attn_implementation", None)),
+        "dtype": "bfloat16" if cuda else "float32",
         "torch": torch.__version__,
         "smoke": args.smoke,
-        "rows": [row],
+        "rows": rows,
     }
+
+    def f0(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.0f}"
+
+    r0 = rows[0]
+    n = args.new_tokens
     print(
-        f"\nanswer: {args.pages} pages {row['page_px'][0]}x{row['page_px'][1]} px, prompt {prompt_tokens} tokens, "
+        f"\nanswer: {args.pages} pages {r0['page_px'][0]}x{r0['page_px'][1]} px, prompt {r0['prompt_tokens']} tokens, "
         f"{n} new tokens forced, median of {args.reps}; build_inputs (chat template, image tiling, copy to device) "
-        f"{row['build_inputs_ms']:.0f} ms of TTFT; stream's first piece came after "
-        f"{row['stream_tokens_before_first_piece']} decode steps"
+        f"{r0['build_inputs_ms']:.0f} ms of TTFT; stream's first piece came after "
+        f"{r0['stream_tokens_before_first_piece']} decode steps"
     )
+    for r in rows:
+        extra = ""
+        if "compile_unique_graphs" in r:
+            extra = (
+                f", compiled graphs {r['compile_unique_graphs']}, graph breaks {r['compile_graph_breaks']}, "
+                f"cudagraph skips {r['cudagraph_skips']}, peak GPU {r['peak_gpu_mem_mib']:.0f} MiB"
+            )
+        print(
+            f"{r['decode']}: mode in effect {r['decode_mode']} (compiled={r['compiled']}, fullgraph={r['fullgraph']}), "
+            f"load {r['load_s']:.1f} s (warm-up {f0(r['warmup_s'] and r['warmup_s'] * 1e3)} ms), "
+            f"same tokens as {rows[0]['decode']}: {r['same_tokens_as_first_mode']}/{n}{extra}"
+            + (f"; batch error: {r['batch_error']}" if "batch_error" in r else "")
+        )
     print(
-        "\n| pages | prompt tokens | TTFT stream ms | TTFT token ms | prefill ms (generate 1) "
+        "\n| decode | pages | prompt tokens | TTFT stream ms | TTFT token ms | prefill ms (generate 1) "
         "| decode tok/s b1 (streamer / plain) "
         f"| tok/s b1 end to end ({n} new) | batch {args.batch} tok/s total "
         f"| batch {args.batch} decode tok/s total | device | date |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {args.pages} | {prompt_tokens} | {row['ttft_stream_ms']:.0f} | {row['ttft_token_ms']:.0f} "
-        f"| {row['prefill_generate_1_token_ms']:.0f} "
-        f"| {row['decode_tokens_per_s_b1_streamer']:.0f} / {f0(row['decode_tokens_per_s_b1'])} "
-        f"| {row['tokens_per_s_b1_end_to_end']:.0f} | {row['batch_tokens_per_s_total']:.0f} "
-        f"| {f0(row['batch_decode_tokens_per_s_total'])} | {device_name} | {result['date']} |"
-    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['decode']} | {args.pages} | {r['prompt_tokens']} | {r['ttft_stream_ms']:.0f} "
+            f"| {r['ttft_token_ms']:.0f} "
+            f"| {r['prefill_generate_1_token_ms']:.0f} "
+            f"| {r['decode_tokens_per_s_b1_streamer']:.0f} / {f0(r['decode_tokens_per_s_b1'])} "
+            f"| {r['tokens_per_s_b1_end_to_end']:.0f} | {f0(r.get('batch_tokens_per_s_total'))} "
+            f"| {f0(r.get('batch_decode_tokens_per_s_total'))} | {device_name} | {result['date']} |"
+        )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

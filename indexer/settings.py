@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         "then exact rerank (for corpora larger than the device's memory).",
     )
     prefetch_candidates: int = Field(200, ge=1, le=10_000, description="Candidates per query in two-stage mode.")
+    generator_decode: Literal["auto", "eager", "static"] = Field(
+        "auto",
+        description="SmolVLM decoding: eager generate, or a static KV cache compiled into CUDA graphs on CUDA; "
+        "auto = eager until the static path is verified on a GPU.",
+    )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
     api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")
     qdrant_shard_number: int | None = Field(

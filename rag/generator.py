@@ -2,18 +2,40 @@
 
 ``generate`` returns the whole text; ``stream`` yields text pieces as they are decoded, through a
 ``TextIteratorStreamer`` fed by ``generate`` running on a worker thread.
+
+Two decode modes (``decode=``):
+
+- ``"eager"``: transformers' plain ``generate`` (a ``DynamicCache``, one Python-launched forward per token).
+  At batch 1 on a GPU the per-token kernel launches, not the GPU, set the speed (37-47 tokens/s for
+  SmolVLM-256M on an H100).
+- ``"static"``: the same ``generate`` with a :class:`transformers.StaticCache` that this object owns and
+  ``reset()``s between calls, so its tensors keep their addresses, and on CUDA a
+  ``CompileConfig(mode="reduce-overhead")``: ``generate`` then runs the prefill eagerly (pixel values,
+  vision encoder, variable length) and every decode step through ``model.get_compiled_call`` - a
+  ``torch.compile``'d forward whose kernels are replayed as one CUDA graph per token. Decode steps are
+  text-only (transformers drops ``pixel_values`` after the prefill), so the graph is the Llama decoder
+  over a fixed-size cache. The cache length is rounded up to a multiple of ``STATIC_CACHE_BUCKET``
+  tokens (at least ``static_cache_tokens``) and only ever grows, so shapes - and recompilations - stay
+  bounded. All static-mode generations run on one long-lived worker thread: the cache is shared, and
+  CUDA graph trees keep per-thread state. On CPU/MPS the static cache is used without compilation.
+- ``"auto"`` (default): ``"static"`` only on CUDA and only once ``STATIC_DECODE_VERIFIED`` is set, else
+  ``"eager"``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
-from indexer.errors import ColsmolError, InvalidRequest
+from indexer.errors import ColsmolError, ConfigError, InvalidRequest
 from indexer.models import from_pretrained_kwargs, load_or_explain
 
 if TYPE_CHECKING:
@@ -28,6 +50,9 @@ SYSTEM_INSTRUCTION = (
     "If the pages do not contain the answer, say that the documents do not contain it."
 )
 
+Decode = Literal["auto", "eager", "static"]
+DECODE_MODES: tuple[str, ...] = get_args(Decode)
+
 
 class SmolVLMGenerator:
     """Vision-language generation with SmolVLM (any Idefics3-architecture checkpoint).
@@ -35,7 +60,21 @@ class SmolVLMGenerator:
     Device, dtype and missing-model rules match the encoder: bf16 + SDPA on CUDA, fp32 on CPU, and a
     ``ModelUnavailable`` naming ``COLSMOL_GENERATOR_MODEL`` when the weights cannot be had.
     Decoding is greedy by default so the same question gives the same answer.
+
+    ``decode`` picks how tokens are decoded (see the module docstring): ``"eager"``, ``"static"``
+    (static KV cache; compiled into CUDA graphs on CUDA) or ``"auto"``. ``decode_mode`` is the mode in
+    effect. In static mode on CUDA, ``load()`` calls :meth:`warmup` so that compilation and graph
+    capture happen at load time, not in the first request.
     """
+
+    #: ``decode="auto"`` means ``"static"`` on CUDA only when this is True. It stays False until a GPU
+    #: run of ``bench/answer.py --decode eager,static`` has shown the static path is faster and gives
+    #: the same tokens; the session that measures it flips it (and records the numbers).
+    STATIC_DECODE_VERIFIED: ClassVar[bool] = False
+    #: Static cache lengths are multiples of this many tokens (bounds the distinct compiled shapes).
+    STATIC_CACHE_BUCKET: ClassVar[int] = 256
+    #: Ask torch.compile for one graph per decode step; if that fails at warm-up, it is retried without.
+    COMPILE_FULLGRAPH: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -43,21 +82,57 @@ class SmolVLMGenerator:
         device: str = "auto",
         instruction: str = SYSTEM_INSTRUCTION,
         image_longest_edge: int | None = 1536,
+        decode: Decode = "auto",
+        static_cache_tokens: int = 3072,
     ) -> None:
+        if decode not in DECODE_MODES:
+            raise ConfigError(f"unknown decode mode {decode!r}; use one of {', '.join(DECODE_MODES)}")
+        if static_cache_tokens < 1:
+            raise ConfigError(f"static_cache_tokens must be at least 1, got {static_cache_tokens}")
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.instruction = instruction
         self.image_longest_edge = image_longest_edge
+        self.decode = decode
+        self.decode_mode: str = self._resolve_decode(decode)
+        # torch.compile (CUDA graphs) only on CUDA; elsewhere the static cache runs uncompiled.
+        self.compile_decode = self.decode_mode == "static" and self.device.type == "cuda"
+        self.compile_fullgraph = self.COMPILE_FULLGRAPH
+        self.static_cache_tokens = self._bucket(static_cache_tokens)
+        self.warmed_up = False
+        self.warmup_s: float | None = None
         self._model: Any = None
         self._processor: Any = None
         self._lock = threading.Lock()
+        self._caches: dict[int, Any] = {}  # batch size -> StaticCache, reused (reset) across calls
+        self._decode_thread: ThreadPoolExecutor | None = None
 
-    def load(self) -> SmolVLMGenerator:
+    def _resolve_decode(self, decode: str) -> str:
+        if decode == "auto":
+            return "static" if self.device.type == "cuda" and self.STATIC_DECODE_VERIFIED else "eager"
+        return decode
+
+    def _bucket(self, tokens: int) -> int:
+        return math.ceil(tokens / self.STATIC_CACHE_BUCKET) * self.STATIC_CACHE_BUCKET
+
+    def load(self, warmup: bool | None = None) -> SmolVLMGenerator:
+        """Load processor and weights; ``warmup`` (default: when decode steps are compiled) runs :meth:`warmup`.
+
+        Lazy use (``generate`` without ``load``) loads but does not warm up: then the first request pays
+        for compilation.
+        """
+        self._ensure_loaded()
+        if warmup is None:
+            warmup = self.compile_decode
+        if warmup and not self.warmed_up:
+            self.warmup()
+        return self
+
+    def _ensure_loaded(self) -> None:
         with self._lock:
             if self._model is None:
                 self._processor = load_or_explain(self._load_processor, self.model_id, "generator", ENV_VAR)
                 self._model = load_or_explain(self._load_model, self.model_id, "generator", ENV_VAR)
-        return self
 
     @property
     def loaded(self) -> bool:
@@ -65,12 +140,12 @@ class SmolVLMGenerator:
 
     @property
     def processor(self) -> Any:
-        self.load()
+        self._ensure_loaded()
         return self._processor
 
     @property
     def model(self) -> Any:
-        self.load()
+        self._ensure_loaded()
         return self._model
 
     def _load_processor(self) -> Any:
@@ -128,6 +203,7 @@ class SmolVLMGenerator:
         return None if capped >= default else capped
 
     def _gen_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        """Decoding settings every mode shares (greedy, lengths, special tokens)."""
         if max_new_tokens < 1:
             raise InvalidRequest("max_new_tokens must be at least 1")
         tok = self.processor.tokenizer
@@ -138,20 +214,140 @@ class SmolVLMGenerator:
             "eos_token_id": tok.eos_token_id,
         }
 
+    # ------------------------------------------------------------------ decode modes
+    def _static_cache(self, batch_size: int, tokens: int) -> Any:
+        """The reusable StaticCache for this batch size, at least ``tokens`` long, reset to empty.
+
+        One cache per batch size, kept across calls: ``cache_implementation="static"`` would allocate a
+        new one per ``generate`` call, and new tensor addresses make CUDA graph trees re-record the
+        graph (after 128 re-records inductor stops using graphs for it). The length is rounded up to
+        ``STATIC_CACHE_BUCKET`` and never shrinks, so a few shapes cover every request.
+        """
+        from transformers import StaticCache
+
+        cache = self._caches.get(batch_size)
+        if cache is None or cache.get_max_length() < tokens:
+            old = cache.get_max_length() if cache is not None else 0
+            length = max(self.static_cache_tokens, self._bucket(tokens), old)
+            if cache is not None:
+                log.info("static KV cache for batch %d grows to %d tokens (a new compiled shape)", batch_size, length)
+            cache = StaticCache(config=self.model.config.get_text_config(decoder=True), max_cache_len=length)
+            self._caches[batch_size] = cache
+        else:
+            cache.reset()
+        return cache
+
+    def _compile_config(self) -> Any:
+        from transformers import CompileConfig
+
+        return CompileConfig(fullgraph=self.compile_fullgraph, mode="reduce-overhead")
+
+    def _model_generate(self, inputs: dict[str, Any], max_new_tokens: int, **extra: Any) -> Any:
+        """``model.generate`` with this mode's cache and compile settings, on the calling thread.
+
+        Static mode must only run this on the decode thread (see :meth:`_run`).
+        """
+        import torch
+
+        kwargs = {**self._gen_kwargs(max_new_tokens), **extra}
+        with torch.inference_mode():
+            if self.decode_mode == "static":
+                ids = inputs["input_ids"]
+                kwargs["past_key_values"] = self._static_cache(
+                    int(ids.shape[0]), int(ids.shape[1]) + int(kwargs["max_new_tokens"])
+                )
+                if self.compile_decode:
+                    kwargs["compile_config"] = self._compile_config()
+                else:
+                    kwargs["disable_compile"] = True
+            return self.model.generate(**inputs, **kwargs)
+
+    def _init_decode_thread(self) -> None:
+        """Give the decode thread the CUDA-graph-tree state torch keeps per thread.
+
+        torch 2.9's cudagraph trees (``mode="reduce-overhead"``) look their state up in a
+        ``threading.local`` filled only on the thread that imported the module, and assert on any other
+        Python thread (pytorch/pytorch#123177, fixed upstream by creating it lazily per thread - the
+        same thing done here).
+        """
+        if not self.compile_decode:
+            return
+        try:
+            from torch._inductor import cudagraph_trees
+        except ImportError:  # pragma: no cover - torch without inductor
+            return
+        local = cudagraph_trees.local
+        if not hasattr(local, "tree_manager_containers"):
+            local.tree_manager_containers = {}
+            local.tree_manager_locks = collections.defaultdict(threading.Lock)
+
+    def _run(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` where this mode generates: the caller's thread (eager) or the one decode thread (static)."""
+        if self.decode_mode != "static":
+            return fn()
+        with self._lock:
+            if self._decode_thread is None:
+                self._decode_thread = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="colsmol-decode", initializer=self._init_decode_thread
+                )
+            pool = self._decode_thread
+        return pool.submit(fn).result()
+
+    def run_generate(self, inputs: dict[str, Any], max_new_tokens: int, **extra: Any) -> Any:
+        """``model.generate(**inputs, ...)`` in this decode mode; returns what ``generate`` returns.
+
+        ``extra`` goes to ``generate`` as is (``streamer``, ``min_new_tokens``, ``logits_processor``...).
+        """
+        return self._run(lambda: self._model_generate(inputs, max_new_tokens, **extra))
+
+    def warmup(self, max_new_tokens: int = 8) -> float:
+        """Run two short generations so compilation and CUDA graph capture happen now; returns seconds.
+
+        The prompt is text only: the prefill (where images go) is never compiled, and decode steps are
+        text-only whatever the prompt. The static cache is sized to ``static_cache_tokens``, the length
+        later requests up to that size reuse. In static mode with compilation, a failure with
+        ``fullgraph=True`` is retried with ``fullgraph=False``; if that fails too, decoding falls back to
+        eager (logged as an error) so the service still answers.
+        """
+        t0 = time.perf_counter()
+        self._ensure_loaded()
+        inputs = self.build_inputs("Warm-up: say hello.", [])
+        while True:
+            try:
+                for _ in range(2):  # the 1st call compiles and warms up the graph, the 2nd replays it
+                    self.run_generate(inputs, max_new_tokens, min_new_tokens=max_new_tokens)
+                break
+            except Exception as exc:
+                if not self.compile_decode:
+                    raise
+                if self.compile_fullgraph:
+                    log.warning("compiled decode with fullgraph=True failed (%s); retrying with fullgraph=False", exc)
+                    self.compile_fullgraph = False
+                else:
+                    log.error("compiled static decode failed (%s); falling back to eager decoding", exc)
+                    self.decode_mode, self.compile_decode = "eager", False
+                    self._caches.clear()
+        self.warmed_up = True
+        self.warmup_s = time.perf_counter() - t0
+        log.info(
+            "generator warm-up: %.1f s (decode=%s, compiled=%s, fullgraph=%s)",
+            self.warmup_s,
+            self.decode_mode,
+            self.compile_decode,
+            self.compile_fullgraph if self.compile_decode else None,
+        )
+        return self.warmup_s
+
     # ------------------------------------------------------------------ generation
     def generate(self, question: str, images: Sequence[Image.Image], max_new_tokens: int = 256) -> str:
         """The answer text (special tokens removed, whitespace trimmed)."""
-        import torch
-
         inputs = self.build_inputs(question, images)
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, **self._gen_kwargs(max_new_tokens))
+        out = self.run_generate(inputs, max_new_tokens)
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return str(self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
 
     def stream(self, question: str, images: Sequence[Image.Image], max_new_tokens: int = 256) -> Iterator[str]:
         """Yield text pieces as they are decoded; joined, they equal ``generate``'s text."""
-        import torch
         from transformers import TextIteratorStreamer
 
         inputs = self.build_inputs(question, images)
@@ -162,12 +358,12 @@ class SmolVLMGenerator:
 
         def run() -> None:
             try:
-                with torch.inference_mode():
-                    self.model.generate(**inputs, **self._gen_kwargs(max_new_tokens), streamer=streamer)
+                self.run_generate(inputs, max_new_tokens, streamer=streamer)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
                 errors.append(exc)
                 streamer.end()
 
+        # A short-lived thread waits for the generation (in static mode it queues on the decode thread).
         worker = threading.Thread(target=run, name="colsmol-generate", daemon=True)
         worker.start()
         first = True
@@ -183,5 +379,10 @@ class SmolVLMGenerator:
 
     def close(self) -> None:
         with self._lock:
+            if self._decode_thread is not None:
+                self._decode_thread.shutdown(wait=False, cancel_futures=True)
+                self._decode_thread = None
+            self._caches.clear()
             self._model = None
             self._processor = None
+            self.warmed_up = False

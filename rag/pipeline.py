@@ -96,7 +96,7 @@ class RAGPipeline:
         encoder = ColSmolEncoder(
             s.encoder_model, device=s.device, batch_size=s.page_batch_size, query_batch_size=s.query_batch_size
         )
-        generator = SmolVLMGenerator(s.generator_model, device=s.device)
+        generator = SmolVLMGenerator(s.generator_model, device=s.device, decode=s.generator_decode)
         kwargs: dict[str, Any] = {
             "index_device": s.device,
             "index_dtype": s.index_dtype,

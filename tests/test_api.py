@@ -345,7 +345,9 @@ def test_fuzz_answer_never_5xx(client: TestClient) -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 20), st.text(max_size=30), st.floats())
+    # httpx refuses to encode NaN/Infinity; raw bodies with them are covered in test_malformed_json_and_unknown_ids.
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-5, 20), st.text(max_size=30), finite)
     body = st.fixed_dictionaries(
         {},
         optional={

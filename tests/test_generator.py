@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.errors import InvalidRequest, ModelUnavailable
+from indexer.errors import ConfigError, InvalidRequest, ModelUnavailable
 from rag.generator import SmolVLMGenerator
 
 
@@ -59,3 +59,127 @@ def test_page_token_budget_caps_image_tokens(tiny_models) -> None:
     n_capped = int((capped.build_inputs("q?", pages)["input_ids"] == image_token).sum())
     assert n_capped < n_full
     assert isinstance(capped.generate("q?", pages, max_new_tokens=3), str)
+
+
+# ---------------------------------------------------------------------- decode modes
+# On CPU "static" uses the StaticCache without torch.compile (compile_decode is False: compilation and
+# CUDA graphs are only enabled on CUDA, where bench/answer.py --decode eager,static measures them).
+
+PROMPTS = [("What is the total amount due on the invoice, and by which date?", 3), ("hi?", 0)]
+
+
+@pytest.fixture(scope="module")
+def static_generator(tiny_models) -> SmolVLMGenerator:
+    gen = SmolVLMGenerator(tiny_models["generator"], device="cpu", decode="static").load()
+    yield gen
+    gen.close()
+
+
+def _ids_and_logits(gen: SmolVLMGenerator, question: str, n_pages: int, n: int):
+    inputs = gen.build_inputs(question, _pages(n_pages))
+    out = gen.run_generate(inputs, n, min_new_tokens=n, output_logits=True, return_dict_in_generate=True)
+    return inputs["input_ids"].shape[1], out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), out.logits
+
+
+def test_static_decode_runs_uncompiled_on_cpu(static_generator: SmolVLMGenerator) -> None:
+    assert static_generator.decode_mode == "static"
+    assert static_generator.compile_decode is False
+
+
+def test_static_equals_eager_token_for_token(
+    tiny_generator: SmolVLMGenerator, static_generator: SmolVLMGenerator
+) -> None:
+    """Greedy ids (forced to 24 tokens) and their logits match, for two prompt lengths in a row on one cache."""
+    import torch
+
+    assert tiny_generator.decode_mode == "eager"
+    lengths, caches = [], []
+    for question, n_pages in PROMPTS:  # long prompt first, then a short one on the same (reset) cache
+        n_eager, ids_eager, logits_eager = _ids_and_logits(tiny_generator, question, n_pages, 24)
+        n_static, ids_static, logits_static = _ids_and_logits(static_generator, question, n_pages, 24)
+        assert n_static == n_eager
+        assert ids_static == ids_eager
+        for a, b in zip(logits_eager, logits_static, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        lengths.append(n_eager)
+        caches.append(static_generator._caches[1])
+    assert lengths[0] != lengths[1]
+    assert caches[0] is caches[1]  # one StaticCache reused across calls: stable addresses for CUDA graphs
+    assert caches[0].get_max_length() % SmolVLMGenerator.STATIC_CACHE_BUCKET == 0
+
+
+@pytest.mark.parametrize(("question", "n_pages"), PROMPTS)
+def test_static_generate_and_stream_equal_eager(
+    tiny_generator: SmolVLMGenerator, static_generator: SmolVLMGenerator, question: str, n_pages: int
+) -> None:
+    pages = _pages(n_pages)
+    text = tiny_generator.generate(question, pages, max_new_tokens=16)
+    assert static_generator.generate(question, pages, max_new_tokens=16) == text
+    assert "".join(static_generator.stream(question, pages, max_new_tokens=16)).strip() == text
+
+
+def test_static_cache_grows_by_buckets(tiny_models, tiny_generator: SmolVLMGenerator) -> None:
+    gen = SmolVLMGenerator(tiny_models["generator"], device="cpu", decode="static", static_cache_tokens=100)
+    try:
+        assert gen.static_cache_tokens == 256
+        short = _ids_and_logits(gen, "hi?", 0, 4)
+        assert gen._caches[1].get_max_length() == 256
+        n_prompt, ids, _ = _ids_and_logits(gen, *PROMPTS[0], 100)  # prompt + 100 > 256 tokens
+        assert n_prompt + 100 > 256 and gen._caches[1].get_max_length() == 512
+        assert ids == _ids_and_logits(tiny_generator, *PROMPTS[0], 100)[1]
+        assert _ids_and_logits(gen, "hi?", 0, 4)[1] == short[1]  # the cache never shrinks back
+        assert gen._caches[1].get_max_length() == 512
+    finally:
+        gen.close()
+
+
+def test_warmup_static_on_cpu(tiny_models) -> None:
+    gen = SmolVLMGenerator(tiny_models["generator"], device="cpu", decode="static")
+    assert gen.load().warmed_up is False  # no compilation on CPU, so load() does not warm up
+    assert gen.warmup(max_new_tokens=2) >= 0 and gen.warmed_up
+    assert gen.decode_mode == "static"
+    gen.close()
+
+
+def test_auto_decode_is_eager_until_verified(tiny_models, monkeypatch) -> None:
+    assert SmolVLMGenerator(tiny_models["generator"], device="cpu").decode_mode == "eager"
+    monkeypatch.setattr(SmolVLMGenerator, "STATIC_DECODE_VERIFIED", True)
+    assert SmolVLMGenerator(tiny_models["generator"], device="cpu").decode_mode == "eager"  # CUDA only
+
+
+@pytest.mark.parametrize("decode", ["compiled", "", "STATIC", None])
+def test_invalid_decode_rejected(tiny_models, decode) -> None:
+    with pytest.raises(ConfigError, match="decode mode"):
+        SmolVLMGenerator(tiny_models["generator"], device="cpu", decode=decode)
+
+
+def test_warmup_falls_back_when_compiled_decode_fails(tiny_models, monkeypatch) -> None:
+    """fullgraph=True failing is retried with fullgraph=False; failing again falls back to eager decoding."""
+    gen = SmolVLMGenerator(tiny_models["generator"], device="cpu", decode="static").load()
+    calls: list[bool] = []
+    real = gen._model_generate
+
+    def fake(inputs, max_new_tokens, **extra):
+        calls.append(gen.compile_fullgraph)
+        if gen.compile_fullgraph:
+            raise RuntimeError("graph break")
+        return real(inputs, max_new_tokens, **extra)
+
+    monkeypatch.setattr(gen, "_model_generate", fake)
+    gen.compile_decode = True  # as on CUDA; on CPU generate() does not compile even when asked to
+    monkeypatch.setattr(gen, "_compile_config", lambda: None)  # compile_config=None: generate's defaults
+    gen.warmup(max_new_tokens=2)
+    assert calls[0] is True and gen.compile_fullgraph is False and gen.decode_mode == "static"
+
+    def broken(inputs, max_new_tokens, **extra):
+        if gen.compile_decode:
+            raise RuntimeError("no compiler")
+        return real(inputs, max_new_tokens, **extra)
+
+    gen.compile_fullgraph, gen.warmed_up = True, False
+    monkeypatch.setattr(gen, "_model_generate", broken)
+    gen.warmup(max_new_tokens=2)
+    assert gen.decode_mode == "eager" and gen.compile_decode is False and gen.warmed_up
+    monkeypatch.undo()
+    assert isinstance(gen.generate("hi?", [], max_new_tokens=2), str)
+    gen.close()
