@@ -103,7 +103,9 @@ def ingest(
     metadata: Annotated[
         list[str] | None, typer.Option("--metadata", "-m", help="key=value stored with every page (repeatable).")
     ] = None,
-    prune: Annotated[bool, typer.Option("--prune", help="Remove documents whose files no longer exist.")] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Remove documents under PATHS whose files no longer exist.")
+    ] = False,
     renderer: Annotated[str | None, typer.Option("--renderer", help="pdfium (default) or poppler.")] = None,
     dpi: Annotated[int | None, typer.Option("--dpi", help="PDF rendering resolution (env COLSMOL_DPI).")] = None,
     password: Annotated[str | None, typer.Option("--password", help="Password for encrypted PDFs.")] = None,

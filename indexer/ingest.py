@@ -210,15 +210,21 @@ class Ingestor:
         finally:
             report.pages_embedded = self._embedded
         if prune:
-            report.pruned = self.prune()
+            report.pruned = self.prune(paths)
         report.seconds = time.perf_counter() - started
         return report
 
-    def prune(self) -> list[str]:
-        """Remove documents whose source file no longer exists; return their ids."""
+    def prune(self, paths: Iterable[str | Path]) -> list[str]:
+        """Remove documents whose source file no longer exists, among those under ``paths`` (files or
+        folders); return their ids. Documents from elsewhere (another folder, an HTTP upload whose
+        temporary file is gone by design) are never touched by pruning this folder."""
+        roots = [Path(p).expanduser().resolve() for p in paths]
         removed = []
         for doc in self.store.list_documents(include_incomplete=True):
-            if not Path(doc.source).exists():
+            source = Path(doc.source)
+            if not any(source == root or root in source.parents for root in roots):
+                continue
+            if not source.exists():
                 self._delete(doc.doc_id)
                 removed.append(doc.doc_id)
                 log.info("pruned %s (%s no longer exists)", doc.doc_id, doc.source)

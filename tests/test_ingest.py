@@ -139,13 +139,20 @@ def test_changed_file_reindexed_and_stale_pages_gone(store, tiny_encoder, tmp_pa
 
 
 def test_prune_and_delete(store, tiny_encoder, tmp_path) -> None:
-    a = write_pdf(tmp_path / "a.pdf", [PageSpec(*LETTER, text="a")])
-    b = write_pdf(tmp_path / "b.pdf", [PageSpec(*LETTER, text="b")] * 2)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "other").mkdir()
+    a = write_pdf(tmp_path / "docs" / "a.pdf", [PageSpec(*LETTER, text="a")])
+    write_pdf(tmp_path / "docs" / "b.pdf", [PageSpec(*LETTER, text="b")] * 2)
+    c = write_pdf(tmp_path / "other" / "c.pdf", [PageSpec(*LETTER, text="c")])
     ing, _ = _ingestor(store, tiny_encoder, tmp_path)
-    ing.ingest([a, b])
+    ing.ingest([tmp_path / "docs", c])
     a.unlink()
-    report = ing.ingest([b], prune=True)
+    c.unlink()
+    # Pruning a folder only removes vanished files from under that folder: c.pdf lives elsewhere.
+    report = ing.ingest([tmp_path / "docs"], prune=True)
     assert len(report.pruned) == 1
+    assert sorted(d.file_name for d in store.list_documents()) == ["b.pdf", "c.pdf"]
+    assert len(ing.ingest([c.parent], prune=True).pruned) == 1
     (left,) = store.list_documents()
     assert left.file_name == "b.pdf"
     assert ing.delete(left.doc_id) == 2
