@@ -175,11 +175,8 @@ def documents(collection: Collection = None, data_dir: DataDir = None, json_out:
     from rag.pipeline import open_settings_store
 
     s = _settings(collection=collection, data_dir=data_dir)
-    store = open_settings_store(s)
-    try:
+    with open_settings_store(s) as store:
         docs = store.list_documents()
-    finally:
-        store.close()
     if json_out:
         typer.echo(
             json.dumps(
@@ -336,11 +333,8 @@ def export_cmd(
     from rag.pipeline import open_settings_store
 
     s = _settings(collection=collection, data_dir=data_dir)
-    store = open_settings_store(s)
-    try:
+    with open_settings_store(s) as store:
         r = export_collection(store, PageImageStore(s.images_dir / s.collection), path)
-    finally:
-        store.close()
     typer.echo(
         f"exported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
         f"{r.images} page images from collection {r.collection!r} to {r.path} "
@@ -361,11 +355,8 @@ def import_cmd(
     from rag.pipeline import open_settings_store
 
     s = _settings(collection=collection, data_dir=data_dir)
-    store = open_settings_store(s)
-    try:
+    with open_settings_store(s) as store:
         r = import_collection(store, PageImageStore(s.images_dir / s.collection), path, allow_merge=merge)
-    finally:
-        store.close()
     typer.echo(
         f"imported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
         f"{r.images} page images into collection {r.collection!r} from {r.path} ({r.seconds:.1f} s)"

@@ -47,7 +47,7 @@ import numpy as np
 
 from indexer.errors import ColsmolError
 from indexer.images import PageImageStore
-from indexer.store.base import DIM, POOLED_VECTOR, TOKENS_VECTOR, QdrantStoreCore, VectorStore
+from indexer.store.base import DIM, POOLED_VECTOR, TOKENS_VECTOR, QdrantStoreCore, VectorStore, document_record
 from indexer.types import DocumentInfo, PageRecord
 
 logger = logging.getLogger(__name__)
@@ -173,17 +173,6 @@ def _image_rel(point_id: str, size: str) -> str:
     return f"{IMAGES_DIR}/{point_id[:2].lower()}/{point_id}{suffix}"
 
 
-def _info_record(info: DocumentInfo) -> dict[str, Any]:
-    return {
-        "doc_id": info.doc_id,
-        "source": info.source,
-        "file_name": info.file_name,
-        "page_count": int(info.page_count),
-        "content_hash": info.content_hash,
-        "ingested_at": info.ingested_at,
-        "metadata": dict(info.metadata),
-    }
-
 
 # ---------------------------------------------------------------------------------------------
 # export
@@ -217,7 +206,7 @@ def export_collection(
 
     with open(out / DOCUMENTS_FILE, "w", encoding="utf-8") as fh:
         for info in docs:
-            fh.write(json.dumps(_info_record(info), ensure_ascii=False, sort_keys=True) + "\n")
+            fh.write(json.dumps(document_record(info), ensure_ascii=False, sort_keys=True) + "\n")
     files.append(
         {"path": DOCUMENTS_FILE, "sha256": _sha256(out / DOCUMENTS_FILE), "records": len(docs), "kind": "documents"}
     )

@@ -48,7 +48,8 @@ class RAGPipeline:
 
         with RAGPipeline.from_settings() as rag:
             rag.ingest(["docs/"])
-            print(rag.answer("What was the 2023 revenue?").text)
+            answer = rag.answer("What was the 2023 revenue?")
+            answer.text, [(hit.file_name, hit.page_number) for hit in answer.sources]
     """
 
     def __init__(

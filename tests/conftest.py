@@ -13,6 +13,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def tiny_settings(tiny_models: dict[str, Path], data_dir: Path, **overrides: object):
+    """Settings for a pipeline on the tiny checkpoints, on CPU, with its data under ``data_dir``."""
+    from indexer.settings import Settings
+
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "encoder_model": str(tiny_models["encoder"]),
+        "generator_model": str(tiny_models["generator"]),
+        "device": "cpu",
+    }
+    return Settings(**{**values, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random encoder (merged), encoder (PEFT adapter) and generator checkpoints on disk."""

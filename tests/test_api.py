@@ -24,6 +24,7 @@ from api import uploads
 from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS, RAGPipeline
+from tests.conftest import tiny_settings
 from tests.pdfs import LETTER, PageSpec, build_pdf
 
 pytestmark = pytest.mark.slow
@@ -37,14 +38,7 @@ def _pdf(*texts: str, scale: float = 0.5) -> bytes:
 
 @pytest.fixture(scope="module")
 def settings(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        data_dir=tmp_path_factory.mktemp("api-data"),
-        encoder_model=str(tiny_models["encoder"]),
-        generator_model=str(tiny_models["generator"]),
-        device="cpu",
-        max_new_tokens=8,
-        dpi=50,
-    )
+    return tiny_settings(tiny_models, tmp_path_factory.mktemp("api-data"), max_new_tokens=8, dpi=50)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,12 @@ from indexer.settings import Settings
 from indexer.store import EdgeStore
 from rag.pipeline import MAX_ANSWER_K, NO_DOCUMENTS, RAGPipeline
 from rag.types import Answer
+from tests.conftest import tiny_settings
 from tests.pdfs import A4, LETTER, PageSpec, write_pdf
 
 
 def _settings(tiny_models, tmp_path) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        encoder_model=str(tiny_models["encoder"]),
-        generator_model=str(tiny_models["generator"]),
-        device="cpu",
-        dpi=60,
-    )
+    return tiny_settings(tiny_models, tmp_path / "data", dpi=60)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
+from tests.conftest import tiny_settings
 from tests.pdfs import LETTER, PageSpec, build_pdf, write_pdf
 from tests.test_api import LiveServer, wait_job
 
@@ -58,14 +59,7 @@ def _half_letter(*texts: str) -> list[PageSpec]:
 
 @pytest.fixture(scope="module")
 def settings(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(
-        data_dir=tmp_path_factory.mktemp("web-data"),
-        encoder_model=str(tiny_models["encoder"]),
-        generator_model=str(tiny_models["generator"]),
-        device="cpu",
-        max_new_tokens=8,
-        dpi=50,
-    )
+    return tiny_settings(tiny_models, tmp_path_factory.mktemp("web-data"), max_new_tokens=8, dpi=50)
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,10 @@ class VectorStore(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> VectorStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 def check_vectors(vectors: np.ndarray, what: str) -> None:
     """Refuse to store NaN/inf or an over-long multivector (Qdrant's per-point float limit)."""
@@ -132,6 +136,19 @@ def check_vectors(vectors: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: {vectors.shape[0]} vectors exceed Qdrant's {MAX_TOKENS_PER_PAGE} per point")
     if not np.isfinite(vectors).all():
         raise ValueError(f"{what}: non-finite values in vectors")
+
+
+def document_record(info: DocumentInfo) -> dict[str, Any]:
+    """The stored fields of a document (its marker's payload without ``kind``; an export's line)."""
+    return {
+        "doc_id": info.doc_id,
+        "source": info.source,
+        "file_name": info.file_name,
+        "page_count": int(info.page_count),
+        "content_hash": info.content_hash,
+        "ingested_at": info.ingested_at,
+        "metadata": dict(info.metadata),
+    }
 
 
 def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -299,16 +316,7 @@ class QdrantStoreCore:
             self._changed()
 
     def mark_document_complete(self, info: DocumentInfo) -> None:
-        payload = {
-            "kind": KIND_DOCUMENT,
-            "doc_id": info.doc_id,
-            "source": info.source,
-            "file_name": info.file_name,
-            "page_count": int(info.page_count),
-            "content_hash": info.content_hash,
-            "ingested_at": info.ingested_at,
-            "metadata": dict(info.metadata),
-        }
+        payload = {"kind": KIND_DOCUMENT, **document_record(info)}
         self._upsert([(document_point_id(info.doc_id), {}, payload)])
         self._changed()
 
