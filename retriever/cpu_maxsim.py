@@ -27,6 +27,7 @@ tensor([[1.8000, 1.0000]])
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
@@ -44,8 +45,7 @@ def _extension() -> Any:
     if "ext" not in _EXT:
         ext = None
         try:
-            from retriever import _cpu_maxsim as ext  # type: ignore[attr-defined, no-redef]
-
+            ext = importlib.import_module("retriever._cpu_maxsim")
             if not ext.cpu_supported():
                 logger.info("CPU MaxSim kernel: this CPU lacks AVX2/FMA/F16C; using the torch path")
                 ext = None
