@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
+import os
 import platform
 import tempfile
 import time
@@ -54,6 +56,14 @@ def make_corpus(n_pages: int, lengths: tuple[int, int], seed: int) -> tuple[torc
         block = torch.randn(min(1 << 20, tokens.shape[0] - c), DIM, generator=g)
         tokens[c : c + block.shape[0]] = torch.nn.functional.normalize(block, dim=-1)
     return tokens, off
+
+
+def _rss() -> int:
+    """Resident bytes of this process (Linux; 0 elsewhere)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
 
 
 def make_queries(n: int, n_tokens: int, seed: int) -> torch.Tensor:
@@ -131,7 +141,7 @@ def edge_method(tokens: torch.Tensor, off: torch.Tensor, queries: torch.Tensor, 
         reps,
     )
     m.store = store  # type: ignore[attr-defined]
-    m.note = f"on-disk KB/page; upsert {n / upsert_s:.0f} pages/s"  # type: ignore[attr-defined]
+    m.note = f"KB/page on disk, WAL included; upserts {n / upsert_s:.0f} pages/s"  # type: ignore[attr-defined]
     return m
 
 
@@ -183,9 +193,13 @@ def _index_methods(n_pages, pages, T, q1, queries, args, slow_reps) -> tuple[lis
     methods, stored_ref = [], {}
     row = {f"p{i}": i for i in range(n_pages)}
     for dtype in ("fp16", "int8"):
+        gc.collect()
+        rss0 = _rss()
         index = TokenIndex(device="cpu", dtype=dtype, initial_capacity_tokens=T)
         for c in range(0, n_pages, 2048):
             index.add([f"p{i}" for i in range(c, min(n_pages, c + 2048))], [p.numpy() for p in pages[c : c + 2048]])
+        gc.collect()
+        rss_kb = (_rss() - rss0) / n_pages / 1024
         snap = index.snapshot()
 
         def run(qs, index=index):
@@ -194,6 +208,7 @@ def _index_methods(n_pages, pages, T, q1, queries, args, slow_reps) -> tuple[lis
         kb = (index.nbytes() + (n_pages + 1) * 8) / n_pages / 1024
         m = Method(f"colsmol {dtype}", n_pages, kb, partial(run, q1), partial(run, queries), args.reps)
         m.stored = dtype  # type: ignore[attr-defined]
+        m.note = f"process RSS grew {rss_kb:.0f} KB/page"  # type: ignore[attr-defined]
         methods.append(m)
         stored_ref[dtype] = maxsim_torch(queries, snap.tokens, snap.offsets, scales=snap.scales)
         if dtype == "fp16":
