@@ -277,7 +277,7 @@ def _one_size(n_pages, tokens32, off_all, queries, q1, args, mxbai, edge, slow_r
         fp32_kb,
         lambda: _top(maxsim_torch(q1, t32, off)),
         lambda: maxsim_torch(queries, t32, off),
-        args.reps,
+        slow_reps,
     )
     methods.append(ref)
     ref_scores = None

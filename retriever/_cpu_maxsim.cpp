@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <thread>
 #include <vector>
 
@@ -54,6 +55,13 @@ struct Job {
     float* out;             // (Q, P)
     size_t token_bytes;     // bytes per token row, for prefetching
     size_t total_bytes;     // bytes of the token buffer
+    std::vector<int> groups;  // query vectors per micro-tile pass, see vector_groups
+};
+
+// One thread's buffers, allocated before any thread starts (an allocation failure is a MemoryError, not a crash).
+struct Scratch {
+    std::vector<float> buf;  // (CHUNK + MAX_TILE, dim) fp32 tokens
+    std::vector<float> rm;   // (n_vec * 8,) running max of every packed query row over the current page
 };
 
 #if HAVE_KERNEL
@@ -138,11 +146,11 @@ std::vector<int> vector_groups(int n_vec) {
     return groups;
 }
 
-TARGET void worker(const Job& job, std::atomic<int64_t>* next_page) {
+TARGET void worker(const Job& job, Scratch* scratch, std::atomic<int64_t>* next_page) {
     const int dim = job.dim;
-    std::vector<float> buf(static_cast<size_t>(CHUNK + MAX_TILE) * dim);
-    std::vector<float> rm(static_cast<size_t>(job.n_vec) * 8);
-    const std::vector<int> groups = vector_groups(job.n_vec);
+    std::vector<float>& buf = scratch->buf;
+    std::vector<float>& rm = scratch->rm;
+    const std::vector<int>& groups = job.groups;
     const char* base = static_cast<const char*>(job.tokens);
     for (;;) {
         const int64_t p0 = next_page->fetch_add(PAGES_PER_GRAB);
@@ -241,22 +249,33 @@ PyObject* py_maxsim(PyObject*, PyObject* args) {
         PyErr_SetString(PyExc_ValueError, "maxsim: bad query row offsets");
         return nullptr;
     }
-    Job job{tok.buf, kind, static_cast<const float*>(sc.buf), o, P, dim, static_cast<const float*>(qT.buf),
-            static_cast<int>(n_vec), qo, static_cast<int>(Q), static_cast<float*>(out.buf),
-            dim * elt, static_cast<size_t>(tok.len)};
     const int64_t useful = (P + PAGES_PER_GRAB - 1) / PAGES_PER_GRAB;
     const int n = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, useful)));
+    Job job{tok.buf, kind, static_cast<const float*>(sc.buf), o, P, dim, static_cast<const float*>(qT.buf),
+            static_cast<int>(n_vec), qo, static_cast<int>(Q), static_cast<float*>(out.buf),
+            dim * elt, static_cast<size_t>(tok.len), {}};
+    std::vector<Scratch> scratch;
+    try {
+        job.groups = vector_groups(job.n_vec);
+        scratch.resize(n);
+        for (auto& sc_ : scratch) {
+            sc_.buf.resize(static_cast<size_t>(CHUNK + MAX_TILE) * dim);
+            sc_.rm.resize(static_cast<size_t>(n_vec) * 8);
+        }
+    } catch (const std::bad_alloc&) {
+        return PyErr_NoMemory();
+    }
     Py_BEGIN_ALLOW_THREADS
     std::atomic<int64_t> next_page{0};
     std::vector<std::thread> threads;
     for (int i = 1; i < n; ++i) {
         try {
-            threads.emplace_back(worker, std::cref(job), &next_page);
+            threads.emplace_back(worker, std::cref(job), &scratch[i], &next_page);
         } catch (...) {
             break;  // fewer threads: the pages are shared dynamically, the calling thread does the rest
         }
     }
-    worker(job, &next_page);
+    worker(job, &scratch[0], &next_page);
     for (auto& t : threads) t.join();
     Py_END_ALLOW_THREADS
 #endif
@@ -271,7 +290,9 @@ PyMethodDef methods[] = {
     {"cpu_supported", py_cpu_supported, METH_NOARGS, "True when this CPU has AVX2, FMA and F16C."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_maxsim", "Exact MaxSim kernel for AVX2 CPUs.", -1, methods};
+PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cpu_maxsim", "Exact MaxSim kernel for AVX2 CPUs.", -1, methods, nullptr, nullptr, nullptr,
+    nullptr};
 
 }  // namespace
 
