@@ -3,20 +3,24 @@ run it, else the cache-blocked torch path (:func:`retriever.maxsim.maxsim_torch`
 :func:`retriever.maxsim.maxsim`: ``(Q, P)`` float32.
 
 Why a compiled kernel: measured on a 2-core AVX2 + FMA machine (2,000 pages x 1,000 tokens x 128 d, fp16, one
-query of 20 tokens, every figure side by side in one run; ``bench/search.py --device cpu`` gives the full table):
+query of 20 tokens, each comparison side by side in one run, 2026-11-23; ``bench/search.py --device cpu`` gives the
+full table):
 
-- the best torch/BLAS shape, a tall ``block.float() @ q.T`` over 8-page fp16 blocks plus a per-page max, reached
-  about 170 ms, as fast as maxsim-cpu (PyPI, libxsmm, fp32 pages) at about 195 ms but far from the FMA bound
-  (about 60 ms): a 20-column GEMM runs well below peak, and the similarity block, the fp32 copy of the pages and
-  the max are three passes over memory;
-- this kernel: about 70 ms (prefetching the next 32 tokens while the current ones are multiplied took it from
-  about 83 ms), and a batch of 16 queries about 47 ms per query, 95% of the FMA peak of these two cores.
+- the best torch/BLAS shape, a tall ``block.float() @ q.T`` over 8-page fp16 blocks plus a per-page max, took
+  170 ms, about maxsim-cpu's 195 ms (PyPI, libxsmm, fp32 pages): MKL's sgemm reached only 40-50 GFLOP/s a core on
+  these skinny shapes, and the similarity block, the fp32 copy of the pages and the max are three passes;
+- this kernel: 64-72 ms for one query against maxsim-cpu's 199-236 ms (10,000 pages: 314-335 ms against 969-1,040
+  ms), and 46-48 ms per query in a batch of 16 (about 220 GFLOP/s; one core alone 109 GFLOP/s). Prefetching the
+  next 32 tokens while the current ones are multiplied took one query from 83 to 69 ms; the size of the converted
+  chunk (16, 32 or 64 tokens) made no difference on one thread.
 
 How it works (see the .cpp): query rows sit in vector lanes, ``qT (n_vec, dim, 8)``; the page is converted to fp32
 32 tokens at a time into an L1 buffer (int8 dequantized with its scale on the way) and multiplied with
 broadcast token components, keeping a lane-wise running max per query row; pages are shared between threads
 (``torch.get_num_threads()``) a few at a time. The full similarity matrix is never written: only ``(Q, P)`` scores
-leave, and top-k over them is a cheap ``torch.topk``.
+leave, and top-k over them is a plain ``torch.topk`` (0.03 ms for one query over 10,000 pages, so no fused top-k).
+
+By hand (dim 2 takes the torch path, the kernel needs a multiple of 8; tests/test_maxsim_cpu.py runs it on dim 8):
 
 >>> import torch
 >>> q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])                  # one query, 2 tokens, dim 2
