@@ -362,7 +362,7 @@ def markdown_cpu(report: dict) -> str:
         f"{report['query_tokens']}-token queries; batch of {report['batch']}; median of interleaved rounds; "
         "each time includes the top-10; 'x maxsim-cpu' = maxsim-cpu's time / this time",
         "",
-        "| pages | method | 1 query ms | x maxsim-cpu | batch of 16, ms/query | x maxsim-cpu | KB/page "
+        f"| pages | method | 1 query ms | x maxsim-cpu | batch of {report['batch']}, ms/query | x maxsim-cpu | KB/page "
         "| top-10 overlap with fp32 | identical ordered top-10: vs fp32 / vs fp32 math on the stored values |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
