@@ -57,15 +57,6 @@ def status_for(exc: ColsmolError) -> int:
     return 400
 
 
-def _warm_up(pipeline: RAGPipeline) -> None:
-    """Load both models and build the token index, so the first request pays for none of it."""
-    pipeline.encoder.load()
-    pipeline.encoder.embed_queries(["warm up"])
-    if pipeline.generator is not None:
-        pipeline.generator.load()
-    _ = pipeline.index
-
-
 def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = None) -> FastAPI:
     """The app. ``pipeline`` (already built, e.g. by a test) is used as is and not closed on shutdown."""
     settings = settings or Settings()
@@ -75,7 +66,7 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
         owned = pipeline is None
         rag = pipeline if pipeline is not None else await run_in_threadpool(RAGPipeline.from_settings, settings)
         try:
-            await run_in_threadpool(_warm_up, rag)
+            await run_in_threadpool(rag.warm_up)
             app.state.doc_names = DocNames(rag.store)
             app.state.answer_executor = ThreadPoolExecutor(1, thread_name_prefix="colsmol-answer")
             app.state.batcher = SearchBatcher(rag, settings.search_batch_window_ms / 1000, settings.search_max_batch)
@@ -176,7 +167,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
         # another process is one clear line from the CLI, not a traceback from the lifespan.
         rag = RAGPipeline.from_settings(settings)
         try:
-            _warm_up(rag)
+            rag.warm_up()
             uvicorn.run(create_app(settings, pipeline=rag), host=host, port=port, log_level="info")
         finally:
             rag.close()

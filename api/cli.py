@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from api.cli_common import Collection, DataDir, Device, JsonOut, err, progress_bar, settings_from
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest
 
 if TYPE_CHECKING:
+    from indexer.filters import Filter
     from indexer.settings import Settings
     from rag.pipeline import RAGPipeline
+    from retriever.search import Hit
 
 app = typer.Typer(
     name="colsmol",
@@ -29,48 +32,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (env COLSMOL_DATA_DIR).")]
-Collection = Annotated[str | None, typer.Option("--collection", "-c", help="Collection (env COLSMOL_COLLECTION).")]
-Device = Annotated[str | None, typer.Option("--device", help="auto, cuda, cpu or mps (env COLSMOL_DEVICE).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-
-
-def _err(msg: str) -> None:
-    typer.echo(f"colsmol: error: {msg}", err=True)
-
-
-def _settings(**overrides: Any) -> Settings:
-    from pydantic import ValidationError
-
-    from indexer.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-
 def _pipeline(s: Settings) -> RAGPipeline:
     from rag.pipeline import RAGPipeline
 
     return RAGPipeline.from_settings(s)
 
 
-def _parse_filters(items: list[str] | None) -> dict[str, Any] | None:
-    """``["doc_id=a,b", "metadata.lang=en"]`` -> ``{"doc_id": ["a", "b"], "metadata.lang": "en"}``."""
-    if not items:
-        return None
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidRequest(f"--filter {item!r} is not key=value")
-        out[key] = value.split(",") if "," in value else value
-    return out
+def _filter(items: list[str] | None) -> Filter:
+    """``--filter doc_id=a,b --filter metadata.lang=en`` as a Filter (checked here: a bad key exits 2)."""
+    from indexer.filters import Filter
+
+    return Filter.from_pairs(items or [])
 
 
-def _hits_table(hits: list[Any], title: str) -> None:
+def _hits_table(hits: list[Hit], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -82,7 +57,7 @@ def _hits_table(hits: list[Any], title: str) -> None:
     Console().print(table)
 
 
-def _hit_dict(h: Any) -> dict[str, Any]:
+def _hit_dict(h: Hit) -> dict[str, Any]:
     return {
         "point_id": h.point_id,
         "doc_id": h.doc_id,
@@ -118,7 +93,7 @@ def ingest(
     """Index PDFs and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
     from indexer.ingest import ProgressEvent, parse_metadata
 
-    s = _settings(
+    s = settings_from(
         collection=collection, data_dir=data_dir, device=device, renderer=renderer, dpi=dpi, page_batch_size=batch_size
     )
     meta = parse_metadata(metadata or [])
@@ -126,16 +101,7 @@ def ingest(
         if json_out or not sys.stderr.isatty():
             report = rag.ingest(paths, metadata=meta, prune=prune, password=password)
         else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, transient=False) as bar:
+            with progress_bar(rate=True) as bar:
                 files_t = bar.add_task("files", total=None, rate="")
                 pages_t = bar.add_task("pages", total=0, rate="")
 
@@ -172,10 +138,10 @@ def ingest(
 @app.command()
 def documents(collection: Collection = None, data_dir: DataDir = None, json_out: JsonOut = False) -> None:
     """List indexed documents with their page counts."""
-    from rag.pipeline import open_settings_store
+    from indexer.store import open_store
 
-    s = _settings(collection=collection, data_dir=data_dir)
-    with open_settings_store(s) as store:
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with open_store(s) as store:
         docs = store.list_documents()
     if json_out:
         typer.echo(
@@ -213,7 +179,7 @@ def delete(
     data_dir: DataDir = None,
 ) -> None:
     """Remove one document: its pages, vectors and page images."""
-    s = _settings(collection=collection, data_dir=data_dir)
+    s = settings_from(collection=collection, data_dir=data_dir)
     with _pipeline(s) as rag:
         n = rag.delete(doc_id)
     typer.echo(f"deleted {doc_id} ({n} pages)")
@@ -234,8 +200,8 @@ def search(
     json_out: JsonOut = False,
 ) -> None:
     """Rank pages by late-interaction (MaxSim) similarity to QUERY."""
-    s = _settings(collection=collection, data_dir=data_dir, device=device)
-    flt = _parse_filters(filter)
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
+    flt = _filter(filter)
     with _pipeline(s) as rag:
         hits = rag.search(query, k=k, filter=flt)
     if json_out:
@@ -262,8 +228,8 @@ def answer(
     """Answer QUESTION with SmolVLM over the top-k retrieved pages, and cite them."""
     from rag.types import Answer
 
-    s = _settings(collection=collection, data_dir=data_dir, device=device, max_new_tokens=max_new_tokens)
-    flt = _parse_filters(filter)
+    s = settings_from(collection=collection, data_dir=data_dir, device=device, max_new_tokens=max_new_tokens)
+    flt = _filter(filter)
     with _pipeline(s) as rag:
         if stream and not json_out:
             result = None
@@ -313,7 +279,7 @@ def explain(
     device: Device = None,
 ) -> None:
     """Write a heatmap of which regions of a page matched QUERY (a similarity map)."""
-    s = _settings(collection=collection, data_dir=data_dir, device=device)
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
     with _pipeline(s) as rag:
         smap = rag.explain(query, page, token=token)
     smap.overlay().save(out)
@@ -330,10 +296,10 @@ def export_cmd(
     """Write everything needed to rebuild the collection: points, vectors, payloads, page images."""
     from indexer.backup import export_collection
     from indexer.images import PageImageStore
-    from rag.pipeline import open_settings_store
+    from indexer.store import open_store
 
-    s = _settings(collection=collection, data_dir=data_dir)
-    with open_settings_store(s) as store:
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with open_store(s) as store:
         r = export_collection(store, PageImageStore(s.images_dir / s.collection), path)
     typer.echo(
         f"exported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
@@ -352,10 +318,10 @@ def import_cmd(
     """Restore an export into an empty collection (embedded or server: exports move between them)."""
     from indexer.backup import import_collection
     from indexer.images import PageImageStore
-    from rag.pipeline import open_settings_store
+    from indexer.store import open_store
 
-    s = _settings(collection=collection, data_dir=data_dir)
-    with open_settings_store(s) as store:
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with open_store(s) as store:
         r = import_collection(store, PageImageStore(s.images_dir / s.collection), path, allow_merge=merge)
     typer.echo(
         f"imported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
@@ -378,7 +344,7 @@ def serve(
         from api.app import serve as run_server
     except ImportError as exc:  # pragma: no cover - the API module ships with the package
         raise ColsmolError(f"the HTTP API is not available in this build: {exc}") from exc
-    run_server(_settings(collection=collection, data_dir=data_dir, device=device), host, port, workers)
+    run_server(settings_from(collection=collection, data_dir=data_dir, device=device), host, port, workers)
 
 
 def _register_eval() -> None:
@@ -402,10 +368,10 @@ def main() -> None:
         # Standalone mode: click prints usage errors itself (exit 2) and turns typer.Exit into the exit code.
         app()
     except (ConfigError, InvalidRequest) as exc:
-        _err(str(exc))
+        err(str(exc))
         sys.exit(2)
     except ColsmolError as exc:
-        _err(str(exc))
+        err(str(exc))
         sys.exit(1)
 
 

@@ -8,10 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS
 
-# A filter value: a scalar means equality, a list means membership (see retriever.token_index.filter_mask).
+# The JSON shape of a filter; routes parse it into indexer.filters.Filter, which checks keys and types.
 FilterValue = StrictStr | StrictInt | StrictBool | StrictFloat | list[StrictStr] | list[StrictInt]
-Filter = dict[str, FilterValue]
-FILTER_HELP = 'Payload filter, e.g. {"doc_id": ["..."], "metadata.lang": "en"}.'
+FilterBody = dict[str, FilterValue]
+FILTER_HELP = (
+    'Page filter, e.g. {"doc_id": ["..."], "metadata.lang": "en"}. Keys: doc_id, source, file_name, page_number, '
+    "metadata.<key>; a list means any of."
+)
 
 
 def _not_blank(value: str, what: str) -> str:
@@ -25,7 +28,7 @@ class SearchRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(10, ge=1, le=MAX_K)
-    filter: Filter | None = Field(None, description=FILTER_HELP)
+    filter: FilterBody | None = Field(None, description=FILTER_HELP)
 
     @field_validator("query")
     @classmethod
@@ -52,7 +55,7 @@ class AnswerRequest(BaseModel):
 
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(3, ge=1, le=MAX_ANSWER_K)
-    filter: Filter | None = Field(None, description=FILTER_HELP)
+    filter: FilterBody | None = Field(None, description=FILTER_HELP)
     stream: bool = Field(False, description="Answer as Server-Sent Events: token*, sources, done.")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Defaults to the server setting.")
 

@@ -30,7 +30,6 @@ read, so a document ingested during the export is at worst exported as incomplet
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -46,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import ColsmolError
-from indexer.images import PageImageStore
-from indexer.store.base import DIM, POOLED_VECTOR, TOKENS_VECTOR, QdrantStoreCore, VectorStore, document_record
+from indexer.hashing import sha256_file as _sha256
+from indexer.images import SIZES, PageImageStore, Size
+from indexer.store.base import DIM, POOLED_VECTOR, TOKENS_VECTOR, VectorStore, document_record
 from indexer.types import DocumentInfo, PageRecord
 
 logger = logging.getLogger(__name__)
@@ -108,14 +108,6 @@ def _colsmol_version() -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _encode(array: np.ndarray, dtype: str) -> dict[str, Any]:
     data = np.ascontiguousarray(array, dtype=dtype)
     return {"n": int(data.shape[0]), "dtype": dtype, "b64": base64.b64encode(data.tobytes()).decode("ascii")}
@@ -132,21 +124,6 @@ def _decode(blob: Any, dtype: str, where: str) -> np.ndarray:
     if len(raw) != n * DIM * np.dtype(dtype).itemsize:
         raise BackupError(f"{where}: vector data has {len(raw)} bytes, expected {n} x {DIM} {dtype}")
     return np.frombuffer(raw, dtype=dtype).reshape(n, DIM).astype(np.float32)
-
-
-def _iter_points(store: VectorStore) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | None, dict[str, Any]]]:
-    """Every page as ``(id, tokens, pooled, payload)``.
-
-    Both colsmol backends derive from :class:`QdrantStoreCore`, whose scroll returns any named
-    vectors; a bare :class:`VectorStore` only offers tokens, and its pages export without pooled.
-    """
-    if isinstance(store, QdrantStoreCore):
-        rows = store._scroll_all(store._filter(), True, [TOKENS_VECTOR, POOLED_VECTOR], batch=64)
-        for pid, vecs, payload in rows:
-            yield pid, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR), payload
-    else:
-        for pid, tokens, payload in store.iter_pages(batch_size=64, with_vectors=True):
-            yield pid, tokens, None, payload
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -168,9 +145,9 @@ def _unlink_quiet(path: str | Path) -> None:
         pass
 
 
-def _image_rel(point_id: str, size: str) -> str:
-    suffix = ".webp" if size == "full" else ".thumb.webp"
-    return f"{IMAGES_DIR}/{point_id[:2].lower()}/{point_id}{suffix}"
+def _image_rel(point_id: str, size: Size) -> str:
+    """Where a page image lies in an export: the image store's own layout under ``images/``."""
+    return f"{IMAGES_DIR}/{PageImageStore.relative_path(point_id, size)}"
 
 
 
@@ -226,7 +203,8 @@ def export_collection(
             )
 
     try:
-        for pid, tokens, pooled, payload in _iter_points(store):
+        for stored in store.iter_pages(batch_size=64, vectors=(TOKENS_VECTOR, POOLED_VECTOR)):
+            pid, tokens, pooled, payload = stored.point_id, stored.tokens, stored.pooled, stored.payload
             if tokens is None:
                 raise BackupError(f"page {pid} has no token vectors in collection {store.collection!r}")
             if shard_fh is None or shard_records >= pages_per_shard:
@@ -235,8 +213,8 @@ def export_collection(
                 shard_fh = open(out / shard_rel, "w", encoding="utf-8")  # closed by close_shard()
                 shard_records = 0
             hashes: dict[str, str | None] = {}
-            for size in ("full", "thumb"):
-                src = images.path(pid, size)  # type: ignore[arg-type]
+            for size in SIZES:
+                src = images.path(pid, size)
                 if src.is_file():
                     dst = out / _image_rel(pid, size)
                     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -397,7 +375,7 @@ def import_collection(
         # Images after their page: a page without its image is re-rendered by a re-ingest,
         # an image without its page is an orphan nobody finds.
         for pid, hashes, where in pending_images:
-            for size in ("full", "thumb"):
+            for size in SIZES:
                 want = hashes.get(size)
                 if want is None:
                     continue
@@ -406,7 +384,7 @@ def import_collection(
                     raise BackupError(f"{src} is missing from the export ({where} lists it)")
                 if _sha256(src) != want:
                     raise BackupError(f"{src} is corrupt: its sha256 does not match {where}")
-                _copy_atomic(src, images.path(pid, size))  # type: ignore[arg-type]
+                _copy_atomic(src, images.path(pid, size))
             n_images += hashes.get("full") is not None
         batch.clear()
         pending_images.clear()

@@ -17,7 +17,7 @@ import numpy as np
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, InvalidRequest
-from indexer.models import adapter_base, from_pretrained_kwargs, load_or_explain
+from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain
 
 if TYPE_CHECKING:
     import torch
@@ -52,25 +52,24 @@ class ColSmolEncoder:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
-        self._model: Any = None
-        self._processor: Any = None
+        self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
 
     # ------------------------------------------------------------------ loading
     def load(self) -> ColSmolEncoder:
-        if self._model is None:
-            self._processor = load_or_explain(self._load_processor, self.model_id, "encoder", ENV_VAR)
-            self._model = load_or_explain(self._load_model, self.model_id, "encoder", ENV_VAR)
+        self._weights.get()
         return self
 
     @property
+    def loaded(self) -> bool:
+        return self._weights.loaded
+
+    @property
     def processor(self) -> Any:
-        self.load()
-        return self._processor
+        return self._weights.get()[0]
 
     @property
     def model(self) -> Any:
-        self.load()
-        return self._model
+        return self._weights.get()[1]
 
     def _load_processor(self) -> Any:
         from colpali_engine.models import ColIdefics3Processor
@@ -189,8 +188,7 @@ class ColSmolEncoder:
         return batch // 2
 
     def close(self) -> None:
-        self._model = None
-        self._processor = None
+        self._weights.clear()
         if self.device.type == "cuda":
             import torch
 

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Size = Literal["full", "thumb"]
+SIZES: tuple[Size, ...] = ("full", "thumb")
 THUMB_SIZE = 256
 QUALITY = 85
 # libwebp effort 0 (of 6): 40 ms for a 150 dpi Letter page against 170 ms at 4, files ~30% larger.
@@ -49,15 +50,20 @@ class PageImageStore:
         self.quality = quality
         self.thumb_size = thumb_size
 
-    def path(self, point_id: str, size: Size = "full") -> Path:
-        """Where the image of ``point_id`` lives (whether or not it exists)."""
+    @staticmethod
+    def relative_path(point_id: str, size: Size = "full") -> PurePosixPath:
+        """The image's path under the root, ``ab/<id>.webp`` (also the layout of an export's ``images/``)."""
         point_id = str(point_id)
         if not _ID.match(point_id):
             raise ValueError(f"invalid point id for a page image: {point_id!r}")
         if size not in ("full", "thumb"):
             raise ValueError(f"size must be 'full' or 'thumb', got {size!r}")
         suffix = ".webp" if size == "full" else ".thumb.webp"
-        return self.root / point_id[:2].lower() / f"{point_id}{suffix}"
+        return PurePosixPath(point_id[:2].lower(), f"{point_id}{suffix}")
+
+    def path(self, point_id: str, size: Size = "full") -> Path:
+        """Where the image of ``point_id`` lives (whether or not it exists)."""
+        return self.root / self.relative_path(point_id, size)
 
     def save(self, point_id: str, image: Image.Image) -> Path:
         """Store ``image`` (any mode; saved as RGB) and its thumbnail; return the full image's path."""

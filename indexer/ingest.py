@@ -15,7 +15,6 @@ the next run finishes (pages already stored are not embedded again).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -26,19 +25,57 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
 from indexer.errors import ColsmolError, DocumentError
+from indexer.hashing import sha256_file
 from indexer.images import PageImageStore
 from indexer.render import file_page_count, iter_file_pages, make_renderer, walk_inputs
 from indexer.store.base import VectorStore, page_point_id
 from indexer.types import DocumentInfo, PageRecord, RenderedPage
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from PIL import Image
 
-Status = str  # "indexed" | "unchanged" | "failed" | "skipped"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Status = Literal["indexed", "unchanged", "failed", "skipped"]
+EventKind = Literal["file", "pages", "done"]
+
+
+class PageEncoder(Protocol):
+    """What ingest needs from the page encoder (:class:`~indexer.encoder.ColSmolEncoder`).
+
+    Preprocessing (CPU work, run on a thread pool) is separate from the forward pass (run in order on
+    the ingest thread), so the two overlap.
+    """
+
+    batch_size: int
+
+    def preprocess_pages(self, images: Sequence[Image.Image]) -> Any:
+        """A batch ready for :meth:`embed_preprocessed`."""
+        ...
+
+    def embed_preprocessed(self, batch: Any) -> list[np.ndarray]:
+        """One ``(n_tokens, 128)`` float32 array per page, padding removed."""
+        ...
+
+
+class WriteHooks(Protocol):
+    """Lets a search index in the same process follow ingest's writes (:class:`retriever.live_index.LiveIndex`).
+
+    ``apply`` runs ``write`` (a store write) and mirrors it: ``upserted`` pages added, ``deleted`` point ids removed.
+    """
+
+    def apply(self, write: Callable[[], T], upserted: Sequence[PageRecord] = (), deleted: Sequence[str] = ()) -> T: ...
+
+
+class _NoHooks:
+    def apply(self, write: Callable[[], T], upserted: Sequence[PageRecord] = (), deleted: Sequence[str] = ()) -> T:
+        return write()
 
 
 @dataclass
@@ -93,19 +130,11 @@ class ProgressEvent:
     """Fed to the ``progress`` callback: ``kind`` is "file" (a file started, ``total`` = its pages),
     "pages" (``n`` pages stored) or "done" (a file finished, ``result`` set)."""
 
-    kind: str
+    kind: EventKind
     path: str = ""
     n: int = 0
     total: int = 0
     result: FileResult | None = None
-
-
-def file_hash(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def doc_id_for(content_hash: str) -> str:
@@ -137,42 +166,67 @@ class _Doc:
     failed: bool = False
 
 
-@dataclass
-class _Item:
+@dataclass(frozen=True)
+class _Page:
+    """Render -> encode queue: one page to embed."""
+
     doc: _Doc
     page: RenderedPage
 
 
-_END = object()
+@dataclass(frozen=True)
+class _DocEnd:
+    """Render -> encode -> write queues: every page of ``doc`` was sent before this (in order)."""
+
+    doc: _Doc
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Encode -> write queue: embedded pages."""
+
+    items: list[_Page]
+    vectors: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """End of a queue."""
+
+
+_STOP = _Stop()
+
+
+Progress = Callable[[ProgressEvent], None]
+RendererName = Literal["pdfium", "poppler"]
 
 
 class Ingestor:
     """Runs ingest against one store with one encoder.
 
-    ``encoder`` is anything with ``preprocess_pages(images)`` and ``embed_preprocessed(batch)`` (the
-    ``ColSmolEncoder``); it is touched only when a page really needs embedding. ``pool`` turns a page
-    multivector into the small pooled set stored for prefetch (the retriever supplies it), or None.
+    ``encoder`` is touched only when a page really needs embedding. ``pool`` turns a page multivector
+    into the small pooled set stored for prefetch (the retriever's ``prefetch_vectors``), or None.
+    ``hooks`` sees every store write (a live search index in the same process follows them).
     """
 
     def __init__(
         self,
         store: VectorStore,
-        encoder: Any,
+        encoder: PageEncoder,
         images: PageImageStore,
-        renderer: str = "pdfium",
+        renderer: RendererName = "pdfium",
         dpi: int = 150,
         password: str | None = None,
         batch_size: int = 8,
         preprocess_workers: int | None = None,
         pool: Callable[[np.ndarray], np.ndarray] | None = None,
         queue_pages: int | None = None,
-        on_upsert: Callable[[Sequence[PageRecord]], None] | None = None,
-        on_delete: Callable[[Sequence[str]], None] | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
         self.images = images
-        self.renderer = make_renderer(renderer)  # type: ignore[arg-type]
+        self.renderer = make_renderer(renderer)
         self.dpi = dpi
         self.password = password
         self.batch_size = batch_size
@@ -186,9 +240,7 @@ class Ingestor:
         # Bounded: at most this many rendered pages wait for the encoder.
         self.queue_pages = queue_pages or 2 * batch_size
         self._embedded = 0
-        # Let a search index in the same process follow writes without re-reading the store.
-        self.on_upsert = on_upsert
-        self.on_delete = on_delete
+        self.hooks: WriteHooks = hooks or _NoHooks()
 
     # ------------------------------------------------------------------ public
     def ingest(
@@ -196,11 +248,11 @@ class Ingestor:
         paths: Iterable[str | Path],
         metadata: dict[str, Any] | None = None,
         prune: bool = False,
-        progress: Callable[[ProgressEvent], None] | None = None,
+        progress: Progress | None = None,
     ) -> IngestReport:
         started = time.perf_counter()
         report = IngestReport()
-        emit = progress or (lambda _e: None)
+        emit: Progress = progress or (lambda _e: None)
         self._embedded = 0
         walk = walk_inputs(paths)
         for p, reason in walk.skipped:
@@ -234,9 +286,9 @@ class Ingestor:
         return self._delete(doc_id)
 
     # ------------------------------------------------------------------ stages
-    def _run(self, files: Sequence[Path], metadata: dict[str, Any], report: IngestReport, emit: Any) -> None:
-        pages_q: queue.Queue[Any] = queue.Queue(maxsize=self.queue_pages)
-        write_q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    def _run(self, files: Sequence[Path], metadata: dict[str, Any], report: IngestReport, emit: Progress) -> None:
+        pages_q: queue.Queue[_Page | _DocEnd | _Stop] = queue.Queue(maxsize=self.queue_pages)
+        write_q: queue.Queue[_Batch | _DocEnd | _Stop] = queue.Queue(maxsize=4)
         errors: list[BaseException] = []
         stop = threading.Event()
 
@@ -253,32 +305,31 @@ class Ingestor:
                             if stop.is_set():
                                 break
                             doc.pending += 1
-                            pages_q.put(_Item(doc, page))
+                            pages_q.put(_Page(doc, page))
                     except DocumentError as exc:
-                        self._fail(doc, exc.reason, emit)
+                        self._fail(doc, exc.reason)
                     except Exception as exc:  # noqa: BLE001 - one file must not stop the batch
                         log.exception("rendering %s failed", path)
-                        self._fail(doc, f"rendering failed: {exc}", emit)
+                        self._fail(doc, f"rendering failed: {exc}")
                     # An end marker per document travels in order with its pages.
-                    pages_q.put(("doc_end", doc))
+                    pages_q.put(_DocEnd(doc))
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
             finally:
-                pages_q.put(_END)
+                pages_q.put(_STOP)
 
         def write_stage() -> None:
             try:
-                while (job := write_q.get()) is not _END:
-                    if isinstance(job, tuple) and job[0] == "doc_end":
-                        self._finish_doc(job[1], emit)
-                        continue
-                    items, vectors = job
-                    self._write(items, vectors, emit)
+                while not isinstance(job := write_q.get(), _Stop):
+                    if isinstance(job, _DocEnd):
+                        self._finish_doc(job.doc, emit)
+                    else:
+                        self._write(job.items, job.vectors, emit)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
                 # Keep draining so the encoder thread never blocks on a full queue.
-                while write_q.get() is not _END:
+                while not isinstance(write_q.get(), _Stop):
                     pass
 
         self._image_pool = ThreadPoolExecutor(self.image_workers, thread_name_prefix="colsmol-image")
@@ -287,12 +338,12 @@ class Ingestor:
         renderer_t.start()
         writer_t.start()
         try:
-            self._encode_stage(pages_q, write_q, stop, emit)
+            self._encode_stage(pages_q, write_q, stop)
         except BaseException:
             stop.set()
             raise
         finally:
-            write_q.put(_END)
+            write_q.put(_STOP)
             # Unblock the renderer if it is waiting on a full queue.
             while renderer_t.is_alive():
                 try:
@@ -306,11 +357,14 @@ class Ingestor:
             raise errors[0]
 
     def _encode_stage(
-        self, pages_q: queue.Queue[Any], write_q: queue.Queue[Any], stop: threading.Event, emit: Any
+        self,
+        pages_q: queue.Queue[_Page | _DocEnd | _Stop],
+        write_q: queue.Queue[_Batch | _DocEnd | _Stop],
+        stop: threading.Event,
     ) -> None:
         """Batch pages, preprocess batches on a thread pool, embed in order on this thread."""
-        in_flight: list[tuple[list[_Item], Future[Any]]] = []
-        batch: list[_Item] = []
+        in_flight: list[tuple[list[_Page], Future[Any]]] = []
+        batch: list[_Page] = []
         with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colsmol-preprocess") as pool:
 
             def submit() -> None:
@@ -324,13 +378,13 @@ class Ingestor:
                 while len(in_flight) > keep:
                     items, fut = in_flight.pop(0)
                     vectors = self.encoder.embed_preprocessed(fut.result())
-                    write_q.put((items, vectors))
+                    write_q.put(_Batch(items, vectors))
 
             while True:
                 item = pages_q.get()
-                if item is _END or stop.is_set():
+                if isinstance(item, _Stop) or stop.is_set():
                     break
-                if isinstance(item, tuple):  # a document ended: flush its pages first, in order
+                if isinstance(item, _DocEnd):  # a document ended: flush its pages first, in order
                     submit()
                     drain(0)
                     write_q.put(item)
@@ -343,7 +397,7 @@ class Ingestor:
                 submit()
                 drain(0)
 
-    def _write(self, items: list[_Item], vectors: list[np.ndarray], emit: Any) -> None:
+    def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
         saves = (
             [self._image_pool.submit(self.images.save, pid, it.page.image) for pid, it in zip(pids, items, strict=True)]
@@ -373,9 +427,7 @@ class Ingestor:
             records.append(PageRecord(pid, vec, payload, pooled))
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one
-        self.store.upsert_pages(records)
-        if self.on_upsert is not None:
-            self.on_upsert(records)
+        self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
         self._embedded += len(items)
         for it in items:
             it.doc.pending -= 1
@@ -383,13 +435,13 @@ class Ingestor:
         emit(ProgressEvent("pages", n=len(items)))
 
     # ------------------------------------------------------------------ documents
-    def _open_doc(self, path: Path, metadata: dict[str, Any], report: IngestReport, emit: Any) -> _Doc | None:
+    def _open_doc(self, path: Path, metadata: dict[str, Any], report: IngestReport, emit: Progress) -> _Doc | None:
         result = FileResult(str(path), "indexed")
         report.files.append(result)
         try:
             if path.stat().st_size == 0:
                 raise DocumentError(str(path), "empty file")
-            content_hash = file_hash(path)
+            content_hash = sha256_file(path)
             doc_id = doc_id_for(content_hash)
             result.doc_id = doc_id
             source = str(path.resolve())
@@ -439,7 +491,7 @@ class Ingestor:
             if page.page_number not in done:
                 yield page
 
-    def _finish_doc(self, doc: _Doc, emit: Any) -> None:
+    def _finish_doc(self, doc: _Doc, emit: Progress) -> None:
         if doc.failed:
             # Rendering failures are deterministic (a corrupt page stays corrupt): drop the partial pages.
             self._delete(doc.doc_id)
@@ -451,33 +503,30 @@ class Ingestor:
                 doc.result.error = f"only {stored} of {doc.page_count} pages could be stored"
             else:
                 source = str(doc.path)
-                self.store.mark_document_complete(
-                    DocumentInfo(
-                        doc_id=doc.doc_id,
-                        source=source,
-                        file_name=doc.path.name,
-                        page_count=doc.page_count,
-                        pages_stored=stored,
-                        content_hash=doc.content_hash,
-                        ingested_at=doc.ingested_at,
-                        complete=True,
-                        metadata=doc.metadata,
-                    )
+                info = DocumentInfo(
+                    doc_id=doc.doc_id,
+                    source=source,
+                    file_name=doc.path.name,
+                    page_count=doc.page_count,
+                    pages_stored=stored,
+                    content_hash=doc.content_hash,
+                    ingested_at=doc.ingested_at,
+                    complete=True,
+                    metadata=doc.metadata,
                 )
+                self.hooks.apply(lambda: self.store.mark_document_complete(info))
                 for stale in doc.stale:
                     self._delete(stale)
         emit(ProgressEvent("done", str(doc.path), result=doc.result))
 
-    def _fail(self, doc: _Doc, reason: str, emit: Any) -> None:
+    def _fail(self, doc: _Doc, reason: str) -> None:
         doc.failed = True
         doc.result.status = "failed"
         doc.result.error = reason
 
     def _delete(self, doc_id: str) -> int:
         pids = self.store.page_ids(doc_id)
-        n = self.store.delete_document(doc_id)
-        if self.on_delete is not None:
-            self.on_delete(pids)
+        n = self.hooks.apply(lambda: self.store.delete_document(doc_id), deleted=pids)
         self.images.delete(pids)
         return n
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,3 +70,47 @@ def _looks_missing(exc: BaseException) -> bool:
 def from_pretrained_kwargs(**extra: Any) -> dict[str, Any]:
     """Never run code from a checkpoint: colsmol's models are all in transformers itself."""
     return {"trust_remote_code": False, **{k: v for k, v in extra.items() if v is not None}}
+
+
+class LazyWeights:
+    """A processor and a model loaded together, once, on first use, under a lock (threads may race to it).
+
+    ``load_processor`` and ``load_model`` run inside :func:`load_or_explain`, so a model that is neither local
+    nor downloadable becomes one ``ModelUnavailable`` naming ``env_var``.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        what: str,
+        env_var: str,
+        load_processor: Callable[[], Any],
+        load_model: Callable[[], Any],
+    ) -> None:
+        self.model_id = model_id
+        self.what = what
+        self.env_var = env_var
+        self._load_processor = load_processor
+        self._load_model = load_model
+        self._lock = threading.Lock()
+        self._pair: tuple[Any, Any] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._pair is not None
+
+    def get(self) -> tuple[Any, Any]:
+        """``(processor, model)``, loading them on the first call."""
+        pair = self._pair
+        if pair is None:
+            with self._lock:
+                if self._pair is None:
+                    processor = load_or_explain(self._load_processor, self.model_id, self.what, self.env_var)
+                    model = load_or_explain(self._load_model, self.model_id, self.what, self.env_var)
+                    self._pair = (processor, model)
+                pair = self._pair
+        return pair
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pair = None

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
     collection: str = Field("colsmol", description="Qdrant collection name.")
     encoder_model: str = Field("vidore/colSmol-256M", description="Hub id or local dir of the ColSmolVLM encoder.")
+    generator_backend: Literal["smolvlm"] = Field(
+        "smolvlm", description="Answer model backend: smolvlm (SmolVLM in process through transformers)."
+    )
     generator_model: str = Field(
         "HuggingFaceTB/SmolVLM-256M-Instruct", description="Hub id or local dir of the SmolVLM generator."
     )
@@ -45,6 +48,12 @@ class Settings(BaseSettings):
         "then exact rerank (for corpora larger than the device's memory).",
     )
     prefetch_candidates: int = Field(200, ge=1, le=10_000, description="Candidates per query in two-stage mode.")
+    index_sync_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="How often searches check the store for writes by other processes (server backend); 0: always.",
+    )
     generator_decode: Literal["auto", "eager", "static"] = Field(
         "auto",
         description="SmolVLM decoding: eager generate, or a static KV cache compiled into CUDA graphs on CUDA; "

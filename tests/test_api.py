@@ -25,7 +25,7 @@ from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS, RAGPipeline
 from tests.conftest import tiny_settings
-from tests.pdfs import LETTER, PageSpec, build_pdf
+from testkit.pdfs import LETTER, PageSpec, build_pdf
 
 pytestmark = pytest.mark.slow
 

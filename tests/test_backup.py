@@ -100,15 +100,16 @@ def fill(store, images: PageImageStore, seed: int = 0) -> None:
 def snapshot(store, images: PageImageStore) -> dict:
     """Everything a round trip must keep: documents, payloads, both vector sets, image bytes."""
     pages = {}
-    for pid, vecs, payload in store._scroll_all(store._filter(), True, [TOKENS_VECTOR, POOLED_VECTOR]):
+    for page in store.iter_pages(vectors=(TOKENS_VECTOR, POOLED_VECTOR)):
+        pid = page.point_id
         files = {s: images.path(pid, s).read_bytes() if images.exists(pid, s) else None for s in ("full", "thumb")}
-        pages[pid] = (payload, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR), files)
+        pages[pid] = (page.payload, page.tokens, page.pooled, files)
     return {"documents": store.list_documents(include_incomplete=True), "pages": pages}
 
 
 def maxsim_ranking(store, queries: list[np.ndarray]) -> list[list[tuple[str, float]]]:
     """Exact MaxSim with numpy over ``iter_pages`` vectors: for each query, all pages best first."""
-    pages = [(pid, vecs) for pid, vecs, _ in store.iter_pages(with_vectors=True)]
+    pages = [(p.point_id, p.tokens) for p in store.iter_pages()]
     out = []
     for q in queries:
         scored = [(pid, float((q @ v.T).max(axis=1).sum())) for pid, v in pages]

@@ -6,7 +6,7 @@ import json
 
 from PIL import Image
 
-from tests.pdfs import A4, LETTER, PageSpec, write_pdf
+from testkit.pdfs import A4, LETTER, PageSpec, write_pdf
 from tests.test_ingest import _cli_env, _colsmol
 
 

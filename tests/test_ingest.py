@@ -18,7 +18,7 @@ from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, parse_metadata
 from indexer.store import EdgeStore, ServerStore
 from indexer.store.base import page_point_id
-from tests.pdfs import LETTER, PageSpec, mixed_pages, write_pdf
+from testkit.pdfs import LETTER, PageSpec, mixed_pages, write_pdf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -229,7 +229,7 @@ def test_kill_9_mid_ingest_then_resume(tiny_models, tmp_path) -> None:
         listed = store.list_documents()
         assert len(listed) == 3 and all(d.complete and d.pages_stored == 40 for d in listed)
         assert store.count_pages() == 120
-        ids = [pid for pid, _v, _p in store.iter_pages(with_vectors=False)]
+        ids = [p.point_id for p in store.iter_pages(vectors=())]
         assert len(ids) == len(set(ids)) == 120
     finally:
         store.close()

@@ -29,7 +29,7 @@ from indexer.render import (
     render_scale,
     walk_inputs,
 )
-from tests.pdfs import A4, A4_LANDSCAPE, LETTER, PageSpec, mixed_pages, write_pdf
+from testkit.pdfs import A4, A4_LANDSCAPE, LETTER, PageSpec, mixed_pages, write_pdf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAVE_POPPLER = shutil.which("pdftoppm") is not None and shutil.which("pdfinfo") is not None

@@ -20,7 +20,7 @@ from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
 from tests.conftest import tiny_settings
-from tests.pdfs import LETTER, PageSpec, build_pdf, write_pdf
+from testkit.pdfs import LETTER, PageSpec, build_pdf, write_pdf
 from tests.test_api import LiveServer, wait_job
 
 pytestmark = pytest.mark.slow

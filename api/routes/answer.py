@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import PipelineDep, SettingsDep
 from api.schemas import AnswerRequest, AnswerResponse
+from indexer.filters import Filter
 from rag.types import Answer
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,13 @@ def sse(event: str, data: Any) -> bytes:
 async def answer(body: AnswerRequest, pipeline: PipelineDep, settings: SettingsDep, request: Request) -> Any:
     """Answer ``question`` from the top-``k`` pages, citing them."""
     max_new_tokens = body.max_new_tokens or settings.max_new_tokens
+    flt = Filter.parse(body.filter)  # a bad filter is a 422 here, before any work
     loop = asyncio.get_running_loop()
     executor = request.app.state.answer_executor
     names = request.app.state.doc_names
     if not body.stream:
         result: Answer = await loop.run_in_executor(
-            executor, lambda: pipeline.answer(body.question, body.k, body.filter, max_new_tokens)
+            executor, lambda: pipeline.answer(body.question, body.k, flt, max_new_tokens)
         )
         return AnswerResponse(
             text=result.text,
@@ -54,7 +56,7 @@ async def answer(body: AnswerRequest, pipeline: PipelineDep, settings: SettingsD
             warnings=result.warnings,
         )
 
-    pieces = pipeline.stream_answer(body.question, body.k, body.filter, max_new_tokens)
+    pieces = pipeline.stream_answer(body.question, body.k, flt, max_new_tokens)
     # The first piece comes after search and prefill: a bad request fails here, as a plain 4xx.
     first = await loop.run_in_executor(executor, next, pieces)
     return StreamingResponse(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from api.deps import BatcherDep
 from api.schemas import SearchRequest, SearchResponse
+from indexer.filters import Filter
 
 router = APIRouter(tags=["search"])
 
@@ -13,5 +14,5 @@ router = APIRouter(tags=["search"])
 @router.post("/search", response_model=SearchResponse)
 async def search(body: SearchRequest, batcher: BatcherDep, request: Request) -> SearchResponse:
     """Top-k pages by exact MaxSim, best first."""
-    hits = await batcher.search(body.query, body.k, body.filter)
+    hits = await batcher.search(body.query, body.k, Filter.parse(body.filter))
     return SearchResponse(hits=await request.app.state.doc_names.hits_out(hits))

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from indexer.filters import Filter, FilterAPI
 from indexer.types import DocumentInfo, PageRecord
 
 DIM = 128
 TOKENS_VECTOR = "tokens"
 POOLED_VECTOR = "pooled"
+VectorName = Literal["tokens", "pooled"]
 # Qdrant rejects a point whose multivector has more than 1,048,576 floats.
 MAX_FLOATS_PER_POINT = 1_048_576
 MAX_TOKENS_PER_PAGE = MAX_FLOATS_PER_POINT // DIM
@@ -59,6 +61,16 @@ def page_point_id(doc_id: str, page_number: int) -> str:
 def document_point_id(doc_id: str) -> str:
     """Deterministic point id of a document's completion marker."""
     return str(uuid.uuid5(_NAMESPACE, f"{doc_id}:document"))
+
+
+@dataclass(frozen=True)
+class StoredPage:
+    """One page point as read back: its payload and the named vectors asked for (float32 ``(n, 128)``)."""
+
+    point_id: str
+    payload: dict[str, Any]
+    tokens: np.ndarray | None = None
+    pooled: np.ndarray | None = None
 
 
 class VectorStore(Protocol):
@@ -96,17 +108,17 @@ class VectorStore(Protocol):
         """Token vectors ``(n, 128)`` float32 of pages by point id (for a two-stage rerank)."""
 
     def iter_pages(
-        self, batch_size: int = 256, with_vectors: bool = True
-    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
-        """Every page point as ``(point_id, tokens (n, 128) float32 or None, payload)``."""
+        self, batch_size: int = 256, vectors: Collection[VectorName] = (TOKENS_VECTOR,)
+    ) -> Iterator[StoredPage]:
+        """Every page point with the named ``vectors`` (``()``: payloads only), in scroll order."""
 
     def prefetch(
         self,
         query: np.ndarray,
         limit: int,
-        doc_filter: dict[str, Any] | None = None,
+        doc_filter: Filter | None = None,
         *,
-        using: str = POOLED_VECTOR,
+        using: VectorName = POOLED_VECTOR,
     ) -> list[tuple[str, float]]:
         """Candidate pages for a query ``(n_q, 128)``: Qdrant MaxSim over the pooled vectors.
 
@@ -174,58 +186,6 @@ KIND_STATE = "state"  # the server backend's version token point (see ServerStor
 INDEX_TYPES = {name: ("integer" if name == "page_number" else "keyword") for name in INDEXED_FIELDS}
 
 
-class NoMatch(Exception):
-    """Raised by :func:`build_filter` when a filter can match nothing (an empty value list)."""
-
-
-@dataclass(frozen=True)
-class FilterAPI:
-    """The filter classes of one Qdrant API (qdrant_edge or qdrant_client.models).
-
-    Both accept the same keyword arguments: ``Filter(must=...)``, ``FieldCondition(key=, match=,
-    range=)``, ``MatchValue(value=)``, ``MatchAny(any=)`` and a range class with ``gte=``/``lte=``.
-    """
-
-    Filter: Any
-    FieldCondition: Any
-    MatchValue: Any
-    MatchAny: Any
-    Range: Any
-
-
-def build_filter(api: FilterAPI, doc_filter: dict[str, Any] | None = None, kind: str | None = KIND_PAGE) -> Any:
-    """Translate ``{"doc_id": [...], "metadata.lang": "en"}`` to an API ``Filter``.
-
-    A list value means membership (``MatchAny``), a scalar means equality (``MatchValue``; a float
-    becomes a closed range ``[v, v]``). Keys are payload paths (``metadata.x`` for user metadata).
-    ``kind`` adds ``kind == kind`` (pages only, by default). Returns ``None`` for no condition.
-    Raises :class:`NoMatch` for an empty list and ``ValueError`` for a value that cannot be matched.
-    """
-    must: list[Any] = []
-    if kind is not None:
-        must.append(api.FieldCondition(key="kind", match=api.MatchValue(value=kind)))
-    for key, value in (doc_filter or {}).items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"filter key must be a non-empty string, got {key!r}")
-        if isinstance(value, (list, tuple, set, frozenset)):
-            values = list(value)
-            if not values:
-                raise NoMatch(key)
-            if all(isinstance(v, str) for v in values) or all(
-                isinstance(v, int) and not isinstance(v, bool) for v in values
-            ):
-                must.append(api.FieldCondition(key=key, match=api.MatchAny(any=values)))
-            else:
-                raise ValueError(f"filter {key!r}: a value list must be all strings or all integers, got {values!r}")
-        elif isinstance(value, (str, bool, int)):
-            must.append(api.FieldCondition(key=key, match=api.MatchValue(value=value)))
-        elif isinstance(value, float):
-            must.append(api.FieldCondition(key=key, range=api.Range(gte=value, lte=value)))
-        else:
-            raise ValueError(f"filter {key!r}: cannot match a value of type {type(value).__name__}")
-    return api.Filter(must=must) if must else None
-
-
 def tokens_array(rows: Sequence[Sequence[float]]) -> np.ndarray:
     """A multivector returned by Qdrant (a list of ``n`` lists of 128 floats) as float32 ``(n, 128)``.
 
@@ -250,8 +210,11 @@ class QdrantStoreCore:
     max_floats_per_request: int = 1_000_000
 
     # ---- primitives ------------------------------------------------------------------------
-    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = KIND_PAGE) -> Any:
-        raise NotImplementedError
+    _api: FilterAPI
+
+    def _filter(self, doc_filter: Filter | None = None, kind: str | None = KIND_PAGE) -> Any:
+        """The backend's filter object (callers check ``matches_nothing`` first)."""
+        return (doc_filter or Filter()).qdrant(self._api, kind)
 
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
         raise NotImplementedError
@@ -321,9 +284,10 @@ class QdrantStoreCore:
         self._changed()
 
     def delete_document(self, doc_id: str) -> int:
-        pages = self._count(self._filter({"doc_id": doc_id}))
+        by_doc = Filter.where(doc_id=doc_id)
+        pages = self._count(self._filter(by_doc))
         # Pages and the marker both carry doc_id: one delete-by-filter removes them all.
-        self._delete_where(self._filter({"doc_id": doc_id}, kind=None))
+        self._delete_where(self._filter(by_doc, kind=None))
         self._changed()
         return pages
 
@@ -344,12 +308,11 @@ class QdrantStoreCore:
             if offset is None or not rows:
                 return
 
-    def _documents(self, doc_filter: dict[str, Any] | None, include_incomplete: bool) -> list[DocumentInfo]:
-        try:
-            marker_filter = self._filter(doc_filter, kind=KIND_DOCUMENT)
-            page_filter = self._filter(doc_filter, kind=KIND_PAGE)
-        except NoMatch:
+    def _documents(self, doc_filter: Filter | None, include_incomplete: bool) -> list[DocumentInfo]:
+        if doc_filter is not None and doc_filter.matches_nothing:
             return []
+        marker_filter = self._filter(doc_filter, kind=KIND_DOCUMENT)
+        page_filter = self._filter(doc_filter, kind=KIND_PAGE)
         counts = self._facet("doc_id", page_filter)
         payloads = {p["doc_id"]: p for _, _, p in self._scroll_all(marker_filter, True)}
         infos = [self._info(p, counts.get(doc_id, 0), True) for doc_id, p in payloads.items()]
@@ -357,7 +320,7 @@ class QdrantStoreCore:
             for doc_id, n in counts.items():
                 if doc_id in payloads or n <= 0:
                     continue
-                rows, _ = self._scroll(self._filter({"doc_id": doc_id}), 1, None, True, None)
+                rows, _ = self._scroll(self._filter(Filter.where(doc_id=doc_id)), 1, None, True, None)
                 if rows:
                     infos.append(self._info(rows[0][2], n, False))
         infos.sort(key=lambda d: (d.source, d.doc_id))
@@ -381,14 +344,14 @@ class QdrantStoreCore:
         return self._documents(None, include_incomplete)
 
     def get_document(self, doc_id: str) -> DocumentInfo | None:
-        docs = self._documents({"doc_id": doc_id}, include_incomplete=True)
+        docs = self._documents(Filter.where(doc_id=doc_id), include_incomplete=True)
         return docs[0] if docs else None
 
     def find_by_source(self, source: str) -> list[DocumentInfo]:
-        return self._documents({"source": source}, include_incomplete=True)
+        return self._documents(Filter.where(source=source), include_incomplete=True)
 
     def page_ids(self, doc_id: str) -> list[str]:
-        return [pid for pid, _, _ in self._scroll_all(self._filter({"doc_id": doc_id}), False)]
+        return [pid for pid, _, _ in self._scroll_all(self._filter(Filter.where(doc_id=doc_id)), False)]
 
     def get_payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         ids = [str(i) for i in point_ids]
@@ -401,22 +364,22 @@ class QdrantStoreCore:
         return self._retrieve_tokens(ids) if ids else {}
 
     def iter_pages(
-        self, batch_size: int = 256, with_vectors: bool = True
-    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
-        vectors = [TOKENS_VECTOR] if with_vectors else None
-        for pid, vecs, payload in self._scroll_all(self._filter(), True, vectors, batch=batch_size):
-            if not with_vectors:
-                yield pid, None, payload
-                continue
-            yield pid, vecs.get(TOKENS_VECTOR), payload
+        self, batch_size: int = 256, vectors: Collection[VectorName] = (TOKENS_VECTOR,)
+    ) -> Iterator[StoredPage]:
+        unknown = set(vectors) - {TOKENS_VECTOR, POOLED_VECTOR}
+        if unknown:
+            raise ValueError(f"unknown vector names {sorted(unknown)}; use {TOKENS_VECTOR!r} or {POOLED_VECTOR!r}")
+        names = [v for v in (TOKENS_VECTOR, POOLED_VECTOR) if v in vectors]
+        for pid, vecs, payload in self._scroll_all(self._filter(), True, names or None, batch=batch_size):
+            yield StoredPage(pid, payload, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR))
 
     def prefetch(
         self,
         query: np.ndarray,
         limit: int,
-        doc_filter: dict[str, Any] | None = None,
+        doc_filter: Filter | None = None,
         *,
-        using: str = POOLED_VECTOR,
+        using: VectorName = POOLED_VECTOR,
     ) -> list[tuple[str, float]]:
         if using not in (POOLED_VECTOR, TOKENS_VECTOR):
             raise ValueError(f"using must be {POOLED_VECTOR!r} or {TOKENS_VECTOR!r}, got {using!r}")
@@ -424,13 +387,9 @@ class QdrantStoreCore:
         if q.ndim == 1:
             q = q[None, :]
         check_vectors(q, "query")
-        if limit <= 0:
+        if limit <= 0 or (doc_filter is not None and doc_filter.matches_nothing):
             return []
-        try:
-            flt = self._filter(doc_filter)
-        except NoMatch:
-            return []
-        return self._query(q, using, int(limit), flt)
+        return self._query(q, using, int(limit), self._filter(doc_filter))
 
     def count_pages(self) -> int:
         return self._count(self._filter())

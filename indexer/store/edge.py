@@ -36,14 +36,13 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.filters import FilterAPI
 from indexer.store.base import (
     DIM,
     INDEX_TYPES,
     POOLED_VECTOR,
     TOKENS_VECTOR,
-    FilterAPI,
     QdrantStoreCore,
-    build_filter,
     tokens_array,
 )
 
@@ -225,9 +224,6 @@ class EdgeStore(QdrantStoreCore):
         if self._shard is None:
             raise StoreUnavailable(f"Qdrant Edge store {self.shard_path} is closed")
         return self._shard
-
-    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = "page") -> Any:
-        return build_filter(self._api, doc_filter, kind)
 
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
         qe = self._qe

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.filters import FilterAPI
 from indexer.store.base import (
     _NAMESPACE,
     DIM,
@@ -33,9 +34,7 @@ from indexer.store.base import (
     KIND_STATE,
     POOLED_VECTOR,
     TOKENS_VECTOR,
-    FilterAPI,
     QdrantStoreCore,
-    build_filter,
     tokens_array,
 )
 
@@ -170,9 +169,6 @@ class ServerStore(QdrantStoreCore):
         if self._closed:
             raise StoreUnavailable(f"store for collection {self.collection!r} on {self.url} is closed")
         return self.client
-
-    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = "page") -> Any:
-        return build_filter(self._api, doc_filter, kind)
 
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
         structs = [

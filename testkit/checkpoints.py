@@ -1,13 +1,18 @@
-"""Tiny random ColSmolVLM / SmolVLM checkpoints, built from config in about 2 s on CPU.
+"""Random-weight ColSmolVLM / SmolVLM checkpoints built from config: tiny ones for tests, full-size for benchmarks.
 
 No machine here reaches the Hugging Face hub, so the tests build real (tiny) Idefics3 models and
 processors, save them with ``save_pretrained`` and load them back through the production
 ``from_pretrained`` path. The tokenizer is a byte-level BPE made with ``tokenizers`` that carries the
 Idefics3 special tokens. Weights are random: outputs mean nothing, shapes and code paths are real.
 
-Geometry (kept small so CPU tests are fast): 32 px tiles, 8 px patches, scale factor 2, so each tile
-is 4 image tokens; the processor resizes to a longest edge of 64 px, so a page is at most
-2 x 2 tiles + 1 global view.
+Tiny geometry (kept small so CPU tests are fast, about 2 s to build): 32 px tiles, 8 px patches, scale
+factor 2, so each tile is 4 image tokens; the processor resizes to a longest edge of 64 px, so a page
+is at most 2 x 2 tiles + 1 global view.
+
+Full size (:func:`build_full`, for ``bench/``): the real architecture, SigLIP-base patch16/512 vision
+tower, SmolLM2-135M text model, scale factor 4 (64 image tokens per 512 px tile), processor longest
+edge 2048 with 512 px tiles. Throughput then matches vidore/colSmol-256M and SmolVLM-256M-Instruct
+even though the outputs mean nothing.
 """
 
 from __future__ import annotations
@@ -207,10 +212,73 @@ def build_all(root: Path) -> dict[str, Path]:
     return {"encoder": enc, "adapter": adapter, "generator": gen}
 
 
-if __name__ == "__main__":
-    import sys
-    import time
+# ---------------------------------------------------------------------------------------------- full size
+FULL_VOCAB = 49_280  # SmolVLM's vocabulary size
+FULL_TILE, FULL_PATCH, FULL_SCALE, FULL_LONGEST = 512, 16, 4, 2048
+FULL_IMAGE_SEQ_LEN = (FULL_TILE // FULL_PATCH) ** 2 // FULL_SCALE**2  # 64
 
-    t = time.perf_counter()
-    paths = build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/colsmol-tiny"))
-    print(paths, f"{time.perf_counter() - t:.1f}s")
+
+def full_config(tokenizer):  # -> Idefics3Config
+    """The real Idefics3 shapes of ColSmol-256M / SmolVLM-256M (SigLIP-base/512 + SmolLM2-135M)."""
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
+        vision_config={  # SigLIP base, patch 16, 512 px
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": FULL_TILE,
+            "patch_size": FULL_PATCH,
+        },
+        text_config={  # SmolLM2-135M
+            "model_type": "llama",
+            "vocab_size": FULL_VOCAB,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "rope_theta": 100_000.0,
+            "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": True,
+        },
+        scale_factor=FULL_SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def full_processor(tokenizer, cls):
+    """The real processor geometry (longest edge 2048, 512 px tiles) with the PIL reference image processor."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    ip = Idefics3ImageProcessorPil(
+        size={"longest_edge": FULL_LONGEST}, max_image_size={"longest_edge": FULL_TILE}, do_image_splitting=True
+    )
+    return cls(image_processor=ip, tokenizer=tokenizer, image_seq_len=FULL_IMAGE_SEQ_LEN, chat_template=CHAT_TEMPLATE)
+
+
+def build_full(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``out/encoder`` (ColIdefics3) and ``out/generator`` (Idefics3ForConditionalGeneration), full size."""
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+    from transformers import Idefics3ForConditionalGeneration, Idefics3Processor
+
+    _seed(seed)
+    tok = build_tokenizer()
+    cfg = full_config(tok)
+    enc = ColIdefics3(cfg)
+    enc.save_pretrained(out / "encoder")
+    full_processor(tok, ColIdefics3Processor).save_pretrained(out / "encoder")
+    del enc
+    gen = Idefics3ForConditionalGeneration(cfg)
+    gen.generation_config.eos_token_id = tok.eos_token_id
+    gen.generation_config.pad_token_id = tok.pad_token_id
+    gen.save_pretrained(out / "generator")
+    full_processor(tok, Idefics3Processor).save_pretrained(out / "generator")
+    return {"encoder": out / "encoder", "generator": out / "generator"}
