@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -10,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.batcher import SearchBatcher
 from api.jobs import JobRunner
+from api.routes.common import DocNames
 from indexer.errors import ModelUnavailable
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
@@ -18,7 +20,8 @@ _bearer = HTTPBearer(auto_error=False, description="Needed only when COLSMOL_API
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _state(request: Request, name: str) -> Any:
@@ -29,21 +32,37 @@ def _state(request: Request, name: str) -> Any:
 
 
 def get_pipeline(request: Request) -> RAGPipeline:
-    return _state(request, "pipeline")  # type: ignore[no-any-return]
+    pipeline: RAGPipeline = _state(request, "pipeline")
+    return pipeline
 
 
 def get_batcher(request: Request) -> SearchBatcher:
-    return _state(request, "batcher")  # type: ignore[no-any-return]
+    batcher: SearchBatcher = _state(request, "batcher")
+    return batcher
 
 
 def get_jobs(request: Request) -> JobRunner:
-    return _state(request, "jobs")  # type: ignore[no-any-return]
+    jobs: JobRunner = _state(request, "jobs")
+    return jobs
+
+
+def get_doc_names(request: Request) -> DocNames:
+    names: DocNames = _state(request, "doc_names")
+    return names
+
+
+def get_answer_executor(request: Request) -> ThreadPoolExecutor:
+    """The thread answers are generated on (one: the model is not shared between generations)."""
+    executor: ThreadPoolExecutor = _state(request, "answer_executor")
+    return executor
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[RAGPipeline, Depends(get_pipeline)]
 BatcherDep = Annotated[SearchBatcher, Depends(get_batcher)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+DocNamesDep = Annotated[DocNames, Depends(get_doc_names)]
+AnswerExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_answer_executor)]
 
 
 def require_api_key(

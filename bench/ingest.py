@@ -13,7 +13,7 @@ text and scanned documents interleaved. Measured, in this order, with one loaded
    corpus into a fresh EdgeStore + PageImageStore in a temporary directory, with the production
    prefetch pooling callback. pages/s = pages embedded / ``IngestReport.seconds``.
 
-The ratio (3) / (2) is the DESIGN.md target (at least 0.90). On the GPU machine, with the full-size
+The ratio (3) / (2) is the target (at least 0.90, BENCHMARKS.md). On the GPU machine, with the full-size
 random checkpoint (bench/make_checkpoints.py):
 
     python bench/make_checkpoints.py /tmp/ckpt

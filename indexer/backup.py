@@ -13,7 +13,7 @@ PATH/images/ab/<id>.webp        the page images, byte for byte (and <id>.thumb.w
 
 A page line is ``{"id", "payload", "tokens": {"n", "dtype": "<f2", "b64"}, "pooled": {...} or
 null, "images": {"full": sha256 or null, "thumb": sha256 or null}}``. Token vectors are stored as
-little-endian float16, which is what the collection keeps (DESIGN.md decision 4), so an export of
+little-endian float16, which is what the collection keeps (see indexer/store/base.py), so an export of
 an Edge store is lossless; pooled vectors are stored as float32, as the collection keeps them.
 
 ``manifest.json`` is written last: a folder without one is an interrupted export and import
@@ -203,7 +203,7 @@ def export_collection(
             )
 
     try:
-        for stored in store.iter_pages(batch_size=64, vectors=(TOKENS_VECTOR, POOLED_VECTOR)):
+        for stored in store.iter_pages(batch_size=64, vectors=("tokens", "pooled")):
             pid, tokens, pooled, payload = stored.point_id, stored.tokens, stored.pooled, stored.payload
             if tokens is None:
                 raise BackupError(f"page {pid} has no token vectors in collection {store.collection!r}")
@@ -262,9 +262,9 @@ def export_collection(
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    nbytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary = ExportSummary(
-        out, store.collection, pages, len(docs), n_images, pooled_pages, size, time.perf_counter() - start
+        out, store.collection, pages, len(docs), n_images, pooled_pages, nbytes, time.perf_counter() - start
     )
     logger.info("exported %s", summary)
     return summary

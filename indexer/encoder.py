@@ -106,7 +106,7 @@ class ColSmolEncoder:
         w, h = image.size
         s = longest / max(w, h)
         w, h = math.ceil(w * s / tile), math.ceil(h * s / tile)
-        return w * h + 1
+        return int(w * h + 1)
 
     def preprocess_pages(self, images: Sequence[Image.Image]) -> Any:
         """Idefics3 splitting and normalization on CPU (the 0.4 s/page hot spot: run it in workers)."""

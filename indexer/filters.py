@@ -10,11 +10,15 @@ construction:
 - :meth:`Filter.qdrant` as a Qdrant ``Filter`` (two-stage prefetch, document listings).
 
 Keys: ``doc_id``, ``source``, ``file_name`` (strings), ``page_number`` (an integer) and
-``metadata.<key>`` (user metadata: a string, integer, boolean or number). A scalar means equality,
-a list means "any of" (all strings or all integers, as Qdrant's ``MatchAny`` needs). Comparisons
-follow Qdrant's: types never mix (``"3"`` does not match ``3``, ``True`` does not match ``1``), a
-number matches an integer or a float payload of the same value, and a payload that holds a list
-matches when any element does.
+``metadata.<key>`` (user metadata: a string, an integer or a number). A scalar means equality, a list
+means "any of" (all strings or all integers, as Qdrant's ``MatchAny`` needs). Comparisons follow
+Qdrant's: types never mix (``"3"`` does not match ``3``), a number matches an integer or a float
+payload of the same value, and a payload that holds a list matches when any element does.
+
+Booleans cannot be filtered on: qdrant-edge-py 0.9 turns a boolean match value into the integer 1
+(``MatchValue(True).value == 1``), so embedded Qdrant would match ``1`` and miss ``true``
+(tests/test_filters.py shows it). A boolean filter value is refused with that reason rather than
+answered differently by the two search modes; store such metadata as strings.
 
 >>> f = Filter.parse({"doc_id": ["a", "b"], "metadata.lang": "en"})
 >>> f.mask([{"doc_id": "a", "metadata": {"lang": "en"}}, {"doc_id": "c", "metadata": {"lang": "en"}}]).tolist()
@@ -34,7 +38,7 @@ import numpy as np
 
 from indexer.errors import InvalidRequest
 
-Scalar = str | int | float | bool
+Scalar = str | int | float
 
 #: Page fields a filter may name, with the type their values have.
 FIELDS: dict[str, type] = {"doc_id": str, "source": str, "file_name": str, "page_number": int}
@@ -75,7 +79,7 @@ class Clause:
         if self.many or len(self.values) > 1:
             return api.FieldCondition(key=self.key, match=api.MatchAny(any=list(self.values)))
         (value,) = self.values
-        if isinstance(value, float):  # Qdrant matches numbers by range, keywords/integers/bools by value
+        if isinstance(value, float):  # Qdrant matches numbers by range, keywords and integers by value
             return api.FieldCondition(key=self.key, range=api.Range(gte=value, lte=value))
         return api.FieldCondition(key=self.key, match=api.MatchValue(value=value))
 
@@ -198,10 +202,15 @@ def _check_value(key: str, value: Any, field_type: type | None) -> Scalar:
         if not isinstance(value, str):
             raise InvalidRequest(f"filter {key!r}: needs a string, got {value!r}")
         return value
+    if isinstance(value, bool):
+        raise InvalidRequest(
+            f"filter {key!r}: boolean values cannot be filtered on (embedded Qdrant cannot match them); "
+            'store the metadata as a string ("true"/"false") and filter on that'
+        )
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest(f"filter {key!r}: {value!r} is not a finite number")
-    if not isinstance(value, (str, int, float, bool)):
-        raise InvalidRequest(f"filter {key!r}: needs a string, number or boolean, got {type(value).__name__}")
+    if not isinstance(value, (str, int, float)):
+        raise InvalidRequest(f"filter {key!r}: needs a string or a number, got {type(value).__name__}")
     return value
 
 

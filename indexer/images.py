@@ -1,4 +1,4 @@
-"""Compressed page images on disk, keyed by point id (DESIGN.md decision 8).
+"""Compressed page images on disk, keyed by point id, so answering never needs the original file.
 
 Answering and display read pages from here, never from the original file, which may have moved.
 

@@ -24,7 +24,7 @@ import torch
 
 from indexer.device import resolve_device
 from indexer.filters import Filter
-from indexer.store.base import TOKENS_VECTOR, VectorStore
+from indexer.store.base import TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk
 from retriever.pooling import pool_tokens
 
@@ -142,7 +142,7 @@ class TokenIndex:
         block = torch.from_numpy(np.concatenate(vectors, 0) if len(vectors) > 1 else vectors[0])
         block = block.to(self.device, non_blocking=True)
         s0 = self._n_tokens
-        if self.dtype == "int8":
+        if self._scales is not None:  # int8
             q, sc = quantize_int8(block)
             self._tokens[s0 : s0 + total] = q
             self._scales[s0 : s0 + total] = sc
@@ -301,7 +301,7 @@ class TokenIndex:
             vecs: list[np.ndarray] = []
             pays: list[dict[str, Any]] = []
             n_pages = 0
-            for page in store.iter_pages(batch_size=batch_size, vectors=(TOKENS_VECTOR,)):
+            for page in store.iter_pages(batch_size=batch_size, vectors=TOKENS_ONLY):
                 if page.tokens is None:
                     raise ValueError(f"store page {page.point_id} came without vectors")
                 ids.append(page.point_id)

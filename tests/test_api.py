@@ -24,8 +24,8 @@ from api import uploads
 from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS, RAGPipeline
-from tests.conftest import tiny_settings
 from testkit.pdfs import LETTER, PageSpec, build_pdf
+from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.slow
 
@@ -257,6 +257,11 @@ def test_upload_names_never_become_paths(client: TestClient, settings: Settings,
         ("/v1/answer", {"question": "x", "k": 0}),
         ("/v1/answer", {"question": "x", "max_new_tokens": 0}),
         ("/v1/answer", {}),
+        ("/v1/answer", {"question": "x", "filter": {"bogus": 1}}),
+        ("/v1/answer", {"question": "x", "filter": {"bogus": 1}, "stream": True}),
+        ("/v1/answer", {"question": "x", "filter": {"page_number": "3"}}),
+        ("/v1/search", {"query": "x", "filter": {"lang": "en"}}),
+        ("/v1/search", {"query": "x", "filter": {"metadata.flag": True}}),
     ],
 )
 def test_bad_json_bodies_are_422(client: TestClient, path: str, body: dict[str, Any]) -> None:

@@ -48,3 +48,19 @@ def test_search_explain_export_import_round_trip(tiny_models, tmp_path) -> None:
     # Importing twice into a non-empty collection is refused with one clear line.
     res = _colsmol("import", str(backup), env=restored)
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "--merge" in res.stderr
+
+
+def test_filters_on_the_command_line(tiny_models, tmp_path) -> None:
+    """--filter is parsed once: an unknown key is a usage error (exit 2, one line); page_number is an integer."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text=f"alpha {i}") for i in range(3)])
+    env = _cli_env(tiny_models, tmp_path / "data")
+    assert _colsmol("ingest", str(docs), "--dpi", "50", "-m", "lang=en", env=env).returncode == 0
+    res = _colsmol("search", "alpha", "--filter", "lang=en", env=env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown field 'lang'" in res.stderr, res.stderr
+    res = _colsmol("search", "alpha", "--filter", "page_number=2", "--filter", "metadata.lang=en", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    assert [h["page_number"] for h in json.loads(res.stdout)] == [2]
+    res = _colsmol("answer", "alpha?", "--filter", "page_number=two", env=env)
+    assert res.returncode == 2 and "not an integer" in res.stderr and res.stderr.count("\n") == 1

@@ -10,8 +10,8 @@ from indexer.settings import Settings
 from indexer.store import EdgeStore
 from rag.pipeline import MAX_ANSWER_K, NO_DOCUMENTS, RAGPipeline
 from rag.types import Answer
-from tests.conftest import tiny_settings
 from testkit.pdfs import A4, LETTER, PageSpec, write_pdf
+from tests.conftest import tiny_settings
 
 
 def _settings(tiny_models, tmp_path, **overrides) -> Settings:

@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.errors import InvalidRequest
+from indexer.filters import Filter
+from indexer.store.base import StoredPage
+from retriever.live_index import LiveIndex
 from retriever.maxsim import (
     dequantize_int8,
     maxsim_torch,
@@ -25,10 +29,6 @@ from retriever.maxsim import (
     topk,
     triton_available,
 )
-from indexer.errors import InvalidRequest
-from indexer.filters import Filter
-from indexer.store.base import StoredPage
-from retriever.live_index import LiveIndex
 from retriever.pooling import pool_tokens, prefetch_vectors
 from retriever.search import ExactSearcher, Hit, TwoStageSearcher
 from retriever.token_index import TokenIndex
@@ -159,7 +159,8 @@ def test_token_index_and_searcher_match_colpali(corpus):
     index = TokenIndex(device="cpu")
     rate = index.build(store)
     assert rate > 0 and len(index) == len(pages) and index.n_tokens == sum(len(p) for p in pages)
-    searcher = ExactSearcher(LiveIndex(store, device="cpu", index=index), encode_queries=lambda texts: [queries[int(t)] for t in texts])
+    live = LiveIndex(store, device="cpu", index=index)
+    searcher = ExactSearcher(live, encode_queries=lambda texts: [queries[int(t)] for t in texts])
     hits = searcher.search_batch([str(i) for i in range(len(queries))], k=10)
     assert len(hits) == len(queries) and all(isinstance(h, Hit) for h in hits[0])
     idx = np.array([[int(h.point_id[1:]) for h in row] for row in hits])

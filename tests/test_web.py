@@ -19,8 +19,8 @@ import pytest
 from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
-from tests.conftest import tiny_settings
 from testkit.pdfs import LETTER, PageSpec, build_pdf, write_pdf
+from tests.conftest import tiny_settings
 from tests.test_api import LiveServer, wait_job
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,10 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from api.deps import PipelineDep, SettingsDep
+from api.deps import AnswerExecutorDep, DocNamesDep, PipelineDep, SettingsDep
 from api.schemas import AnswerRequest, AnswerResponse
 from indexer.filters import Filter
 from rag.types import Answer
@@ -38,13 +38,17 @@ def sse(event: str, data: Any) -> bytes:
     response_model=AnswerResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 422: {}, 503: {}},
 )
-async def answer(body: AnswerRequest, pipeline: PipelineDep, settings: SettingsDep, request: Request) -> Any:
+async def answer(
+    body: AnswerRequest,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    executor: AnswerExecutorDep,
+    names: DocNamesDep,
+) -> Any:
     """Answer ``question`` from the top-``k`` pages, citing them."""
     max_new_tokens = body.max_new_tokens or settings.max_new_tokens
     flt = Filter.parse(body.filter)  # a bad filter is a 422 here, before any work
     loop = asyncio.get_running_loop()
-    executor = request.app.state.answer_executor
-    names = request.app.state.doc_names
     if not body.stream:
         result: Answer = await loop.run_in_executor(
             executor, lambda: pipeline.answer(body.question, body.k, flt, max_new_tokens)

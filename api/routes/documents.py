@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from api import uploads
-from api.deps import JobsDep, PipelineDep, SettingsDep
+from api.deps import DocNamesDep, JobsDep, PipelineDep, SettingsDep
 from api.jobs import Job, new_job_id
 from api.routes.common import page_urls, shown_name
 from api.schemas import DeleteResponse, DocumentList, DocumentOut, JobCreated, JobOut
@@ -107,8 +107,8 @@ async def get_document(doc_id: str, pipeline: PipelineDep) -> DocumentOut:
 
 
 @router.delete("/documents/{doc_id}", response_model=DeleteResponse, responses={404: {}})
-async def delete_document(doc_id: str, pipeline: PipelineDep, request: Request) -> DeleteResponse:
+async def delete_document(doc_id: str, pipeline: PipelineDep, names: DocNamesDep) -> DeleteResponse:
     """Remove a document's pages, page images and record."""
     n = await run_in_threadpool(pipeline.delete, doc_id)
-    request.app.state.doc_names.forget(doc_id)
+    names.forget(doc_id)
     return DeleteResponse(doc_id=doc_id, pages_deleted=n)

@@ -8,6 +8,7 @@ badly. Page sizes come from one ``pdfinfo`` call, so the pixel budget is applied
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import subprocess
@@ -154,13 +155,13 @@ class PopplerRenderer:
         try:
             images = convert_from_path(
                 str(path),
-                dpi=dpi,
+                dpi=dpi,  # type: ignore[arg-type]  # pdf2image hands it to `pdftoppm -r`, which takes a float
                 first_page=first,
                 last_page=last,
-                userpw=password,
+                userpw=password,  # type: ignore[arg-type]  # None (its default) means no password
                 fmt="ppm",
                 thread_count=1,
-                timeout=self.timeout_s,
+                timeout=math.ceil(self.timeout_s),
             )
         except PDFPopplerTimeoutError:
             raise DocumentError(str(path), f"pdftoppm timed out after {self.timeout_s:.0f} s") from None

@@ -1,6 +1,6 @@
 """The store interface shared by the embedded Qdrant Edge backend and the Qdrant server backend.
 
-Both backends hold the same collection schema (DESIGN.md decision 4):
+Both backends hold the same collection schema:
 
 - named multivector ``tokens``: 128-d, dot product, MaxSim comparator, fp16, HNSW off (``m=0``);
 - named multivector ``pooled``: a few vectors per page, HNSW on, for candidate prefetch at scale;
@@ -16,7 +16,7 @@ import itertools
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
@@ -24,9 +24,10 @@ from indexer.filters import Filter, FilterAPI
 from indexer.types import DocumentInfo, PageRecord
 
 DIM = 128
-TOKENS_VECTOR = "tokens"
-POOLED_VECTOR = "pooled"
+TOKENS_VECTOR: Final = "tokens"
+POOLED_VECTOR: Final = "pooled"
 VectorName = Literal["tokens", "pooled"]
+TOKENS_ONLY: tuple[VectorName, ...] = ("tokens",)
 # Qdrant rejects a point whose multivector has more than 1,048,576 floats.
 MAX_FLOATS_PER_POINT = 1_048_576
 MAX_TOKENS_PER_PAGE = MAX_FLOATS_PER_POINT // DIM
@@ -108,7 +109,7 @@ class VectorStore(Protocol):
         """Token vectors ``(n, 128)`` float32 of pages by point id (for a two-stage rerank)."""
 
     def iter_pages(
-        self, batch_size: int = 256, vectors: Collection[VectorName] = (TOKENS_VECTOR,)
+        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY
     ) -> Iterator[StoredPage]:
         """Every page point with the named ``vectors`` (``()``: payloads only), in scroll order."""
 
@@ -118,7 +119,7 @@ class VectorStore(Protocol):
         limit: int,
         doc_filter: Filter | None = None,
         *,
-        using: VectorName = POOLED_VECTOR,
+        using: VectorName = "pooled",
     ) -> list[tuple[str, float]]:
         """Candidate pages for a query ``(n_q, 128)``: Qdrant MaxSim over the pooled vectors.
 
@@ -364,7 +365,7 @@ class QdrantStoreCore:
         return self._retrieve_tokens(ids) if ids else {}
 
     def iter_pages(
-        self, batch_size: int = 256, vectors: Collection[VectorName] = (TOKENS_VECTOR,)
+        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY
     ) -> Iterator[StoredPage]:
         unknown = set(vectors) - {TOKENS_VECTOR, POOLED_VECTOR}
         if unknown:
@@ -379,7 +380,7 @@ class QdrantStoreCore:
         limit: int,
         doc_filter: Filter | None = None,
         *,
-        using: VectorName = POOLED_VECTOR,
+        using: VectorName = "pooled",
     ) -> list[tuple[str, float]]:
         if using not in (POOLED_VECTOR, TOKENS_VECTOR):
             raise ValueError(f"using must be {POOLED_VECTOR!r} or {TOKENS_VECTOR!r}, got {using!r}")

@@ -3,7 +3,7 @@
 Layout on disk: ``path / collection`` is the Edge shard directory (``edge_config.json``, ``wal/``,
 ``segments/``) and ``path / f"{collection}.lock"`` is the lock file holding the owner's pid.
 
-Schema (DESIGN.md decision 4): named multivectors ``tokens`` ``(n_tokens, 128)`` (Dot, MaxSim, fp16,
+Schema (as in indexer/store/base.py): named multivectors ``tokens`` ``(n_tokens, 128)`` (Dot, MaxSim, fp16,
 HNSW off ``m=0``) and ``pooled`` ``(n_pooled, 128)`` (Dot, MaxSim, HNSW on); keyword payload
 indexes on the string filter fields, an integer index on ``page_number``. Document marker points
 carry no vector at all (Edge accepts a point with an empty vector dict).
@@ -237,8 +237,9 @@ class EdgeStore(QdrantStoreCore):
             self._live().update(qe.UpdateOperation.upsert_points(batch))
 
     def _delete_ids(self, ids: list[str]) -> None:
+        point_ids: list[int | uuid.UUID | str] = list(ids)
         with self._lock:
-            self._live().update(self._qe.UpdateOperation.delete_points(ids))
+            self._live().update(self._qe.UpdateOperation.delete_points(point_ids))
 
     def _delete_where(self, flt: Any) -> None:
         with self._lock:

@@ -1,6 +1,6 @@
 """The shared store: a Qdrant server or cluster through ``qdrant-client``.
 
-Same schema as the Edge backend (DESIGN.md decision 4): named multivectors ``tokens``
+Same schema as the Edge backend: named multivectors ``tokens``
 ``(n_tokens, 128)`` (Dot, MaxSim, fp16, HNSW off ``m=0``) and ``pooled`` ``(n_pooled, 128)``
 (Dot, MaxSim, HNSW on), payload indexes on the filter fields (keyword, integer for
 ``page_number``). The collection is created on first use; an existing one with another schema
@@ -178,7 +178,8 @@ class ServerStore(QdrantStoreCore):
         self._live().upsert(self.collection, structs, wait=True)
 
     def _delete_ids(self, ids: list[str]) -> None:
-        self._live().delete(self.collection, points_selector=self._m.PointIdsList(points=ids), wait=True)
+        points: list[int | str | uuid.UUID] = list(ids)
+        self._live().delete(self.collection, points_selector=self._m.PointIdsList(points=points), wait=True)
 
     def _delete_where(self, flt: Any) -> None:
         self._live().delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)

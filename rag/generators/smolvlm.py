@@ -146,7 +146,7 @@ class SmolVLMGenerator:
     def _load_model(self) -> Any:
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(
+        model: Any = AutoModelForImageTextToText.from_pretrained(
             self.model_id,
             **from_pretrained_kwargs(
                 dtype=model_dtype(self.device), attn_implementation=attn_implementation(self.device)
@@ -334,11 +334,13 @@ class SmolVLMGenerator:
             return {}
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        event = stop
+
         class _StopOnEvent(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 import torch
 
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+                return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
 
         return {"stopping_criteria": StoppingCriteriaList([_StopOnEvent()])}
 

@@ -248,12 +248,13 @@ def run_eval(
     from indexer.store.base import page_point_id
     from retriever.token_index import TokenIndex
 
-    if configs and all(isinstance(c, EvalConfig) for c in configs):
-        cfgs = list(configs)  # type: ignore[arg-type]
+    cfgs: list[EvalConfig]
+    if not isinstance(configs, str) and configs and all(isinstance(c, EvalConfig) for c in configs):
+        cfgs = [c for c in configs if isinstance(c, EvalConfig)]
         if EXACT not in cfgs:
             cfgs.insert(0, EXACT)
     else:
-        cfgs = parse_configs(configs)  # type: ignore[arg-type]
+        cfgs = parse_configs([c for c in configs if isinstance(c, str)] if not isinstance(configs, str) else configs)
     ks = parse_ks(ks)
     depth = max(ks[-1], 10)
     dev = resolve_device(device)
@@ -285,11 +286,11 @@ def run_eval(
             if cfg.kind == "index":
                 idx, build_s = build_index(cfg)
 
-                def search(q: np.ndarray, idx: TokenIndex = idx) -> list[str]:
+                def search_index(q: np.ndarray, idx: TokenIndex = idx) -> list[str]:
                     return [cid_of[h.point_id] for h in idx.score([q], k=depth)[0]]
 
                 index_mb: float | None = idx.nbytes() / 2**20
-                ranked, times = _search_all(search, qvecs, progress, f"search {cfg.name}")
+                ranked, times = _search_all(search_index, qvecs, progress, f"search {cfg.name}")
             else:
                 from indexer.store.edge import EdgeStore
                 from indexer.types import PageRecord
@@ -324,10 +325,10 @@ def run_eval(
                     # vectors fetched from the store.
                     searcher = TwoStageSearcher(store, candidates=candidates, device=str(dev))
 
-                    def search(q: np.ndarray, searcher: TwoStageSearcher = searcher) -> list[str]:
+                    def search_two(q: np.ndarray, searcher: TwoStageSearcher = searcher) -> list[str]:
                         return [cid_of[h.point_id] for h in searcher.search_vectors([q], k=depth)[0]]
 
-                    ranked, times = _search_all(search, qvecs, progress, f"search {cfg.name}")
+                    ranked, times = _search_all(search_two, qvecs, progress, f"search {cfg.name}")
                 finally:
                     store.close()
                 index_mb = None
