@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from api.cli_common import Collection, DataDir, Device, JsonOut, err, progress_bar, settings_from
+from api.cli_common import Collection, DataDir, Device, JsonOut, err, printable, progress_bar, settings_from
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -115,7 +115,11 @@ def ingest(
                     elif e.kind == "done":
                         bar.advance(files_t, 1)
                         if e.result is not None and e.result.status == "failed":
-                            bar.console.print(f"[red]failed[/] {e.path}: {e.result.error}")
+                            bar.console.print(
+                                f"[red]failed[/] {printable(e.path)}: {printable(e.result.error or '')}",
+                                markup=True,
+                                highlight=False,
+                            )
 
                 report = rag.ingest(paths, metadata=meta, prune=prune, password=password, progress=on_event)
     if json_out:
@@ -130,7 +134,7 @@ def ingest(
         )
         for f in report.files:
             if f.status in ("failed", "skipped"):
-                typer.echo(f"  {f.status}: {f.path}: {f.error}", err=True)
+                typer.echo(f"  {f.status}: {printable(f.path)}: {printable(f.error or '')}", err=True)
     raise typer.Exit(report.exit_code)
 
 
@@ -150,6 +154,7 @@ def documents(collection: Collection = None, data_dir: DataDir = None, json_out:
                     {
                         "doc_id": d.doc_id,
                         "source": d.source,
+                        "sources": list(d.paths),
                         "file_name": d.file_name,
                         "pages": d.page_count,
                         "ingested_at": d.ingested_at,
@@ -161,14 +166,32 @@ def documents(collection: Collection = None, data_dir: DataDir = None, json_out:
             )
         )
         return
+    rows = [
+        (
+            d.doc_id,
+            str(d.page_count),
+            printable(d.source) + (f" (+{len(d.paths) - 1} more)" if len(d.paths) > 1 else ""),
+            d.ingested_at,
+        )
+        for d in docs
+    ]
+    title = f"{len(docs)} documents in {s.collection!r}"
+    if not sys.stdout.isatty():
+        # Piped or captured: plain columns, nothing ever shortened (ids are pasted into `colsmol delete`).
+        typer.echo(title)
+        for row in rows:
+            typer.echo("  ".join(row))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(docs)} documents in {s.collection!r}")
-    for col in ("doc_id", "pages", "file", "ingested"):
-        table.add_column(col)
-    for d in docs:
-        table.add_row(d.doc_id, str(d.page_count), d.source, d.ingested_at)
+    table = Table(title=title)
+    table.add_column("doc_id", no_wrap=True, min_width=max((len(r[0]) for r in rows), default=6))
+    table.add_column("pages", justify="right", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("ingested", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
 
 
@@ -279,10 +302,16 @@ def explain(
     device: Device = None,
 ) -> None:
     """Write a heatmap of which regions of a page matched QUERY (a similarity map)."""
+    if out.suffix.lower() != ".png":
+        raise InvalidRequest(f"--out {printable(str(out))!r}: the heatmap is a PNG image; give a path ending in .png")
     s = settings_from(collection=collection, data_dir=data_dir, device=device)
     with _pipeline(s) as rag:
         smap = rag.explain(query, page, token=token)
-    smap.overlay().save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        smap.overlay().save(out, format="PNG")
+    except OSError as exc:
+        raise ColsmolError(f"cannot write {printable(str(out))}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {out} ({smap.heatmap.shape[1]}x{smap.heatmap.shape[0]}); query tokens: {smap.query_tokens}")
 
 

@@ -24,6 +24,15 @@ Device = Annotated[str | None, typer.Option("--device", help="auto, cuda, cpu or
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 
+def printable(text: str) -> str:
+    r"""``text`` with control characters escaped, so a file name cannot fake extra output lines.
+
+    >>> printable("a.pdf\nfailed: b.pdf"), printable("café.pdf")
+    ('a.pdf\\nfailed: b.pdf', 'café.pdf')
+    """
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def err(msg: str) -> None:
     """One error line on stderr (the exit code is the caller's)."""
     typer.echo(f"colsmol: error: {msg}", err=True)

@@ -20,6 +20,7 @@ from typing import Any
 from api.uploads import SavedFile
 from indexer.errors import NotFound
 from indexer.ingest import ProgressEvent
+from indexer.store.base import UPLOAD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,12 @@ class JobRunner:
                     elif ev.kind == "done" and ev.result is not None and ev.result.status == "failed":
                         job.errors.append({"file": name, "error": ev.result.error or "failed"})
 
-            meta = {**job.metadata, "original_name": saved.original_name}
-            report = self.pipeline.ingest([saved.path], metadata=meta, progress=progress)
+            report = self.pipeline.ingest(
+                [saved.path],
+                metadata=job.metadata,
+                progress=progress,
+                source_names={saved.path: UPLOAD_PREFIX + saved.original_name},
+            )
             seconds += report.seconds
             for key in totals:
                 totals[key] += report.pages_embedded if key == "pages_embedded" else report.count(key)

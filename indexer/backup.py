@@ -21,7 +21,9 @@ refuses it. Import checks the manifest and every file's sha256 *before* writing 
 a store that already holds points (unless ``allow_merge=True``), writes the pages and their
 images, then the document markers, so an interrupted import leaves documents incomplete, never
 complete with pages missing. Import is idempotent: point ids are kept, so running it again
-overwrites the same points.
+overwrites the same points. The collection's metadata records which export is being imported (the
+sha256 of its manifest), so running the same import again after an interruption resumes it without
+``--merge``.
 
 The export is not a snapshot: run it while nothing ingests. Markers are listed before pages are
 read, so a document ingested during the export is at worst exported as incomplete.
@@ -356,12 +358,21 @@ def import_collection(
     start = time.perf_counter()
     root = Path(in_dir)
     manifest = read_manifest(root)
+    export_id = _sha256(root / MANIFEST)  # names this export: an interrupted import of it may resume
+    previous = store.get_meta().get("import") or {}
+    same_export = previous.get("export") == export_id
     if not allow_merge and not _is_empty(store):
-        raise BackupError(
-            f"collection {store.collection!r} is not empty ({store.count_pages()} pages): import into an empty "
-            "collection (another COLSMOL_COLLECTION or data dir), or pass allow_merge=True (--merge) "
-            "to add to it"
-        )
+        if same_export and previous.get("state") == "running":
+            logger.info("resuming the interrupted import of %s into %r", root, store.collection)
+        else:
+            done = " (this export was already imported into it)" if same_export else ""
+            raise BackupError(
+                f"collection {store.collection!r} is not empty ({store.count_pages()} pages){done}: import into an "
+                "empty collection (another COLSMOL_COLLECTION or data dir), or pass allow_merge=True (--merge) "
+                "to add to it"
+            )
+    record = {"export": export_id, "path": str(root), "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    store.update_meta({"import": {**record, "state": "running"}})
     total = int(manifest["counts"]["pages"])
     pages = n_images = pooled_pages = 0
     batch: list[PageRecord] = []
@@ -428,6 +439,7 @@ def import_collection(
         docs += 1
     if progress is not None:
         progress("documents", docs, docs)
+    store.update_meta({"import": {**record, "state": "done"}})
     flush_store = getattr(store, "flush", None)
     if callable(flush_store):
         flush_store()

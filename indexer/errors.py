@@ -45,3 +45,14 @@ class NotFound(ColsmolError):
 
 class InvalidRequest(ColsmolError):
     """A query, question or parameter that is out of bounds."""
+
+
+class DiskFull(StoreUnavailable):
+    """The disk holding the data directory (page images, embedded Qdrant) has no room left.
+
+    What was stored before stays intact: freeing space and running the same command again finishes the job.
+    """
+
+
+class EncryptedDocument(DocumentError):
+    """A PDF that needs a user password to open (none was given, or the one given is wrong)."""

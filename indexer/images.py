@@ -5,8 +5,9 @@ Answering and display read pages from here, never from the original file, which 
 Layout: ``root / id[:2] / f"{id}.webp"`` (full page, WebP quality 85) and
 ``root / id[:2] / f"{id}.thumb.webp"`` (longest side 256 px). Two hex characters of a uuid give
 256 subfolders, so 1M pages make about 4,000 files per folder. Every write goes to a temporary
-file in the same folder and is renamed into place with ``os.replace``: a reader sees the old
-image or the new one, never half of one.
+file in ``root / ".tmp"`` (same file system) and is renamed into place with ``os.replace``: a reader
+sees the old image or the new one, never half of one. A writer killed mid-write leaves its temporary
+file there; :meth:`PageImageStore.remove_stale_temporaries` (run when an ingest starts) removes those.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
@@ -32,6 +34,8 @@ QUALITY = 85
 # Pages are saved on the ingest path for every page, so speed matters more than the last bytes.
 WEBP_METHOD = 0
 _WEBP_MAX_SIDE = 16_383  # the WebP format's limit
+TMP_DIR = ".tmp"
+STALE_TMP_S = 3600.0
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,127}$")
 
 
@@ -80,8 +84,13 @@ class PageImageStore:
         self._write(target, full)
         return target
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / TMP_DIR
+
     def _write(self, target: Path, image: Image.Image) -> None:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 image.save(fh, format="WEBP", quality=self.quality, method=WEBP_METHOD)
@@ -92,6 +101,27 @@ class PageImageStore:
             except FileNotFoundError:
                 pass
             raise
+
+    def remove_stale_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
+        """Delete temporary files left by killed writers; returns how many. Files younger than ``older_than_s``
+        may belong to a live writer in another process (several processes may share a data dir with the
+        Qdrant server backend), so they stay."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.name.endswith(".tmp") and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            logger.info("removed %d temporary page images left by an interrupted run", removed)
+        return removed
 
     def load(self, point_id: str, size: Size = "full") -> Image.Image:
         """The stored image as an RGB PIL image. Raises ``FileNotFoundError`` if absent."""

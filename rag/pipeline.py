@@ -181,12 +181,18 @@ class RAGPipeline:
         renderer: RendererName | None = None,
         dpi: int | None = None,
         progress: Progress | None = None,
+        source_names: Mapping[Path, str] | None = None,
     ) -> IngestReport:
-        """Index files and folders (incremental: unchanged files are skipped without the encoder)."""
+        """Index files and folders (incremental: unchanged files are skipped without the encoder).
+
+        ``source_names`` stores some files under another name than their path (uploads: ``upload:<name>``).
+        """
         if isinstance(paths, str | Path):
             paths = [paths]
         with self._write_lock:
-            return self.ingestor(password, renderer, dpi).ingest(paths, metadata, prune=prune, progress=progress)
+            return self.ingestor(password, renderer, dpi).ingest(
+                paths, metadata, prune=prune, progress=progress, source_names=source_names
+            )
 
     def delete(self, doc_id: str) -> int:
         """Remove one document (pages, marker and page images); NotFound if it is not indexed."""

@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from indexer.store.base import VectorStore
 from indexer.types import PageRecord
@@ -112,11 +112,18 @@ class LiveIndex:
             return changed
 
     # ------------------------------------------------------------------ writing
-    def apply(self, write: Callable[[], T], upserted: Sequence[PageRecord] = (), deleted: Sequence[str] = ()) -> T:
-        """Run a store ``write`` and mirror it in the index: ``upserted`` pages added, ``deleted`` ids removed.
+    def apply(
+        self,
+        write: Callable[[], T],
+        upserted: Sequence[PageRecord] = (),
+        deleted: Sequence[str] = (),
+        updated: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> T:
+        """Run a store ``write`` and mirror it in the index: ``upserted`` pages added, ``deleted`` ids removed,
+        ``updated`` payload fields set on every page of a document (``{doc_id: {"source": ...}}``).
 
-        Pass every write that changes the store's version (page upserts, deletes, document markers), so the
-        recorded version stays the store's.
+        Pass every write that changes the store's version (page upserts, deletes, document markers, sources),
+        so the recorded version stays the store's.
         """
         with self._sync_lock:
             result = write()
@@ -128,8 +135,10 @@ class LiveIndex:
                     index.add(
                         [r.point_id for r in upserted], [r.vectors for r in upserted], [r.payload for r in upserted]
                     )
+                for doc_id, fields in (updated or {}).items():
+                    index.update_bits(doc_id, fields)
                 index.mark_synced(self.store.version())
-                self._dirty = self._dirty or bool(deleted or upserted)
+                self._dirty = self._dirty or bool(deleted or upserted or updated)
             return result
 
     # ------------------------------------------------------------------ cache

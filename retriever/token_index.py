@@ -33,7 +33,12 @@ logger = logging.getLogger(__name__)
 PAGE_FIELDS = ("doc_id", "source", "file_name", "page_number")
 
 
-def page_bits(payload: dict[str, Any]) -> dict[str, Any]:
+def _content(payload: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What identifies a page's vectors: the same content hash and ingest time mean the same tokens."""
+    return payload.get("content_hash"), payload.get("ingested_at")
+
+
+def page_bits(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The payload fields kept in host memory for filters and hits."""
     bits = {f: payload.get(f) for f in PAGE_FIELDS}
     bits["metadata"] = dict(payload.get("metadata") or {})
@@ -239,6 +244,18 @@ class TokenIndex:
             row = self._row_of.get(point_id)
             return None if row is None else self._bits[row]
 
+    def update_bits(self, doc_id: str, fields: Mapping[str, Any]) -> int:
+        """Set payload ``fields`` (``source``, ``file_name``, ...) on every resident page of ``doc_id``; returns how
+        many pages. Filters are re-evaluated afterwards (cached masks are dropped)."""
+        keep = {k: v for k, v in fields.items() if k in PAGE_FIELDS or k == "metadata"}
+        with self._lock:
+            rows = [r for pid, r in self._row_of.items() if self._bits[r].get("doc_id") == doc_id]
+            for r in rows:
+                self._bits[r] = {**self._bits[r], **keep}
+            if rows:
+                self._mask_cache.clear()
+            return len(rows)
+
     def get_vectors(self, point_ids: Sequence[str]) -> dict[str, torch.Tensor]:
         """Resident vectors ``(n_tokens, dim)`` (fp16, or dequantized fp32 for int8) of the ids present."""
         with self._lock:
@@ -419,18 +436,20 @@ class TokenIndex:
         with self._lock:
             if version == self._store_version:
                 return False
-            known = {
-                pid: (b.get("content_hash"), b.get("ingested_at"))
-                for pid, b in zip(self._point_ids, self._bits, strict=True)
-            }
-            live = set(self._row_of)
+            known = {pid: self._bits[row] for pid, row in self._row_of.items()}
         fresh = {page.point_id: page.payload for page in store.iter_pages(vectors=())}
-        gone = live - set(fresh)
+        gone = set(known) - set(fresh)
         changed = sorted(
             pid
             for pid, p in fresh.items()
-            if pid not in live or known.get(pid) != (p.get("content_hash"), p.get("ingested_at"))
+            if pid not in known or _content(known[pid]) != _content(p)
         )
+        # Same vectors, other payload (a document renamed or a copy gone): the bits change, not the tokens.
+        moved = {
+            pid: page_bits(p)
+            for pid, p in fresh.items()
+            if pid in known and _content(known[pid]) == _content(p) and page_bits(p) != known[pid]
+        }
         if gone:
             self.remove(gone)
         if changed:
@@ -438,9 +457,17 @@ class TokenIndex:
             ids = [pid for pid in changed if pid in got]
             self.add(ids, [got[pid] for pid in ids], [fresh[pid] for pid in ids])
         with self._lock:
+            for pid, bits in moved.items():
+                row = self._row_of.get(pid)
+                if row is not None:
+                    self._bits[row] = bits
+            if moved:
+                self._mask_cache.clear()
             self._store_version = version
-        logger.info("token index sync: %d removed, %d added/refreshed", len(gone), len(changed))
-        return bool(gone or changed)
+        logger.info(
+            "token index sync: %d removed, %d added/refreshed, %d relabelled", len(gone), len(changed), len(moved)
+        )
+        return bool(gone or changed or moved)
 
     # ----------------------------------------------------------------------------------------------- scoring
 

@@ -254,6 +254,30 @@ def test_import_refuses_a_non_empty_store_unless_merging(tmp_path, exported):
     dst.close()
 
 
+def test_an_interrupted_import_resumes_when_run_again(tmp_path, exported, monkeypatch):
+    """Killed half way (here: the progress callback raises after the first batch), the same import finishes when
+    run again, without --merge; another export into that collection is still refused."""
+    import indexer.backup
+
+    monkeypatch.setattr(indexer.backup, "IMPORT_BATCH", 2)  # several batches from this small export
+    dst, dst_images = edge(tmp_path, "dst")
+
+    def die(stage: str, done: int, total: int | None) -> None:
+        if stage == "pages" and done:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        import_collection(dst, dst_images, exported, progress=die)
+    counts = json.loads((exported / "manifest.json").read_text())["counts"]
+    assert 0 < dst.count_pages() < counts["pages"] and dst.list_documents() == []  # no document marked complete
+    result = import_collection(dst, dst_images, exported)  # plain rerun
+    assert result.pages == dst.count_pages() == counts["pages"]
+    assert len(dst.list_documents()) == counts["documents"]
+    with pytest.raises(BackupError, match="already imported"):
+        import_collection(dst, dst_images, exported)
+    dst.close()
+
+
 def test_export_refuses_a_non_empty_folder(tmp_path):
     src, src_images = edge(tmp_path, "src")
     (tmp_path / "busy").mkdir()

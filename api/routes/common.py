@@ -18,7 +18,8 @@ def page_urls(point_id: str) -> tuple[str, str]:
 
 
 def shown_name(file_name: str | None, metadata: dict[str, Any] | None) -> str | None:
-    """Uploads are stored under generated names; the client's name is kept in ``metadata.original_name``."""
+    """The name shown for a document: its ``file_name`` (an upload's is the client's name). Uploads made before
+    sources named them (``upload:<name>``) kept the client's name in ``metadata.original_name``."""
     original = (metadata or {}).get("original_name")
     return original if isinstance(original, str) and original else file_name
 

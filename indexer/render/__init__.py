@@ -7,7 +7,8 @@ Public API::
     PdfRenderer.page_count(path, password=None) -> int
     iter_file_pages(path, renderer=None, dpi=150, password=None, max_pixels=...) -> Iterator[RenderedPage]
     file_page_count(path, renderer=None, password=None) -> int
-    walk_inputs(paths, suffixes=SUPPORTED_SUFFIXES) -> WalkResult(files, skipped)
+    walk_inputs(paths, suffixes=SUPPORTED_SUFFIXES) -> WalkResult(files, skipped, failed)
+    display_path(path) -> str  (a path as storable, displayable text)
 
 The default renderer is pypdfium2 (no system package; 39 Letter pages/s at 150 dpi on one core here
 against pdf2image's 8.8); poppler through pdf2image is the
@@ -28,7 +29,7 @@ from indexer.render.base import (
     render_scale,
     sniff,
 )
-from indexer.render.inputs import WalkResult, file_page_count, iter_file_pages, walk_inputs
+from indexer.render.inputs import WalkResult, display_path, file_page_count, iter_file_pages, walk_inputs
 from indexer.render.pdfium import PdfiumRenderer
 from indexer.render.poppler import PopplerRenderer
 
@@ -40,6 +41,7 @@ __all__ = [
     "PdfiumRenderer",
     "PopplerRenderer",
     "WalkResult",
+    "display_path",
     "file_page_count",
     "fit_size",
     "iter_file_pages",

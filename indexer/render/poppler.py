@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.errors import ConfigError, DocumentError
+from indexer.errors import ConfigError, DocumentError, EncryptedDocument
 from indexer.render.base import (
     DEFAULT_DPI,
     DEFAULT_MAX_PIXELS,
@@ -103,7 +103,7 @@ class PopplerRenderer:
             if "invalid page count 0" in err.lower():
                 raise DocumentError(str(path), "no pages")
             if "password" in err.lower():
-                raise DocumentError(str(path), encrypted_reason(password))
+                raise EncryptedDocument(str(path), encrypted_reason(password))
             if "permission denied" in err.lower():
                 raise DocumentError(str(path), "unreadable: permission denied")
             raise DocumentError(str(path), broken_pdf_reason(path))

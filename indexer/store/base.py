@@ -33,9 +33,9 @@ MAX_FLOATS_PER_POINT = 1_048_576
 MAX_TOKENS_PER_PAGE = MAX_FLOATS_PER_POINT // DIM
 
 PAYLOAD_FIELDS = (
-    "kind",  # "page" or "document"
+    "kind",  # "page", "document", or "meta" (one point of collection metadata)
     "doc_id",
-    "source",
+    "source",  # the path shown (documents also keep "sources": every known path)
     "file_name",
     "page_number",
     "page_count",
@@ -64,6 +64,25 @@ def document_point_id(doc_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{doc_id}:document"))
 
 
+#: The one point that holds collection metadata (``kind == "meta"``, no vectors).
+META_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:meta"))
+
+
+def source_file_name(source: str) -> str:
+    """The file name shown for a source: the last path part, or an upload's own name.
+
+    >>> source_file_name("/docs/q3/report.pdf"), source_file_name("upload:scan 2.pdf")
+    ('report.pdf', 'scan 2.pdf')
+    """
+    if source.startswith(UPLOAD_PREFIX):
+        return source[len(UPLOAD_PREFIX) :]
+    return source.rsplit("/", 1)[-1]
+
+
+#: Sources of uploaded files are not paths: ``upload:<the name the client sent>``.
+UPLOAD_PREFIX = "upload:"
+
+
 @dataclass(frozen=True)
 class StoredPage:
     """One page point as read back: its payload and the named vectors asked for (float32 ``(n, 128)``)."""
@@ -90,6 +109,16 @@ class VectorStore(Protocol):
 
     def delete_pages(self, point_ids: Sequence[str]) -> None:
         """Remove single pages by point id."""
+
+    def set_document_sources(self, doc_id: str, sources: Sequence[str]) -> None:
+        """Record where a document is now (renamed, copied, a copy removed): ``sources[0]`` becomes the shown
+        ``source`` and ``file_name`` of the document and its pages; the marker keeps them all."""
+
+    def get_meta(self) -> dict[str, Any]:
+        """Collection metadata (what colsmol records about the collection itself), ``{}`` when none."""
+
+    def update_meta(self, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the collection metadata."""
 
     def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
         """Documents with page counts, sorted by source path."""
@@ -156,6 +185,7 @@ def document_record(info: DocumentInfo) -> dict[str, Any]:
     return {
         "doc_id": info.doc_id,
         "source": info.source,
+        "sources": list(info.paths),
         "file_name": info.file_name,
         "page_count": int(info.page_count),
         "content_hash": info.content_hash,
@@ -181,6 +211,7 @@ def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 KIND_PAGE = "page"
 KIND_DOCUMENT = "document"
+KIND_META = "meta"
 KIND_STATE = "state"  # the server backend's version token point (see ServerStore.version)
 
 # Payload index type per indexed field: everything is a keyword except the page number.
@@ -224,6 +255,10 @@ class QdrantStoreCore:
         raise NotImplementedError
 
     def _delete_where(self, flt: Any) -> None:
+        raise NotImplementedError
+
+    def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
+        """Set (merge) these payload fields on every point matching ``flt``."""
         raise NotImplementedError
 
     def _scroll(
@@ -298,6 +333,27 @@ class QdrantStoreCore:
             self._delete_ids(ids)
             self._changed()
 
+    def set_document_sources(self, doc_id: str, sources: Sequence[str]) -> None:
+        paths = list(dict.fromkeys(str(s) for s in sources))
+        if not paths:
+            raise ValueError(f"document {doc_id}: at least one source is needed")
+        shown = {"source": paths[0], "file_name": source_file_name(paths[0])}
+        by_doc = Filter.where(doc_id=doc_id)
+        self._set_payload_where(shown, self._filter(by_doc, kind=KIND_PAGE))
+        self._set_payload_where({**shown, "sources": paths}, self._filter(by_doc, kind=KIND_DOCUMENT))
+        self._changed()
+
+    def get_meta(self) -> dict[str, Any]:
+        for pid, payload in self._retrieve([META_POINT_ID]):
+            if pid == META_POINT_ID and payload.get("kind") == KIND_META:
+                return dict(payload.get("values") or {})
+        return {}
+
+    def update_meta(self, values: dict[str, Any]) -> None:
+        merged = {**self.get_meta(), **values}
+        self._upsert([(META_POINT_ID, {}, {"kind": KIND_META, "values": merged})])
+        self._changed()
+
     # ---- reads -----------------------------------------------------------------------------
     def _scroll_all(
         self, flt: Any, payload: bool | list[str], vectors: list[str] | None = None, batch: int = 1024
@@ -339,6 +395,7 @@ class QdrantStoreCore:
             ingested_at=str(payload.get("ingested_at", "")),
             complete=complete,
             metadata=dict(payload.get("metadata") or {}),
+            sources=tuple(str(s) for s in payload.get("sources") or ()),
         )
 
     def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.disk import require_free
 from indexer.errors import SchemaMismatch, StoreUnavailable
 from indexer.filters import FilterAPI
 from indexer.store.base import (
@@ -178,6 +179,7 @@ class EdgeStore(QdrantStoreCore):
         has_segments = (self.shard_path / "segments").is_dir() and any((self.shard_path / "segments").iterdir())
         if not config_file.exists() and not has_segments:
             logger.info("creating Qdrant Edge collection %r at %s", self.collection, self.shard_path)
+            require_free(self.path)
             try:
                 return qe.EdgeShard.create(str(self.shard_path), self._config())
             except Exception as exc:
@@ -217,6 +219,7 @@ class EdgeStore(QdrantStoreCore):
                             f"{have[name].data_type}, colsmol needs {kind}. Fix: {_FIX}"
                         )
                     continue
+                require_free(self.path)
                 self._shard.update(qe.UpdateOperation.create_field_index(name, kinds[kind]))
 
     # ---- primitives ------------------------------------------------------------------------
@@ -233,17 +236,25 @@ class EdgeStore(QdrantStoreCore):
             qe.Point(id=pid, vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)
             for pid, vectors, payload in points
         ]
-        with self._lock:
-            self._live().update(qe.UpdateOperation.upsert_points(batch))
+        need = sum(v.nbytes for _, vectors, _ in points for v in vectors.values())
+        self._update(qe.UpdateOperation.upsert_points(batch), need=need)
 
     def _delete_ids(self, ids: list[str]) -> None:
         point_ids: list[int | uuid.UUID | str] = list(ids)
-        with self._lock:
-            self._live().update(self._qe.UpdateOperation.delete_points(point_ids))
+        self._update(self._qe.UpdateOperation.delete_points(point_ids))
 
     def _delete_where(self, flt: Any) -> None:
+        self._update(self._qe.UpdateOperation.delete_points_by_filter(flt))
+
+    def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
+        self._update(self._qe.UpdateOperation.set_payload_by_filter(flt, payload))
+
+    def _update(self, operation: Any, need: int = 0) -> None:
+        """Apply one update, after making sure the disk has room: the engine writes through memory-mapped
+        files, and a disk that fills under them kills the process (SIGBUS) instead of raising."""
+        require_free(self.path, 4 * need)  # float32 in, fp16 + WAL + index copies out: 4x is a safe bound
         with self._lock:
-            self._live().update(self._qe.UpdateOperation.delete_points_by_filter(flt))
+            self._live().update(operation)
 
     def _scroll(
         self, flt: Any, limit: int, offset: Any, payload: bool | list[str], vectors: list[str] | None
@@ -325,6 +336,8 @@ class EdgeStore(QdrantStoreCore):
                 if shard is not None:
                     try:
                         shard.flush()
+                    except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the WAL still holds every write
+                        logger.warning("flushing %s failed (%s); its WAL keeps the writes", self.shard_path, exc)
                     finally:
                         shard.close()
                     logger.info("closed Qdrant Edge shard %s", self.shard_path)

@@ -181,6 +181,10 @@ class ServerStore(QdrantStoreCore):
         points: list[int | str | uuid.UUID] = list(ids)
         self._live().delete(self.collection, points_selector=self._m.PointIdsList(points=points), wait=True)
 
+    def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
+        selector = self._m.FilterSelector(filter=flt)
+        self._live().set_payload(self.collection, payload=payload, points=selector, wait=True)
+
     def _delete_where(self, flt: Any) -> None:
         self._live().delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
 
