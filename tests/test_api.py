@@ -94,7 +94,7 @@ def wait_job(client: Any, job_id: str, timeout: float = 60) -> dict[str, Any]:
         r = client.get(f"/v1/jobs/{job_id}")
         assert r.status_code == 200, r.text
         job = r.json()
-        if job["state"] in ("done", "failed"):
+        if job["state"] in ("done", "failed", "interrupted"):
             return job
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
