@@ -7,18 +7,17 @@ once ingested: the page images the pipeline stores are all that answering and di
 Job records outlive the process: every state change (and progress, at most once a second) is written to
 ``<data_dir>/jobs.sqlite`` (one row per job, each write atomic). A server that dies (``kill -9``, power loss)
 leaves its queued and running jobs behind; the next start marks them ``interrupted`` and removes their
-uploaded files (each upload folder names the process that owns it), so ``GET /v1/jobs/{id}`` still answers
-and says what to do. Never stored: the upload's password and metadata.
+uploaded files, so ``GET /v1/jobs/{id}`` still answers and says what to do. Records and upload folders name
+the process that owns them (:class:`api.liveness.ProcessClaim`), so several workers sharing a data dir never
+take each other's live work for leftovers. Never stored: the upload's password and metadata.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
-import socket
 import sqlite3
 import threading
 import time
@@ -28,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from api.liveness import ProcessClaim
 from api.uploads import SavedFile
 from indexer.errors import NotFound, for_interface
 from indexer.ingest import ProgressEvent
@@ -47,25 +47,6 @@ STATES = ("queued", "running", "done", "failed", "interrupted")
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def this_process() -> str:
-    """``host:pid`` of this process: what upload folders and job records name as their owner."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Whether the process ``host:pid`` may still be running (always True for another host: we cannot tell)."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 @dataclass
@@ -146,13 +127,13 @@ class JobLog:
             "report": None if row[6] is None else json.loads(row[6]),
         }
 
-    def interrupt_orphans(self) -> list[str]:
+    def interrupt_orphans(self, claim: ProcessClaim) -> list[str]:
         """Mark queued and running jobs whose owner process is gone ``interrupted``; their ids."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, owner, errors FROM jobs WHERE state IN ('queued', 'running')"
             ).fetchall()
-            gone = [(job_id, errors) for job_id, owner, errors in rows if not owner_alive(owner)]
+            gone = [(job_id, errors) for job_id, owner, errors in rows if not claim.alive(owner)]
             now = datetime.now(UTC).isoformat(timespec="milliseconds")
             for job_id, errors in gone:
                 listed = json.loads(errors) + [{"file": "*", "error": INTERRUPTED}]
@@ -176,12 +157,7 @@ class JobLog:
             self._db.close()
 
 
-def claim_upload_dir(target: Path) -> None:
-    """Mark a new upload folder as this process's (called right after creating it)."""
-    (target / OWNER_FILE).write_text(this_process())
-
-
-def clean_upload_dirs(uploads: Path) -> list[str]:
+def clean_upload_dirs(uploads: Path, claim: ProcessClaim) -> list[str]:
     """Remove upload folders left by processes that died (their jobs are interrupted); their names."""
     removed: list[str] = []
     if not uploads.is_dir():
@@ -194,7 +170,7 @@ def clean_upload_dirs(uploads: Path) -> list[str]:
         except OSError:
             owner = ""
         if owner:
-            stale = not owner_alive(owner)
+            stale = not claim.alive(owner)
         else:  # from an older version, or created a moment ago and not claimed yet
             try:
                 stale = time.time() - folder.stat().st_mtime > UNOWNED_GRACE_S
@@ -211,11 +187,11 @@ class JobRunner:
 
     def __init__(self, pipeline: Any, data_dir: Path) -> None:
         self.pipeline = pipeline
-        self.owner = this_process()
+        self.claim_ = ProcessClaim(data_dir / "jobs.owners")
         self.uploads_dir = data_dir / "uploads"
         self.log = JobLog(data_dir / "jobs.sqlite")
-        interrupted = self.log.interrupt_orphans()
-        removed = clean_upload_dirs(self.uploads_dir)
+        interrupted = self.log.interrupt_orphans(self.claim_)
+        removed = clean_upload_dirs(self.uploads_dir, self.claim_)
         if interrupted or removed:
             log.warning(
                 "%d job(s) were interrupted by the last shutdown; removed %d leftover upload folder(s)",
@@ -232,6 +208,10 @@ class JobRunner:
 
     def upload_dir(self, job_id: str) -> Path:
         return self.uploads_dir / job_id
+
+    def claim(self, target: Path) -> None:
+        """Mark a new upload folder as this process's (called right after creating it)."""
+        (target / OWNER_FILE).write_text(self.claim_.id)
 
     def submit(self, job: Job) -> Job:
         with self._lock:
@@ -265,6 +245,7 @@ class JobRunner:
                 shutil.rmtree(job.dir, ignore_errors=True)
             self._jobs.clear()
         self.log.close()
+        self.claim_.release()
 
     def _save(self, job: Job, progress_only: bool = False) -> None:
         """Write the record (caller holds ``_lock``); progress-only updates at most every PROGRESS_SAVE_S."""
@@ -273,7 +254,7 @@ class JobRunner:
             return
         self._saved_at[job.id] = now
         try:
-            self.log.save(job, self.owner)
+            self.log.save(job, self.claim_.id)
         except sqlite3.Error:  # a full disk must not stop ingesting: the live record is in memory
             log.exception("could not record job %s", job.id)
 

@@ -555,6 +555,26 @@ def test_cli_main_appends_the_cli_hint(monkeypatch: pytest.MonkeyPatch, capsys: 
 
 
 # ---------------------------------------------------------------------------------------------- 17: kill -9
+def test_process_claims_outlive_pid_reuse(tmp_path: Path) -> None:
+    """Owners are told alive or dead by a held flock, not by a PID (a container's server is PID 1 every time)."""
+    from api.liveness import ProcessClaim
+
+    a, b = ProcessClaim(tmp_path), ProcessClaim(tmp_path)
+    assert a.alive(a.id) and a.alive(b.id) and b.alive(a.id)
+    assert not a.alive("0" * 32) and not a.alive("../../etc/passwd")
+    b.release()
+    assert not a.alive(b.id)
+    code = (
+        "import sys; from pathlib import Path; from api.liveness import ProcessClaim; "
+        "print(ProcessClaim(Path(sys.argv[1])).id)"
+    )
+    died = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    dead = died.stdout.strip()
+    assert (tmp_path / f"{dead}.lock").exists()  # it never released its claim: it just ended
+    assert not a.alive(dead) and not (tmp_path / f"{dead}.lock").exists()
+    a.release()
+
+
 class ServeProcess:
     """``colsmol serve`` as its own process (so it can be killed -9) on the tiny models."""
 
@@ -627,12 +647,13 @@ def test_jobs_and_documents_after_kill_9_mid_ingest(tiny_models: dict[str, Path]
             first.kill()
     finally:
         first.stop()
-    # A second upload cut off mid-body leaves a folder owned by a dead process too.
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    # An upload cut off mid-body by the kill leaves a folder too, named by a process that is gone.
+    owners = sorted(p.name for p in (data / "jobs.owners").iterdir())
+    assert len(owners) == 1, owners  # the killed server's claim, still on disk
     stray = data / "uploads" / ("0" * 32)
     stray.mkdir(parents=True)
     (stray / "000.part").write_bytes(b"%PDF-1.4 half")
-    (stray / ".owner").write_text(f"{socket.gethostname()}:{gone.stdout.strip()}")
+    (stray / ".owner").write_text(owners[0].removesuffix(".lock"))
     assert (data / "uploads" / job_id).is_dir()
 
     second = ServeProcess(env, tmp_path / "serve-2.log")

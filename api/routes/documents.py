@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import uploads
 from api.deps import DocNamesDep, JobsDep, PipelineDep, SettingsDep
-from api.jobs import Job, claim_upload_dir, new_job_id
+from api.jobs import Job, new_job_id
 from api.routes.common import page_urls, shown_name
 from api.schemas import DeleteResponse, DocumentList, DocumentOut, JobCreated, JobOut
 from api.security import SameOrigin
@@ -79,7 +79,7 @@ async def upload(request: Request, settings: SettingsDep, jobs: JobsDep, _: Same
             target,
             settings.max_upload_bytes,
             settings.max_upload_files,
-            claim=claim_upload_dir,
+            claim=jobs.claim,
         )
     except uploads.UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
