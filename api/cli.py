@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from api.cli_common import Collection, DataDir, Device, JsonOut, err, printable, progress_bar, settings_from
-from indexer.errors import ColsmolError, ConfigError, InvalidRequest
+from indexer.errors import ColsmolError, ConfigError, InvalidRequest, for_interface
 
 if TYPE_CHECKING:
     from api.cli_backends import Backend
@@ -366,10 +366,10 @@ def main() -> None:
         # Standalone mode: click prints usage errors itself (exit 2) and turns typer.Exit into the exit code.
         app()
     except (ConfigError, InvalidRequest) as exc:
-        err(str(exc))
+        err(for_interface(exc, "cli"))
         sys.exit(2)
     except ColsmolError as exc:
-        err(str(exc))
+        err(for_interface(exc, "cli"))
         sys.exit(1)
 
 

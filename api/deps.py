@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -11,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.batcher import SearchBatcher
 from api.jobs import JobRunner
+from api.limits import WorkQueue
 from api.routes.common import DocNames
 from indexer.errors import ModelUnavailable
 from indexer.settings import Settings
@@ -51,10 +51,16 @@ def get_doc_names(request: Request) -> DocNames:
     return names
 
 
-def get_answer_executor(request: Request) -> ThreadPoolExecutor:
-    """The thread answers are generated on (one: the model is not shared between generations)."""
-    executor: ThreadPoolExecutor = _state(request, "answer_executor")
-    return executor
+def get_answers(request: Request) -> WorkQueue:
+    """Where answers are generated: one thread (the model is not shared between generations), a short line."""
+    answers: WorkQueue = _state(request, "answers")
+    return answers
+
+
+def get_explains(request: Request) -> WorkQueue:
+    """Where heatmaps are computed: one thread, a short line."""
+    explains: WorkQueue = _state(request, "explains")
+    return explains
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -62,7 +68,8 @@ PipelineDep = Annotated[RAGPipeline, Depends(get_pipeline)]
 BatcherDep = Annotated[SearchBatcher, Depends(get_batcher)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 DocNamesDep = Annotated[DocNames, Depends(get_doc_names)]
-AnswerExecutorDep = Annotated[ThreadPoolExecutor, Depends(get_answer_executor)]
+AnswersDep = Annotated[WorkQueue, Depends(get_answers)]
+ExplainsDep = Annotated[WorkQueue, Depends(get_explains)]
 
 
 def require_api_key(

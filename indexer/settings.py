@@ -6,13 +6,40 @@ Core classes take explicit constructor arguments instead.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DeviceName = Literal["auto", "cuda", "cpu", "mps"]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(origin: str) -> str:
+    """A web origin as browsers send it in ``Origin``: ``scheme://host[:port]``, lower-cased, without its
+    default port; ValueError for anything else.
+
+    >>> normalize_origin("HTTPS://Example.COM:443/"), normalize_origin("http://127.0.0.1:8080")
+    ('https://example.com', 'http://127.0.0.1:8080')
+    """
+    bad = ValueError(f"{origin!r} is not an origin: use scheme://host[:port], e.g. https://intranet.example.com")
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
+        raise bad
+    if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        raise bad
+    host = parts.hostname.lower()
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    keep_port = port is not None and port != _DEFAULT_PORTS[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if keep_port else "")
 
 
 class Settings(BaseSettings):
@@ -76,6 +103,17 @@ class Settings(BaseSettings):
         3.0, ge=0, le=1000, description="How long the API waits to gather concurrent searches into one batch."
     )
     search_max_batch: int = Field(64, ge=1, description="Most queries the API scores in one batch.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port], comma-separated) whose pages may upload and delete through "
+        "the API besides its own page; other cross-origin browser requests to those routes get 403.",
+    )
+    answer_queue: int = Field(
+        4, ge=0, le=1000, description="Answers that may wait for the generator besides the one running; more get 503."
+    )
+    explain_queue: int = Field(
+        2, ge=0, le=1000, description="Heatmaps that may wait besides the one being computed; more get 503."
+    )
 
     @field_validator(
         "qdrant_url",
@@ -90,6 +128,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `COLSMOL_QDRANT_URL=` in a compose file or shell means "not set", not "connect to ''".
         return None if value == "" else value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        # COLSMOL_ALLOWED_ORIGINS="https://a.example, https://b.example" (a JSON list works too).
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p.strip()]
+        if isinstance(value, list | tuple):
+            return [normalize_origin(str(v)) for v in value]
+        return value
 
     @property
     def qdrant_path(self) -> Path:

@@ -13,15 +13,16 @@ Models load lazily, once. Reads (search, answer) may run on several threads at o
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.encoder import ColSmolEncoder
-from indexer.errors import InvalidRequest, NotFound
+from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
@@ -46,7 +47,14 @@ log = logging.getLogger(__name__)
 MAX_K = 100
 MAX_ANSWER_K = 8
 MAX_QUESTION_CHARS = 2000
-NO_DOCUMENTS = "No documents are indexed yet. Ingest some first (colsmol ingest PATH)."
+#: The answer on an empty index; each interface phrases its own invitation to add documents (``hints``).
+NO_DOCUMENTS = HintedText(
+    "No documents are indexed yet.",
+    {
+        "cli": "Ingest some first: colsmol ingest PATH",
+        "http": "Upload some first: POST /v1/documents, or Add documents on the web page.",
+    },
+)
 NO_MATCH = "No indexed page matched the question."
 
 FilterLike = Filter | Mapping[str, Any] | None
@@ -197,12 +205,17 @@ class RAGPipeline:
     def delete(self, doc_id: str) -> int:
         """Remove one document (pages, marker and page images); NotFound if it is not indexed."""
         if self.store.get_document(doc_id) is None and not self.store.page_ids(doc_id):
-            raise NotFound(f"no document with id {doc_id!r}; `colsmol documents` lists them")
+            raise NotFound(
+                f"no document with id {doc_id!r}",
+                hints={"cli": "`colsmol documents` lists them", "http": "GET /v1/documents lists them"},
+            )
         with self._write_lock:
             return self.ingestor().delete(doc_id)
 
-    def documents(self) -> list[DocumentInfo]:
-        return self.store.list_documents()
+    def documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
+        """Complete documents; with ``include_incomplete``, also those whose ingest is running or was cut short
+        (their stored pages are already searchable; ``complete`` is False)."""
+        return self.store.list_documents(include_incomplete=include_incomplete)
 
     # ------------------------------------------------------------------ search
     def search(self, query: str, k: int = 10, filter: FilterLike = None) -> list[Hit]:
@@ -281,7 +294,7 @@ class RAGPipeline:
         filter: FilterLike = None,
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
-    ) -> Iterator[str | Answer]:
+    ) -> collections.abc.Generator[str | Answer, None, None]:
         """Yield text pieces as they are generated, then one final :class:`Answer` with the sources.
 
         Closing the iterator early (or setting ``stop``) ends generation within one decode step.

@@ -95,7 +95,7 @@ def test_folder_ingest_incremental_and_bad_files(store, tiny_encoder, tmp_path) 
     assert reasons == {
         "corrupt.pdf": reasons["corrupt.pdf"],
         "truncated.pdf": reasons["truncated.pdf"],
-        "encrypted_secret.pdf": "encrypted: pass --password",
+        "encrypted_secret.pdf": "encrypted: needs a password",
         "zero_pages.pdf": "no pages",
         "empty.pdf": "empty file",
     }

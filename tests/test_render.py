@@ -167,7 +167,7 @@ GOOD_FIXTURES = {
 BAD_FIXTURES = {
     "corrupt.pdf": "corrupt PDF",
     "truncated.pdf": "truncated PDF",
-    "encrypted_secret.pdf": "encrypted: pass --password",
+    "encrypted_secret.pdf": "encrypted: needs a password",
     "zero_pages.pdf": "no pages",
     "empty.pdf": "empty file",
 }

@@ -3,7 +3,10 @@
 Stream events: ``token`` (data: a JSON string, one piece of text) as generated, then ``sources``
 (data: ``{"sources": [hit...], "timings": {...}, "warnings": [...]}``), then ``done``. A failure after
 the stream started is sent as ``error`` (data: ``{"detail": "..."}``).
-Generation runs on the app's answer thread; the event loop only relays pieces.
+
+Generation runs on the answers' :class:`~api.limits.WorkQueue` thread (one at a time, a short line, then 503);
+the event loop only relays pieces. When the client disconnects (waiting, generating or streaming), the
+generation's ``stop`` event is set and decoding ends within one step.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from api.deps import AnswerExecutorDep, DocNamesDep, PipelineDep, SettingsDep
+from api.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
+from api.limits import ClientGone, until_disconnected
+from api.routes.common import DocNames
 from api.schemas import AnswerRequest, AnswerResponse
+from indexer.errors import ColsmolError, for_interface
 from indexer.filters import Filter
 from rag.types import Answer
 
@@ -33,75 +40,108 @@ def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+class EventStream(StreamingResponse):
+    """An SSE response whose generation stops (``stop`` is set) however the response ends: done, failed, or
+    cut short by the client disconnecting, even before the first byte was sent."""
+
+    def __init__(self, content: AsyncIterator[bytes], stop: threading.Event) -> None:
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.stop = stop
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stop.set()
+
+
 @router.post(
     "/answer",
     response_model=AnswerResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 422: {}, 503: {}},
+    responses={200: {"content": {"text/event-stream": {}}}, 422: {}, 503: {"description": "Busy: retry later"}},
 )
 async def answer(
     body: AnswerRequest,
+    request: Request,
     pipeline: PipelineDep,
     settings: SettingsDep,
-    executor: AnswerExecutorDep,
+    answers: AnswersDep,
     names: DocNamesDep,
 ) -> Any:
     """Answer ``question`` from the top-``k`` pages, citing them."""
     max_new_tokens = body.max_new_tokens or settings.max_new_tokens
     flt = Filter.parse(body.filter)  # a bad filter is a 422 here, before any work
-    loop = asyncio.get_running_loop()
     if not body.stream:
-        result: Answer = await loop.run_in_executor(
-            executor, lambda: pipeline.answer(body.question, body.k, flt, max_new_tokens)
+        result: Answer = await answers.run(
+            request, lambda stop: pipeline.answer(body.question, body.k, flt, max_new_tokens, stop=stop)
         )
         return AnswerResponse(
-            text=result.text,
+            text=for_interface(result.text, "http"),
             sources=await names.hits_out(result.sources),
             timings=result.timings,
             warnings=result.warnings,
         )
 
-    pieces = pipeline.stream_answer(body.question, body.k, flt, max_new_tokens)
-    # The first piece comes after search and prefill: a bad request fails here, as a plain 4xx.
-    first = await loop.run_in_executor(executor, next, pieces)
-    return StreamingResponse(
-        _events(first, pieces, loop, executor, names),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _events(
-    first: str | Answer, pieces: Iterator[str | Answer], loop: asyncio.AbstractEventLoop, executor: Any, names: Any
-) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    release = answers.admit()
     stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def emit(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
+            stop.set()
 
     def produce() -> None:
         try:
-            for item in pieces:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-                if stop.is_set():  # the client went away: stop generating
-                    break
-        except Exception as exc:
-            log.exception("streaming answer failed")
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        finally:
-            if stop.is_set() and hasattr(pieces, "close"):
+            if stop.is_set():  # the client left while this waited in line
+                return
+            pieces = pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop)
+            try:
+                for item in pieces:
+                    emit(item)
+                    if stop.is_set():
+                        break
+            finally:
                 pieces.close()
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
+        except Exception as exc:
+            if not isinstance(exc, ColsmolError):
+                log.exception("streaming answer failed")
+            emit(exc)
+        finally:
+            release()
+            emit(_END)
 
-    loop.run_in_executor(executor, produce)
-    item: Any = first
     try:
-        while item is not _END:
-            if isinstance(item, Answer):
-                sources = [h.model_dump() for h in await names.hits_out(item.sources)]
-                yield sse("sources", {"sources": sources, "timings": item.timings, "warnings": item.warnings})
-            elif isinstance(item, Exception):
-                yield sse("error", {"detail": str(item)})
-            else:
-                yield sse("token", item)
-            item = await queue.get()
-        yield sse("done", {})
-    finally:
+        answers.submit(produce)
+    except BaseException:
+        release()
+        raise
+    # The first piece comes after search and prefill: a bad request fails here, as a plain 4xx.
+    first = await until_disconnected(request, queue.get(), stop)
+    if first is _END:  # only when stopped before it started
+        raise ClientGone()
+    if isinstance(first, Exception):
         stop.set()
+        raise first
+    return EventStream(_events(first, queue, names), stop)
+
+
+async def _events(first: Any, queue: asyncio.Queue[Any], names: DocNames) -> AsyncIterator[bytes]:
+    item: Any = first
+    while item is not _END:
+        if isinstance(item, Answer):
+            sources = [h.model_dump() for h in await names.hits_out(item.sources)]
+            yield sse("sources", {"sources": sources, "timings": item.timings, "warnings": item.warnings})
+        elif isinstance(item, Exception):
+            detail = for_interface(item, "http") if isinstance(item, ColsmolError) else "generation failed"
+            yield sse("error", {"detail": detail})
+        else:
+            yield sse("token", for_interface(item, "http"))
+        item = await queue.get()
+    yield sse("done", {})
