@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 TOKEN_HEADER = "X-Colsmol-Local-Token"
+#: Sent by colsmol's own CLI (api/client.py): its users get the command line's hints, not the HTTP ones.
+CLIENT_HEADER = "X-Colsmol-Client"
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from api import errors
+from api.advert import publish as advertise
+from api.advert import withdraw
 from api.batcher import SearchBatcher
 from api.deps import require_api_key
 from api.docs import add_docs
 from api.jobs import JobRunner
 from api.limits import WorkQueue
-from api.routes import answer, documents, health, pages, search
+from api.routes import answer, documents, health, local, pages, search
 from api.routes.common import DocNames
 from api.security import SecurityHeaders
 from indexer.errors import ColsmolError, ConfigError
@@ -43,8 +45,11 @@ ANSWER_RETRY_AFTER_S = 5
 EXPLAIN_RETRY_AFTER_S = 2
 
 
-def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = None) -> FastAPI:
-    """The app. ``pipeline`` (already built, e.g. by a test) is used as is and not closed on shutdown."""
+def create_app(
+    settings: Settings | None = None, pipeline: RAGPipeline | None = None, local_token: str | None = None
+) -> FastAPI:
+    """The app. ``pipeline`` (already built, e.g. by a test) is used as is and not closed on shutdown.
+    ``local_token`` opens ``/v1/local`` (see :mod:`api.routes.local`; ``serve`` advertises it)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -84,6 +89,7 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
     app.state.settings = settings
     app.state.pipeline = None
     app.state.ready = False
+    app.state.local_token = local_token
 
     app.add_exception_handler(ColsmolError, errors.colsmol_error)
     app.add_exception_handler(RequestValidationError, errors.validation_error)
@@ -91,7 +97,7 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
     app.add_middleware(SecurityHeaders)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (documents, search, answer, pages):
+    for module in (documents, search, answer, pages, local):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
@@ -122,7 +128,13 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
         rag = RAGPipeline.from_settings(settings)
         try:
             rag.warm_up()
-            uvicorn.run(create_app(settings, pipeline=rag), host=host, port=port, log_level="info")
+            # Tell colsmol commands on this machine that this process owns the data dir (api.advert).
+            advert = advertise(settings.data_dir, settings.collection, host, port, auth=settings.api_key is not None)
+            try:
+                app = create_app(settings, pipeline=rag, local_token=advert.token)
+                uvicorn.run(app, host=host, port=port, log_level="info")
+            finally:
+                withdraw(settings.data_dir, settings.collection, advert)
         finally:
             rag.close()
         return

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from indexer.errors import ColsmolError, InvalidRequest
+from indexer.errors import ColsmolError, InvalidRequest, for_interface
 
 if TYPE_CHECKING:
     from api.advert import Advert
@@ -104,7 +104,7 @@ class LocalBackend:
     def answer(self, question: str, k: int, flt: Filter, max_new_tokens: int) -> dict[str, Any]:
         result = self.rag.answer(question, k=k, filter=flt, max_new_tokens=max_new_tokens)
         return {
-            "text": result.text,
+            "text": for_interface(result.text, "cli"),
             "sources": [hit_dict(h) for h in result.sources],
             "timings": result.timings,
             "warnings": result.warnings,
@@ -116,13 +116,13 @@ class LocalBackend:
         for piece in self.rag.stream_answer(question, k=k, filter=flt, max_new_tokens=max_new_tokens):
             if isinstance(piece, Answer):
                 yield {
-                    "text": piece.text,
+                    "text": for_interface(piece.text, "cli"),
                     "sources": [hit_dict(h) for h in piece.sources],
                     "timings": piece.timings,
                     "warnings": piece.warnings,
                 }
             else:
-                yield piece
+                yield for_interface(piece, "cli")
 
     def documents(self) -> list[dict[str, Any]]:
         from indexer.store import open_store
@@ -155,7 +155,7 @@ class LocalBackend:
         def on_event(e: ProgressEvent) -> None:
             if progress is not None:
                 error = e.result.error if e.result is not None and e.result.status == "failed" else None
-                progress(e.kind, e.path, e.n, e.total, error)
+                progress(e.kind, e.path, e.n, e.total, for_interface(error, "cli") if error is not None else None)
 
         opts = dict(options)
         report = self.rag.ingest(
@@ -165,7 +165,10 @@ class LocalBackend:
             password=opts.pop("password", None),
             progress=on_event if progress is not None else None,
         )
-        return report.to_dict()
+        result = report.to_dict()
+        for f in result["files"]:
+            f["error"] = for_interface(f["error"], "cli") if f["error"] else None
+        return result
 
     def export(self, path: Path) -> dict[str, Any]:
         from dataclasses import asdict

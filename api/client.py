@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from api.advert import TOKEN_HEADER
+from api.advert import CLIENT_HEADER, TOKEN_HEADER
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest, NotFound, StoreUnavailable
 
 ANSWER_TIMEOUT_S = 600.0
@@ -28,7 +28,7 @@ class ColsmolClient:
     def __init__(
         self, base_url: str, api_key: str | None = None, local_token: str | None = None, timeout: float = 60.0
     ) -> None:
-        headers = {}
+        headers = {CLIENT_HEADER: "cli"}  # messages come with the command line's hints
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         if local_token:

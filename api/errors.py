@@ -18,10 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from api.advert import CLIENT_HEADER
 from indexer.errors import (
     ColsmolError,
     ConfigError,
     DocumentError,
+    Interface,
     InvalidRequest,
     ModelUnavailable,
     NotFound,
@@ -142,9 +144,15 @@ def describe(errors: list[Any]) -> tuple[str, list[dict[str, Any]]]:
     return clean("; ".join(problems) or "invalid request", MAX_DETAIL_CHARS), out
 
 
+def client_interface(request: Request) -> Interface:
+    """Whose hints a message gets: the CLI's when colsmol's CLI is the client, else the HTTP API's."""
+    return "cli" if request.headers.get(CLIENT_HEADER, "").lower() == "cli" else "http"
+
+
 async def colsmol_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ColsmolError)
-    return SafeJSONResponse({"detail": clean(for_interface(exc, "http"), MAX_DETAIL_CHARS)}, status_for(exc))
+    detail = clean(for_interface(exc, client_interface(request)), MAX_DETAIL_CHARS)
+    return SafeJSONResponse({"detail": detail}, status_for(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

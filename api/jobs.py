@@ -52,11 +52,17 @@ def new_job_id() -> str:
 
 @dataclass
 class Job:
+    """One ingest: an upload's saved ``files`` (in ``dir``, removed afterwards), or ``paths`` on this machine
+    (``colsmol ingest`` going through the server that owns the data dir; its report is the CLI's own)."""
+
     id: str
-    dir: Path
+    dir: Path | None
     files: list[SavedFile]
     metadata: dict[str, Any] = field(repr=False)
     password: str | None = field(default=None, repr=False)
+    paths: list[Path] | None = None
+    prune: bool = False
+    files_done: int = 0
     state: str = "queued"  # queued -> running -> done | failed; queued | running -> interrupted (restart)
     pages_done: int = 0
     pages_total: int = 0
@@ -69,6 +75,7 @@ class Job:
             "id": self.id,
             "state": self.state,
             "files_total": len(self.files),
+            "files_done": self.files_done,
             "pages_done": self.pages_done,
             "pages_total": self.pages_total,
             "errors": list(self.errors),
@@ -243,7 +250,8 @@ class JobRunner:
                 job.errors.append({"file": "*", "error": INTERRUPTED})
                 job.password = None
                 self._save(job)
-                shutil.rmtree(job.dir, ignore_errors=True)
+                if job.dir is not None:
+                    shutil.rmtree(job.dir, ignore_errors=True)
             self._jobs.clear()
         self.log.close()
         self.claim_.release()
@@ -271,7 +279,8 @@ class JobRunner:
                     job.state = "failed"
                     job.errors.append({"file": "*", "error": f"{type(exc).__name__}: {exc}"})
             finally:
-                shutil.rmtree(job.dir, ignore_errors=True)
+                if job.dir is not None:
+                    shutil.rmtree(job.dir, ignore_errors=True)
                 with self._lock:
                     job.password = None
                     self._save(job)
@@ -282,6 +291,9 @@ class JobRunner:
         with self._lock:
             job.state = "running"
             self._save(job)
+        if job.paths is not None:
+            self._ingest_paths(job, job.paths)
+            return
         totals: dict[str, Any] = {"indexed": 0, "unchanged": 0, "failed": 0, "skipped": 0, "pages_embedded": 0}
         seconds = 0.0
         files: list[dict[str, Any]] = []
@@ -333,3 +345,30 @@ class JobRunner:
             job.report = {**totals, "seconds": round(seconds, 3), "files": files}
             # A job whose every file failed is "failed"; partial failures are listed in errors.
             job.state = "failed" if files and totals["failed"] == len(files) else "done"
+
+    def _ingest_paths(self, job: Job, paths: list[Path]) -> None:
+        """A ``colsmol ingest`` run by this server: the pipeline's own report, with the command line's hints."""
+
+        def progress(ev: ProgressEvent) -> None:
+            with self._lock:
+                if ev.kind == "file":
+                    job.pages_total += ev.total
+                elif ev.kind == "pages":
+                    job.pages_done += ev.n
+                elif ev.kind == "done" and ev.result is not None:
+                    job.files_done += ev.result.status != "failed"
+                    if ev.result.status == "failed":
+                        job.errors.append({"file": ev.path, "error": for_interface(ev.result.error, "cli")})
+                    self._save(job)
+                    return
+                self._save(job, progress_only=True)
+
+        report = self.pipeline.ingest(
+            paths, metadata=job.metadata, prune=job.prune, password=job.password, progress=progress
+        )
+        result = report.to_dict()
+        for f in result["files"]:
+            f["error"] = for_interface(f["error"], "cli") if f["error"] else None
+        with self._lock:
+            job.report = result
+            job.state = "failed" if report.files and report.count("failed") == len(report.files) else "done"

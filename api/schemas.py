@@ -66,6 +66,7 @@ class SearchRequest(BaseModel):
 class HitOut(BaseModel):
     point_id: str
     doc_id: str | None
+    source: str | None = Field(None, description="Where the page's document is: a path, or upload:<name>.")
     file_name: str | None
     page_number: int | None
     score: float
@@ -103,6 +104,7 @@ class DocumentOut(BaseModel):
     doc_id: str
     file_name: str
     source: str
+    sources: list[str] = Field(default_factory=list, description="Every known path of this content, source first.")
     page_count: int
     pages_stored: int
     content_hash: str

@@ -1,7 +1,7 @@
 """Receive an upload: stream a multipart body to disk, counting bytes, and sniff each file's type.
 
 Files land in ``uploads_dir / <job_id> / <NN><ext>``: names generated here, never taken from the client.
-The client's file name is kept only as metadata (``original_name``) for display. Types are decided by
+The client's file name is stored as the source ``upload:<name>`` (what is shown). Types are decided by
 magic bytes, not by the name or the declared content type. A body that ends before its closing boundary
 (a cut-off upload) is refused whole.
 

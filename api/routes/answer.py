@@ -23,10 +23,11 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from api.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
+from api.errors import client_interface
 from api.limits import ClientGone, until_disconnected
 from api.routes.common import DocNames
 from api.schemas import AnswerRequest, AnswerResponse
-from indexer.errors import ColsmolError, for_interface
+from indexer.errors import ColsmolError, Interface, for_interface
 from indexer.filters import Filter
 from rag.types import Answer
 
@@ -80,7 +81,7 @@ async def answer(
             request, lambda stop: pipeline.answer(body.question, body.k, flt, max_new_tokens, stop=stop)
         )
         return AnswerResponse(
-            text=for_interface(result.text, "http"),
+            text=for_interface(result.text, client_interface(request)),
             sources=await names.hits_out(result.sources),
             timings=result.timings,
             warnings=result.warnings,
@@ -129,19 +130,21 @@ async def answer(
     if isinstance(first, Exception):
         stop.set()
         raise first
-    return EventStream(_events(first, queue, names), stop)
+    return EventStream(_events(first, queue, names, client_interface(request)), stop)
 
 
-async def _events(first: Any, queue: asyncio.Queue[Any], names: DocNames) -> AsyncIterator[bytes]:
+async def _events(
+    first: Any, queue: asyncio.Queue[Any], names: DocNames, interface: Interface
+) -> AsyncIterator[bytes]:
     item: Any = first
     while item is not _END:
         if isinstance(item, Answer):
             sources = [h.model_dump() for h in await names.hits_out(item.sources)]
             yield sse("sources", {"sources": sources, "timings": item.timings, "warnings": item.warnings})
         elif isinstance(item, Exception):
-            detail = for_interface(item, "http") if isinstance(item, ColsmolError) else "generation failed"
+            detail = for_interface(item, interface) if isinstance(item, ColsmolError) else "generation failed"
             yield sse("error", {"detail": detail})
         else:
-            yield sse("token", for_interface(item, "http"))
+            yield sse("token", for_interface(item, interface))
         item = await queue.get()
     yield sse("done", {})

@@ -25,7 +25,9 @@ def shown_name(file_name: str | None, metadata: dict[str, Any] | None) -> str | 
 
 
 class DocNames:
-    """doc_id -> the name to show, looked up in the store once per document and then cached."""
+    """Shapes hits into response bodies. A hit's ``file_name`` is current (renames update the pages); only
+    uploads from before sources named them need their document's ``metadata.original_name``, looked up once
+    per document and cached."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -39,7 +41,8 @@ class DocNames:
     def _lookup(self, doc_ids: list[str]) -> None:
         for doc_id in doc_ids:
             info = self.store.get_document(doc_id)
-            name = shown_name(info.file_name, info.metadata) if info is not None else None
+            original = (info.metadata or {}).get("original_name") if info is not None else None
+            name = original if isinstance(original, str) and original else None
             with self._lock:
                 self._names[doc_id] = name
 
@@ -54,6 +57,7 @@ class DocNames:
                 HitOut(
                     point_id=hit.point_id,
                     doc_id=hit.doc_id,
+                    source=hit.source,
                     file_name=self._names.get(hit.doc_id or "") or hit.file_name,
                     page_number=hit.page_number,
                     score=hit.score,

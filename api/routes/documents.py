@@ -47,6 +47,7 @@ def _document_out(info: Any) -> DocumentOut:
         doc_id=info.doc_id,
         file_name=shown_name(info.file_name, info.metadata) or info.file_name,
         source=info.source,
+        sources=list(info.paths),
         page_count=info.page_count,
         pages_stored=info.pages_stored,
         content_hash=info.content_hash,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -100,16 +101,18 @@ async def page_explain(
     query: Annotated[str, Query(min_length=1, max_length=2000, description="The query whose matches to show.")],
     token: Annotated[int | None, Query(ge=0, description="One query token's map instead of the whole query.")] = None,
 ) -> Response:
-    """The page with a heatmap of the regions that matched ``query`` (a similarity map), as PNG.
+    """The page with a heatmap of the regions that matched ``query`` (a similarity map), as PNG. The header
+    ``X-Query-Tokens`` lists the query tokens shown (JSON), in the order ``token`` indexes them.
 
     One heatmap is computed at a time, with a short line behind it; when that is full the answer is 503 with
     ``Retry-After``."""
 
-    def render(stop: object) -> bytes:
+    def render(stop: object) -> tuple[bytes, list[str]]:
         smap = pipeline.explain(query, point_id, token=token)
         buf = io.BytesIO()
         smap.overlay().save(buf, format="PNG")
-        return buf.getvalue()
+        return buf.getvalue(), list(smap.query_tokens)
 
-    png = await explains.run(request, render)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+    png, tokens = await explains.run(request, render)
+    headers = {"Cache-Control": "no-store", "X-Query-Tokens": json.dumps(tokens)}  # ASCII: json escapes the rest
+    return Response(png, media_type="image/png", headers=headers)
