@@ -182,7 +182,10 @@ class ColSmolEncoder:
         import torch
 
         if batch == 1:
-            raise ColsmolError(f"the GPU ran out of memory on a single input ({exc}); use a smaller --dpi") from exc
+            raise ColsmolError(
+                f"the GPU ran out of memory on a single input ({exc})",
+                hints={"cli": "use a smaller --dpi", "http": "lower the server's COLSMOL_DPI"},
+            ) from exc
         torch.cuda.empty_cache()
         log.warning("CUDA out of memory at batch %d; retrying with %d", batch, batch // 2)
         return batch // 2

@@ -13,7 +13,7 @@ Public API::
 The default renderer is pypdfium2 (no system package; 39 Letter pages/s at 150 dpi on one core here
 against pdf2image's 8.8); poppler through pdf2image is the
 alternative. Every bad input raises :class:`indexer.errors.DocumentError` with a one-line reason:
-"empty file", "corrupt PDF (...)", "truncated PDF (...)", "encrypted: pass --password",
+"empty file", "corrupt PDF (...)", "truncated PDF (...)", "encrypted: needs a password" (with a hint per interface),
 "encrypted: wrong password", "no pages", "unsupported file type (...)", "unreadable: ...",
 "page too large (...)". Pages are bounded by ``max_pixels`` (default 16 MP), applied from the page
 size before rendering.
