@@ -217,8 +217,22 @@ def test_version_moves_on_every_change(store):
     seen.add(store.version())
     store.delete_pages([page_point_id("d", 1)])
     seen.add(store.version())
-    assert len(seen) == 4
+    store.set_document_sources("d", ["/elsewhere/d.pdf"])
+    seen.add(store.version())
+    assert len(seen) == 5
     assert store.version() == store.version()
+    assert store.count_pages() == 1 and store.list_documents(include_incomplete=True)[0].pages_stored == 1
+
+
+def test_edge_version_survives_a_restart(tmp_path):
+    """The version lives in the shard: reopened and untouched, a cached search index is current without a scan."""
+    with EdgeStore(tmp_path / "qdrant", "c") as store:
+        ingest(store, "d", 2)
+        before = store.version()
+    with EdgeStore(tmp_path / "qdrant", "c") as store:
+        assert store.version() == before
+        store.delete_pages([page_point_id("d", 1)])
+        assert store.version() != before
 
 
 def test_upserts_are_batched(store, monkeypatch):
@@ -227,7 +241,7 @@ def test_upserts_are_batched(store, monkeypatch):
     monkeypatch.setattr(store, "_upsert", lambda pts: (calls.append(len(pts)), original(pts)))
     monkeypatch.setattr(store, "max_floats_per_request", 3 * 28 * DIM)  # 3 pages of 24 + 4 vectors
     store.upsert_pages([page("d", n) for n in range(1, 8)])
-    assert calls == [3, 3, 1]
+    assert calls == [3, 3, 1, 1]  # the last one is the state point that moves version()
     assert store.count_pages() == 7
 
 

@@ -13,6 +13,7 @@ Both backends hold the same collection schema:
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ def document_point_id(doc_id: str) -> str:
 
 #: The one point that holds collection metadata (``kind == "meta"``, no vectors).
 META_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:meta"))
+#: The point whose random token every write replaces (``kind == "state"``): ``version()`` reads it.
+STATE_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:state"))
 
 
 def source_file_name(source: str) -> str:
@@ -283,7 +286,18 @@ class QdrantStoreCore:
         raise NotImplementedError
 
     def _changed(self) -> None:
-        """Called after every write, so that ``version()`` moves."""
+        """Called after every write, so that ``version()`` moves: a fresh random token in the state point.
+
+        Stored in the collection, so the version is the same after a restart when nothing was written
+        (a search index cached on disk is then current without a scan), and a write by any process moves it.
+        """
+        payload = {"kind": KIND_STATE, "token": uuid.uuid4().hex, "updated_at": time.time()}
+        self._upsert([(STATE_POINT_ID, {}, payload)])
+
+    def version(self) -> str:
+        """``"{points}:{token}"``: the point count and the state point's token (see :meth:`_changed`)."""
+        state = dict(self._retrieve([STATE_POINT_ID]))
+        return f"{self._count(None)}:{state.get(STATE_POINT_ID, {}).get('token', '')}"
 
     # ---- writes ----------------------------------------------------------------------------
     def upsert_pages(self, records: Sequence[PageRecord]) -> None:

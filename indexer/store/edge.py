@@ -16,9 +16,8 @@ lock. Several processes sharing a store is what the Qdrant server backend is for
 Thread-safety: every shard call runs under one ``threading.RLock`` (the API reads while ingest
 writes). ``iter_pages`` holds it for one scroll batch at a time, never across a ``yield``.
 
-``version()`` is ``"{points}:{session}:{writes}"``: the exact point count, a random id of this
-open and an in-memory write counter. Nobody else can write the shard while we hold the lock, so
-that changes exactly when this process adds or removes something.
+``version()`` is ``"{points}:{token}"`` (``QdrantStoreCore``): every write stores a fresh token in the
+shard, so the version is stable across restarts and moves with every write.
 """
 
 from __future__ import annotations
@@ -108,8 +107,6 @@ class EdgeStore(QdrantStoreCore):
         self.shard_path = self.path / collection
         self.lock_path = self.path / f"{collection}.lock"
         self._lock = threading.RLock()
-        self._writes = 0
-        self._session = uuid.uuid4().hex[:12]
         self._api = FilterAPI(qe.Filter, qe.FieldCondition, qe.MatchValue, qe.MatchAny, qe.RangeFloat)
         self._lock_fd: int | None = None
         self._shard: Any = None
@@ -314,15 +311,6 @@ class EdgeStore(QdrantStoreCore):
         )
         with self._lock:
             return [(str(p.id), float(p.score)) for p in self._live().query(req)]
-
-    def _changed(self) -> None:
-        with self._lock:
-            self._writes += 1
-
-    # ---- the rest of the protocol ----------------------------------------------------------
-    def version(self) -> str:
-        with self._lock:
-            return f"{self._count(None)}:{self._session}:{self._writes}"
 
     def flush(self) -> None:
         with self._lock:
