@@ -24,6 +24,8 @@ from api.batcher import SearchBatcher
 from api.deps import require_api_key
 from api.jobs import JobRunner
 from api.routes import answer, documents, health, pages, search
+from api.routes import mcp as mcp_routes
+from api.routes import openai as openai_compat
 from api.routes.common import DocNames
 from indexer.errors import (
     ColsmolError,
@@ -113,10 +115,11 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
         )
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (documents, search, answer, pages):
+    for module in (documents, search, answer, pages, openai_compat):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    mcp_routes.mount(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
