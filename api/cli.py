@@ -384,7 +384,7 @@ def mcp(collection: Collection = None, data_dir: DataDir = None, device: Device 
 
     s = settings_from(collection=collection, data_dir=data_dir, device=device)
     with _pipeline(s) as rag:
-        run_stdio(rag)
+        run_stdio(rag, s.max_new_tokens)
 
 
 def _register_eval() -> None:

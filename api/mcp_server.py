@@ -51,13 +51,15 @@ FilterArg = Annotated[
 
 @dataclass(frozen=True)
 class Parts:
-    """What the tools use: the pipeline, the thread answers run on, the cached document names, and a search
-    function (the API's batcher on the HTTP server; the pipeline in a thread over stdio)."""
+    """What the tools use: the pipeline, the thread answers run on, the cached document names, a search
+    function (the API's batcher on the HTTP server; the pipeline in a thread over stdio) and the answer length
+    limit (``COLSMOL_MAX_NEW_TOKENS``)."""
 
     pipeline: "RAGPipeline"
     answer_executor: Executor
     doc_names: DocNames
     search: Callable[[str, int, Filter], Awaitable[list["Hit"]]]
+    max_new_tokens: int
 
 
 class PageHit(BaseModel):
@@ -169,7 +171,9 @@ def build_server(parts: Callable[[], Parts]) -> "MCPServer":
             p = parts()
             flt = Filter.parse(filter)
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(p.answer_executor, lambda: p.pipeline.answer(question, k, flt))
+            result = await loop.run_in_executor(
+                p.answer_executor, lambda: p.pipeline.answer(question, k, flt, p.max_new_tokens)
+            )
             sources = await _hits(p, result.sources, _base_url(ctx))
             return AnswerResult(text=result.text + _sources_text(sources), sources=sources, warnings=result.warnings)
 
@@ -219,7 +223,7 @@ def _page_bytes(pipeline: "RAGPipeline", point_id: str, size: Literal["full", "t
         raise NotFound(f"no page with id {point_id!r}; search or answer return page ids") from None
 
 
-def standalone_parts(pipeline: "RAGPipeline") -> Parts:
+def standalone_parts(pipeline: "RAGPipeline", max_new_tokens: int) -> Parts:
     """Parts for ``colsmol mcp`` (stdio): the pipeline in this process, one thread for answers and searches."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -228,12 +232,12 @@ def standalone_parts(pipeline: "RAGPipeline") -> Parts:
     async def search(query: str, k: int, flt: Filter) -> list["Hit"]:
         return await asyncio.get_running_loop().run_in_executor(executor, lambda: pipeline.search(query, k, flt))
 
-    return Parts(pipeline, executor, DocNames(pipeline.store), search)
+    return Parts(pipeline, executor, DocNames(pipeline.store), search, max_new_tokens)
 
 
-def run_stdio(pipeline: "RAGPipeline") -> None:
+def run_stdio(pipeline: "RAGPipeline", max_new_tokens: int = 256) -> None:
     """Serve the tools over stdin/stdout until the client closes them."""
-    parts = standalone_parts(pipeline)
+    parts = standalone_parts(pipeline, max_new_tokens)
     try:
         build_server(lambda: parts).run("stdio")
     finally:

@@ -92,7 +92,7 @@ def app_parts(app: FastAPI) -> Parts:
         hits: list[Hit] = await batcher.search(query, k, flt)
         return hits
 
-    return Parts(state.pipeline, state.answer_executor, state.doc_names, search)
+    return Parts(state.pipeline, state.answer_executor, state.doc_names, search, state.settings.max_new_tokens)
 
 
 def mount(app: FastAPI) -> None:
