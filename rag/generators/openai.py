@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ImageFormat = Literal["jpeg", "png"]
+VISION_HINT = (
+    "the model must accept images: serve a vision-language model (for llama-server, with its --mmproj "
+    "projector or -hf of a vision GGUF)"
+)
 
 
 def normalize_base_url(url: str) -> str:
@@ -82,6 +86,7 @@ class OpenAIGenerator:
         connect_timeout_s: float = 5.0,
         max_retries: int = 2,
         temperature: float = 0.0,
+        check_vision: bool = True,
     ) -> None:
         if image_format not in ("jpeg", "png"):
             raise ConfigError(f"image_format must be jpeg or png, got {image_format!r}")
@@ -99,6 +104,7 @@ class OpenAIGenerator:
         self.connect_timeout_s = connect_timeout_s
         self.max_retries = max_retries
         self.temperature = temperature
+        self.check_vision = check_vision
         self._client: OpenAI | None = None
         self._checked = False  # the server answered GET /models and serves self.model
         self._lock = threading.Lock()
@@ -119,7 +125,8 @@ class OpenAIGenerator:
         )
 
     def load(self) -> OpenAIGenerator:
-        """Check the server answers and serves the model (one ``GET /v1/models``); ModelUnavailable otherwise."""
+        """Check the server answers, serves the model (``GET /v1/models``) and the model sees images (two
+        one-token completions, see :meth:`_check_vision`); ModelUnavailable otherwise."""
         self._ready()
         return self
 
@@ -129,6 +136,8 @@ class OpenAIGenerator:
                 self._client = self._new_client()
             if not self._checked:
                 self._check_model(self._client)
+                if self.check_vision:
+                    self._check_vision(self._client)
                 self._checked = True
             assert self.model is not None
             return self._client, self.model
@@ -161,6 +170,38 @@ class OpenAIGenerator:
             raise ModelUnavailable(
                 f"the answer server at {self.base_url} has no model {self.model!r} (it serves: "
                 f"{', '.join(served) or 'none'}); set COLSMOL_GENERATOR_MODEL_NAME to one of them"
+            )
+
+    def _check_vision(self, client: OpenAI) -> None:
+        """Refuse a model that does not see images. Servers differ: some answer 400 to an image part, others
+        (a text-only model behind llama-cpp-python's server, for one) drop it and answer from the text alone,
+        which would give answers that never read the pages. So a one-token completion with a small image must
+        cost more prompt tokens than one without (skipped when the server reports no usage)."""
+        import openai
+        from PIL import Image
+
+        probe = image_data_url(Image.new("RGB", (64, 64), "white"), "png")
+
+        def prompt_tokens(with_image: bool) -> int | None:
+            content: list[dict[str, Any]] = [{"type": "text", "text": "Describe the image."}]
+            if with_image:
+                content.insert(0, {"type": "image_url", "image_url": {"url": probe}})
+            done = client.chat.completions.create(
+                model=cast(str, self.model),
+                messages=cast(Any, [{"role": "user", "content": content}]),
+                max_tokens=1,
+                temperature=0,
+            )
+            return done.usage.prompt_tokens if done.usage is not None else None
+
+        try:
+            text_only, with_image = prompt_tokens(False), prompt_tokens(True)
+        except openai.OpenAIError as exc:
+            raise self._explain(exc) from None
+        if text_only is not None and with_image is not None and with_image <= text_only:
+            raise ModelUnavailable(
+                f"the answer server at {self.base_url} ignores the images sent to model {self.model!r} (an image "
+                f"added no prompt tokens); {VISION_HINT}"
             )
 
     def _explain(self, exc: Exception) -> ModelUnavailable:
@@ -196,9 +237,8 @@ class OpenAIGenerator:
                 )
             if status in (400, 413, 415, 422):
                 return ModelUnavailable(
-                    f"{where} rejected the request ({status}: {detail}); the {model} must accept "
-                    "images (a vision-language model: for llama-server, start it with --mmproj) and a context "
-                    "long enough for the pages"
+                    f"{where} rejected the request ({status}: {detail}); {VISION_HINT}, with a context long "
+                    "enough for the pages"
                 )
             return ModelUnavailable(f"{where} failed ({status} after {self.max_retries} retries: {detail})")
         return ModelUnavailable(f"{where} sent a response colsmol cannot read ({type(exc).__name__}: {exc})")
