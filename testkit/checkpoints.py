@@ -49,6 +49,9 @@ _CORPUS = [
     "User: Assistant: The answer is on page two. The document does not contain the answer.",
     "invoice total amount due date tax table figure chart report summary annual quarterly",
     "the quick brown fox jumps over the lazy dog 0123456789 .,;:!?()[]{}<>-_=+*/%$#@&",
+    # A blank line is one token in SmolVLM's vocabulary, and llama.cpp's Idefics3 prompt builder looks it up
+    # by name ("\n\n" before the global image): the tiny vocabulary has it too.
+    "Sources:\n\n\n\n\n\n",
 ]
 
 

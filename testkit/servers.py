@@ -74,8 +74,10 @@ class FaultServer:
     ``mode`` picks the fault of ``POST /v1/chat/completions``: ``"429"`` / ``"500"`` (always that status, with
     ``Retry-After: 0``), ``"400-images"`` (a 400 refusing image input, as text-only servers do), ``"empty"`` (a
     stream with no text), ``"hang"`` (accept, then never answer), ``"slow"`` (one token every 0.2 s, forever,
-    until the client goes). ``GET /v1/models`` lists ``models``. ``chat_requests`` counts completion requests;
-    ``disconnected`` is set once a ``slow`` stream's client has gone.
+    until the client goes). In "empty" and "slow", a request without ``stream`` gets an empty one-shot completion whose
+    prompt tokens grow with its images (what the client's vision check asks for). ``GET /v1/models`` lists
+    ``models``. ``chat_requests`` counts completion requests; ``disconnected`` is set once a ``slow`` stream's
+    client has gone.
     """
 
     def __init__(self, mode: str, models: tuple[str, ...] = ("fault-model",)) -> None:
@@ -110,7 +112,7 @@ class FaultServer:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                request = json.loads(self.rfile.read(length) or b"{}")
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._json(404, {"error": {"message": "not found", "type": "not_found"}})
                     return
@@ -125,6 +127,19 @@ class FaultServer:
                     self._json(400, {"error": {"code": 400, "message": message, "type": "invalid_request_error"}})
                 elif mode == "hang":
                     outer.release.wait(60)
+                elif mode in ("empty", "slow") and not request.get("stream"):
+                    # A one-shot completion (the client's vision check): image parts cost prompt tokens.
+                    contents = [m.get("content") for m in request.get("messages", [])]
+                    parts = [p for c in contents if isinstance(c, list) for p in c if isinstance(p, dict)]
+                    prompt = 10 + 50 * sum(p.get("type") == "image_url" for p in parts)
+                    choice = {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}
+                    self._json(
+                        200,
+                        {
+                            "id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice],
+                            "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1},
+                        },
+                    )  # fmt: skip
                 elif mode in ("empty", "slow"):
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
