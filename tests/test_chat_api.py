@@ -224,6 +224,14 @@ def test_client_disconnect_mid_stream_stops_generation(
     assert slow.ended.wait(10), "generation went on after the client left"
     assert slow.pieces < 200, slow.pieces  # 2,000 pieces would take 100 s
 
+    # The same through an openai backend: colsmol closes its request upstream, and the backend sees it go.
+    with FaultServer("slow") as backend:
+        monkeypatch.setattr(pipeline, "generator", OpenAIGenerator(backend.url))
+        with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            assert any("t1 " in next(lines) for _ in range(6))
+        assert backend.disconnected.wait(10), "the backend kept generating for a client that left"
+
 
 def test_backend_faults_reach_clients_as_openai_5xx(
     live: LiveServer, client: openai.OpenAI, pipeline: RAGPipeline, monkeypatch: pytest.MonkeyPatch
