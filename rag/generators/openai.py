@@ -69,8 +69,9 @@ class OpenAIGenerator:
     """A vision-language model behind an OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
     ``model`` is the name the server knows the model by; ``None`` takes the server's only model (asked once,
-    from ``/v1/models``). ``load`` checks the server answers and serves that model. Decoding is greedy
-    (``temperature=0``), as with SmolVLM, so the same question gives the same answer where the server allows.
+    from ``/v1/models``). ``load`` (or the first answer) checks the server answers, serves that model and, unless
+    ``check_vision`` is False, that the model sees images. Decoding is greedy (``temperature=0``), as with
+    SmolVLM, so the same question gives the same answer where the server allows.
     """
 
     def __init__(
@@ -106,7 +107,7 @@ class OpenAIGenerator:
         self.temperature = temperature
         self.check_vision = check_vision
         self._client: OpenAI | None = None
-        self._checked = False  # the server answered GET /models and serves self.model
+        self._checked = False  # the server answered, serves self.model, and the model sees images
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ connection
