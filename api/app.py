@@ -31,6 +31,8 @@ from api.docs import add_docs
 from api.jobs import JobRunner
 from api.limits import WorkQueue
 from api.routes import answer, documents, health, local, pages, search
+from api.routes import mcp as mcp_routes
+from api.routes import openai as openai_compat
 from api.routes.common import DocNames
 from api.security import SecurityHeaders
 from indexer.errors import ColsmolError, ConfigError
@@ -97,10 +99,11 @@ def create_app(
     app.add_middleware(SecurityHeaders)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (documents, search, answer, pages, local):
+    for module in (documents, search, answer, pages, local, openai_compat):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    mcp_routes.mount(app)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

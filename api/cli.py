@@ -1,4 +1,4 @@
-"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve.
+"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve, mcp.
 
 Settings come from ``COLSMOL_*`` environment variables; flags override them. Errors from the core
 become one line on stderr and an exit code: 0 success, 1 a file or operation failed, 2 bad usage.
@@ -223,7 +223,7 @@ def answer(
     device: Device = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Answer QUESTION from the top-k retrieved pages, and cite them."""
+    """Answer QUESTION with the answer model (SmolVLM by default) over the top-k retrieved pages, and cite them."""
     s = settings_from(collection=collection, data_dir=data_dir, device=device, max_new_tokens=max_new_tokens)
     flt = _filter(filter)
     result: dict[str, Any] | None = None
@@ -343,6 +343,18 @@ def serve(
     except ImportError as exc:  # pragma: no cover - the API module ships with the package
         raise ColsmolError(f"the HTTP API is not available in this build: {exc}") from exc
     run_server(settings_from(collection=collection, data_dir=data_dir, device=device), host, port, workers)
+
+
+# ---------------------------------------------------------------------------------------------- mcp
+@app.command()
+def mcp(collection: Collection = None, data_dir: DataDir = None, device: Device = None) -> None:
+    """Serve search, answer, get_page and list_documents to an MCP client (a chat app, an agent) over stdio."""
+    from api.mcp_server import run_stdio
+    from rag.pipeline import RAGPipeline
+
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
+    with RAGPipeline.from_settings(s) as rag:
+        run_stdio(rag, s.max_new_tokens)
 
 
 def _register_eval() -> None:

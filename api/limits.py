@@ -133,5 +133,29 @@ class WorkQueue:
         future.add_done_callback(_collect)
         return await until_disconnected(request, asyncio.shield(future), stop)
 
+    async def run_detached(self, work: Callable[[threading.Event], T]) -> T:
+        """``work(stop)`` on the worker thread, holding a place in line, for callers with no HTTP request to
+        watch (MCP tools); ``stop`` is set if the awaiting task is cancelled."""
+        release = self.admit()
+        stop = threading.Event()
+
+        def job() -> T:
+            try:
+                return work(stop)
+            finally:
+                release()
+
+        try:
+            future = asyncio.wrap_future(self.submit(job))
+        except BaseException:
+            release()
+            raise
+        future.add_done_callback(_collect)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

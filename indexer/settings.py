@@ -56,11 +56,26 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
     collection: str = Field("colsmol", description="Qdrant collection name.")
     encoder_model: str = Field("vidore/colSmol-256M", description="Hub id or local dir of the ColSmolVLM encoder.")
-    generator_backend: Literal["smolvlm"] = Field(
-        "smolvlm", description="Answer model backend: smolvlm (SmolVLM in process through transformers)."
+    generator_backend: Literal["smolvlm", "openai"] = Field(
+        "smolvlm",
+        description="Answer model backend: smolvlm (SmolVLM in process through transformers) or openai (any "
+        "OpenAI-compatible vision-language server: vLLM, llama-server, Ollama, TGI; see generator_url).",
     )
     generator_model: str = Field(
         "HuggingFaceTB/SmolVLM-256M-Instruct", description="Hub id or local dir of the SmolVLM generator."
+    )
+    generator_url: str | None = Field(
+        None, description="openai backend: the server's API base, e.g. http://127.0.0.1:8080/v1 (/v1 added if no path)."
+    )
+    generator_api_key: str | None = Field(None, description="openai backend: the server's API key, if it has one.")
+    generator_model_name: str | None = Field(
+        None, description="openai backend: the served model's name; unset takes the server's only model."
+    )
+    generator_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="openai backend: connect + per-read timeout of one request, in seconds."
+    )
+    generator_max_retries: int = Field(
+        2, ge=0, le=10, description="openai backend: retries (with backoff) on connection errors, 429 and 5xx."
     )
     device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu.")
     page_batch_size: int = Field(8, ge=1, description="Pages per encoder forward pass.")
@@ -119,6 +134,9 @@ class Settings(BaseSettings):
         "qdrant_url",
         "qdrant_api_key",
         "api_key",
+        "generator_url",
+        "generator_api_key",
+        "generator_model_name",
         "qdrant_shard_number",
         "qdrant_replication_factor",
         "qdrant_write_consistency_factor",

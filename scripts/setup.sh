@@ -38,3 +38,11 @@ else
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
         || "$VENV/bin/python" -m pip install -q --no-deps -e .
 fi
+
+# The test extra builds llama-cpp-python (llama.cpp's OpenAI-compatible server, the real backend of the openai
+# generator's tests); those tests convert the tiny SmolVLM with llama.cpp's GGUF converter, which ships only in
+# llama-cpp-python's sdist: keep it in the venv (once; CI caches the venv).
+if [[ ",$EXTRAS," == *",test,"* ]] && [ ! -f "$VENV/share/llama.cpp/convert_hf_to_gguf.py" ]; then
+    "$VENV/bin/python" scripts/fetch_gguf_converter.py "$VENV/share/llama.cpp" \
+        || echo "colsmol: could not fetch llama.cpp's GGUF converter; the llama.cpp backend tests will be skipped"
+fi

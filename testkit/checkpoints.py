@@ -50,10 +50,14 @@ _CORPUS = [
     "invoice total amount due date tax table figure chart report summary annual quarterly",
     "the quick brown fox jumps over the lazy dog 0123456789 .,;:!?()[]{}<>-_=+*/%$#@&",
 ]
+# A blank line is one token in SmolVLM's vocabulary, and llama.cpp's Idefics3 prompt builder looks it up by name
+# ("\n\n" before the global image): the tiny generator's vocabulary has it too (tests serve it with llama.cpp).
+_BLANK_LINES = "Sources:\n\n\n\n\n\n"
 
 
-def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
-    """A small byte-level BPE tokenizer with the Idefics3 special tokens."""
+def build_tokenizer(out_dir: Path | None = None, blank_line_token: bool = False):  # -> PreTrainedTokenizerFast
+    """A small byte-level BPE tokenizer with the Idefics3 special tokens (and ``"\\n\\n"`` as one token when
+    ``blank_line_token``, as SmolVLM's)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +70,7 @@ def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator((_CORPUS + ([_BLANK_LINES] if blank_line_token else [])) * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -194,7 +198,7 @@ def build_generator(out_dir: Path, seed: int = 2) -> Path:
     from transformers import Idefics3ForConditionalGeneration
 
     _seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(blank_line_token=True)
     config = build_config(tokenizer)
     model = Idefics3ForConditionalGeneration(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api import uploads
@@ -25,6 +22,7 @@ from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS, RAGPipeline
 from testkit.pdfs import LETTER, PageSpec, build_pdf
+from testkit.servers import LiveServer
 from tests.conftest import tiny_settings
 
 pytestmark = pytest.mark.slow
@@ -46,29 +44,6 @@ def pipeline(settings: Settings):
     rag = RAGPipeline.from_settings(settings)
     yield rag
     rag.close()
-
-
-class LiveServer:
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

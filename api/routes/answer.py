@@ -14,19 +14,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from api.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
 from api.errors import client_interface
-from api.limits import ClientGone, until_disconnected
 from api.routes.common import DocNames
 from api.schemas import AnswerRequest, AnswerResponse
+from api.streams import EventStream, relay, start_stream
 from indexer.errors import ColsmolError, Interface, for_interface
 from indexer.filters import Filter
 from rag.types import Answer
@@ -34,30 +31,8 @@ from rag.types import Answer
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["answer"])
 
-_END = object()
-
-
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-class EventStream(StreamingResponse):
-    """An SSE response whose generation stops (``stop`` is set) however the response ends: done, failed, or
-    cut short by the client disconnecting, even before the first byte was sent."""
-
-    def __init__(self, content: AsyncIterator[bytes], stop: threading.Event) -> None:
-        super().__init__(
-            content,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self.stop = stop
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.stop.set()
 
 
 @router.post(
@@ -87,57 +62,20 @@ async def answer(
             warnings=result.warnings,
         )
 
-    release = answers.admit()
-    stop = threading.Event()
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def emit(item: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening any more
-            stop.set()
-
-    def produce() -> None:
-        try:
-            if stop.is_set():  # the client left while this waited in line
-                return
-            pieces = pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop)
-            try:
-                for item in pieces:
-                    emit(item)
-                    if stop.is_set():
-                        break
-            finally:
-                pieces.close()
-        except Exception as exc:
-            if not isinstance(exc, ColsmolError):
-                log.exception("streaming answer failed")
-            emit(exc)
-        finally:
-            release()
-            emit(_END)
-
-    try:
-        answers.submit(produce)
-    except BaseException:
-        release()
-        raise
     # The first piece comes after search and prefill: a bad request fails here, as a plain 4xx.
-    first = await until_disconnected(request, queue.get(), stop)
-    if first is _END:  # only when stopped before it started
-        raise ClientGone()
-    if isinstance(first, Exception):
-        stop.set()
-        raise first
+    first, queue, stop = await start_stream(
+        request,
+        answers,
+        lambda stop: pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop),
+        log,
+    )
     return EventStream(_events(first, queue, names, client_interface(request)), stop)
 
 
 async def _events(
     first: Any, queue: asyncio.Queue[Any], names: DocNames, interface: Interface
 ) -> AsyncIterator[bytes]:
-    item: Any = first
-    while item is not _END:
+    async for item in relay(first, queue):
         if isinstance(item, Answer):
             sources = [h.model_dump() for h in await names.hits_out(item.sources)]
             yield sse("sources", {"sources": sources, "timings": item.timings, "warnings": item.warnings})
@@ -146,5 +84,4 @@ async def _events(
             yield sse("error", {"detail": detail})
         else:
             yield sse("token", for_interface(item, interface))
-        item = await queue.get()
     yield sse("done", {})

@@ -1,7 +1,8 @@
 """What the RAG pipeline needs from an answer model: the ``Generator`` protocol.
 
-A backend is one module in this package implementing it (SmolVLM in process: :mod:`rag.generators.smolvlm`),
-registered in :func:`rag.generators.make_generator`. Every backend takes the question and the page images
+A backend is one module in this package implementing it (SmolVLM in process: :mod:`rag.generators.smolvlm`;
+any OpenAI-compatible vision-language server: :mod:`rag.generators.openai`), registered in
+:func:`rag.generators.make_generator`. Every backend takes the question and the page images
 already fitted to the page budget (:mod:`rag.generators.prompt`), builds its prompt from the same
 instruction, and stops early when ``stop`` is set (a client went away).
 """
