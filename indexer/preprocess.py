@@ -31,10 +31,15 @@ token ids are identical.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from indexer.resample import FILTERS
 
 if TYPE_CHECKING:
     import torch
@@ -115,33 +120,47 @@ class TensorPreprocessor:
     ) -> None:
         import torch
 
-        ip = processor.image_processor
-        unsupported = [k for k in ("do_resize", "do_rescale", "do_normalize", "do_pad") if not getattr(ip, k, True)]
-        if unsupported:
-            raise ValueError(f"the tensor preprocessing path expects {unsupported} to be true; use the reference")
         self.processor = processor
+        _check_supported(processor.image_processor)
         self.device = torch.device(device)
         # float64 sums of 8-bit values times 22-bit weights are exact; CPUs run float32 twice as fast.
         self.dtype = dtype or (torch.float64 if self.device.type == "cuda" else torch.float32)
-        self.longest_edge = int(ip.size["longest_edge"])
-        self.tile = int(ip.max_image_size["longest_edge"])
-        self.splitting = bool(ip.do_image_splitting)
-        self.resample = int(ip.resample)
-        self._normalize = _normalizer(float(ip.rescale_factor), ip.image_mean, ip.image_std)
         # Pages of one size are resized together, ``chunk`` at a time: a Letter page's intermediates
         # are ~160 MB in float32 (~320 MB in float64), and on the CPU stacking pages gains nothing.
         self.chunk = chunk or (4 if self.device.type == "cuda" else 1)
-        self._ids: dict[tuple[int, int], list[int]] = {}
+        self._ids: dict[tuple[int, ...], list[int]] = {}
         self._lock = threading.Lock()
         self._scratch = threading.local()
         # Kernels on one GPU run one after another anyway; letting several threads queue their
         # pages at once would only multiply the scratch memory (~320 MB a Letter page in float64).
         self._device_lock = threading.Lock() if self.device.type != "cpu" else contextlib.nullcontext()
 
+    # The image processor's settings are read on every call, like the reference does.
+    @property
+    def longest_edge(self) -> int:
+        return int(self.processor.image_processor.size["longest_edge"])
+
+    @property
+    def tile(self) -> int:
+        return int(self.processor.image_processor.max_image_size["longest_edge"])
+
+    @property
+    def splitting(self) -> bool:
+        return bool(self.processor.image_processor.do_image_splitting)
+
+    @property
+    def resample(self) -> int:
+        return int(self.processor.image_processor.resample)
+
     def layout(self, height: int, width: int) -> tuple[int, int]:
         if not self.splitting:
             return 0, 0
         return tile_layout(height, width, self.longest_edge, self.tile)
+
+    def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        ip = self.processor.image_processor
+        mean, std = tuple(np.broadcast_to(ip.image_mean, 3)), tuple(np.broadcast_to(ip.image_std, 3))
+        _normalizer(float(ip.rescale_factor), mean, std)(x, out)
 
     # ------------------------------------------------------------------ images
     def __call__(self, images: Sequence[Image.Image]) -> Any:
@@ -150,6 +169,7 @@ class TensorPreprocessor:
 
         if not images:
             raise ValueError("no images to preprocess")
+        _check_supported(self.processor.image_processor)
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         layouts = [self.layout(im.height, im.width) for im in images]
         counts = [r * c + 1 if r else 1 for r, c in layouts]
@@ -188,7 +208,6 @@ class TensorPreprocessor:
         Floats holding 0..255; the tiles are strided views into the resized page (no copy). They
         live in this thread's scratch buffers: use them before the next call.
         """
-        import numpy as np
         import torch
 
         from indexer.resample import resize
@@ -266,28 +285,38 @@ class TensorPreprocessor:
         return ids.to(self.device), mask.to(self.device)
 
     def _prompt_ids(self, layout: tuple[int, int]) -> list[int]:
+        p = self.processor
+        key = (*layout, p.image_seq_len)
         with self._lock:
-            if layout not in self._ids:
-                p = self.processor
+            if key not in self._ids:
                 rows, cols = layout
                 expansion = p.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
                 before, after = p.visual_prompt_prefix.split(p.image_token, 1)
-                self._ids[layout] = list(p.tokenizer(before + expansion + after)["input_ids"])
-            return self._ids[layout]
+                self._ids[key] = list(p.tokenizer(before + expansion + after)["input_ids"])
+            return self._ids[key]
 
 
-def _normalizer(rescale_factor: float, mean: Any, std: Any):  # -> Callable[[Tensor, Tensor], None]
+def _check_supported(image_processor: Any) -> None:
+    off = [k for k in ("do_resize", "do_rescale", "do_normalize", "do_pad") if not getattr(image_processor, k, True)]
+    if off:
+        raise ValueError(f"the tensor preprocessing path needs {', '.join(off)} on; use the reference processor")
+    resample = int(image_processor.resample)
+    if resample not in FILTERS:
+        raise ValueError(f"the tensor preprocessing path has no resampling filter {resample}; use the reference")
+
+
+@functools.lru_cache(maxsize=8)
+def _normalizer(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...]):  # -> (x, out) -> None
     """``out = (x * rescale_factor - mean) / std`` for integer-valued ``x``, equal to the reference.
 
     The reference computes ``float32(x * rescale_factor)`` in float64, then subtracts and divides in
     float32. For the usual 1/255, 0.5, 0.5 the two float32 operations ``x / 127.5 - 1`` give the
     same bits for all 256 inputs (checked here, not assumed); otherwise the reference's own steps are used.
     """
-    import numpy as np
     import torch
 
-    mean = np.broadcast_to(np.asarray(mean, dtype=np.float32), (3,))
-    std = np.broadcast_to(np.asarray(std, dtype=np.float32), (3,))
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
     v = np.arange(256, dtype=np.float64)
     ref = ((v * rescale_factor).astype(np.float32)[None] - mean[:, None]) / std[:, None]
     f = v.astype(np.float32)

@@ -95,7 +95,8 @@ class RAGPipeline:
         store = open_settings_store(s)
         images = PageImageStore(s.images_dir / s.collection)
         encoder = ColSmolEncoder(
-            s.encoder_model, device=s.device, batch_size=s.page_batch_size, query_batch_size=s.query_batch_size
+            s.encoder_model, device=s.device, batch_size=s.page_batch_size, query_batch_size=s.query_batch_size,
+            preprocess=s.preprocess,
         )
         generator = SmolVLMGenerator(s.generator_model, device=s.device, decode=s.generator_decode)
         kwargs: dict[str, Any] = {
