@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="encoder dir (processor and, for --embed-pages, weights)")
     ap.add_argument("--device", default="cpu", help="where the tensor path runs (cpu, cuda)")
     ap.add_argument("--threads", default="1,2", help="torch intra-op thread counts to time")
-    ap.add_argument("--reps", type=int, default=3, help="timed passes over the pages per thread count")
+    ap.add_argument("--reps", type=int, default=3, help="timed passes over the pages per thread count (0: no timing)")
     ap.add_argument("--embed-pages", type=int, default=2)
     ap.add_argument("--dpi", type=int, default=150)
     ap.add_argument("--fast", action="store_true", help="also time transformers' torchvision image processor")
@@ -156,7 +156,7 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the torchvision processor warns on every call about LANCZOS
-        for threads in [int(t) for t in args.threads.split(",")]:
+        for threads in [int(t) for t in args.threads.split(",")] if args.reps else []:
             torch.set_num_threads(threads)
             for fn in paths.values():
                 fn(images[:1])  # warm-up: weight plans, scratch buffers, prompt ids
@@ -187,7 +187,8 @@ def main() -> None:
         from indexer.encoder import ColSmolEncoder
 
         enc = ColSmolEncoder(args.model, device=args.device, preprocess="reference").load()
-        picks = [0, len(pages) - 1, len(pages) // 2][: args.embed_pages]
+        # The pages whose pixels differ most: identical inputs would trivially give cosine 1.
+        picks = sorted(range(len(pages)), key=lambda i: -rows[i]["values_differing"])[: args.embed_pages]
         for i in picks:
             name, im = pages[i]
             t = time.perf_counter()

@@ -38,8 +38,9 @@ class ColSmolEncoder:
     halves the batch and retries the same inputs.
 
     ``preprocess="tensor"`` splits pages into tiles with torch ops on the encoder's device
-    (:mod:`indexer.preprocess`: same tiles and tokens as the reference, pixels equal on a GPU and
-    within one 8-bit level on a CPU); ``"reference"`` runs colpali-engine's PIL processor.
+    (:mod:`indexer.preprocess`: same tiles and tokens as the reference; pixels equal on CUDA, at
+    most two 8-bit levels off elsewhere, one on real pages); ``"reference"`` runs colpali-engine's
+    PIL processor.
     """
 
     def __init__(

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     preprocess: Literal["tensor", "reference"] = Field(
         "tensor",
         description="Page tiling: torch ops on the encoder's device (same tiles and tokens as the reference, "
-        "pixels equal on a GPU, within one 8-bit level on a CPU), or colpali-engine's PIL processor.",
+        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), or colpali-engine's PIL processor.",
     )
     query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
     dpi: int = Field(150, ge=36, le=600, description="Rendering resolution for PDF pages.")
