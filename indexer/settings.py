@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     )
     device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu.")
     page_batch_size: int = Field(8, ge=1, description="Pages per encoder forward pass.")
+    preprocess: Literal["tensor", "reference"] = Field(
+        "tensor",
+        description="Page tiling: torch ops on the encoder's device (same tiles and tokens as the reference, "
+        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), or colpali-engine's PIL processor.",
+    )
     query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
     dpi: int = Field(150, ge=36, le=600, description="Rendering resolution for PDF pages.")
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")

@@ -105,7 +105,11 @@ class RAGPipeline:
         store = open_store(s)
         try:
             encoder = ColSmolEncoder(
-                s.encoder_model, device=s.device, batch_size=s.page_batch_size, query_batch_size=s.query_batch_size
+                s.encoder_model,
+                device=s.device,
+                batch_size=s.page_batch_size,
+                query_batch_size=s.query_batch_size,
+                preprocess=s.preprocess,
             )
             live: LiveIndex | None = None
             searcher: Searcher

@@ -120,21 +120,21 @@ def build_config(tokenizer):  # -> Idefics3Config
     )
 
 
-def build_processor(tokenizer, processor_cls=None):
-    """An Idefics3 processor with the tiny geometry; ``processor_cls`` may be ``ColIdefics3Processor``."""
+def build_processor(tokenizer, processor_cls=None, longest_edge=LONGEST_EDGE, tile=TILE, image_seq_len=IMAGE_SEQ_LEN):
+    """An Idefics3 processor, tiny geometry unless told; ``processor_cls`` may be ``ColIdefics3Processor``."""
     from transformers import Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": LONGEST_EDGE},
-        max_image_size={"longest_edge": TILE},
+        size={"longest_edge": longest_edge},
+        max_image_size={"longest_edge": tile},
         do_image_splitting=True,
     )
     cls = processor_cls or Idefics3Processor
     return cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        image_seq_len=IMAGE_SEQ_LEN,
+        image_seq_len=image_seq_len,
         chat_template=CHAT_TEMPLATE,
     )
 
