@@ -1,8 +1,10 @@
 """The HTTP API: ``create_app`` builds the FastAPI app, ``serve`` runs it under uvicorn.
 
 Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Searches go through
-one batching worker thread (api.batcher), uploads through one ingest worker thread (api.jobs), answers
-through one generation thread. Every ``ColsmolError`` maps to a 4xx/503 JSON body in one handler.
+one batching worker thread (api.batcher), uploads through one ingest worker thread (api.jobs) whose job records
+survive restarts, answers and heatmaps through one bounded worker each (api.limits: a short line, then 503).
+Every ``ColsmolError`` and every validation failure maps to a 4xx/503 JSON body in api.errors; uploads and
+deletes refuse cross-origin browser requests, and every response carries security headers (api.security).
 """
 
 from __future__ import annotations
@@ -10,64 +12,46 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
+from api import errors
+from api.advert import publish as advertise
+from api.advert import withdraw
 from api.batcher import SearchBatcher
 from api.deps import require_api_key
+from api.docs import add_docs
 from api.jobs import JobRunner
-from api.routes import answer, documents, health, pages, search
+from api.limits import WorkQueue
+from api.routes import answer, documents, health, local, pages, search
+from api.routes import mcp as mcp_routes
+from api.routes import openai as openai_compat
 from api.routes.common import DocNames
-from indexer.errors import (
-    ColsmolError,
-    ConfigError,
-    DocumentError,
-    InvalidRequest,
-    ModelUnavailable,
-    NotFound,
-    StoreUnavailable,
-)
+from api.security import SecurityHeaders
+from indexer.errors import ColsmolError, ConfigError
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
-ERROR_STATUS: list[tuple[type[ColsmolError], int]] = [
-    (NotFound, 404),
-    (InvalidRequest, 422),
-    (DocumentError, 400),
-    (ConfigError, 400),
-    (ModelUnavailable, 503),
-    (StoreUnavailable, 503),
-]
+#: How long a client told "busy" (503) should wait before trying again.
+ANSWER_RETRY_AFTER_S = 5
+EXPLAIN_RETRY_AFTER_S = 2
 
 
-def status_for(exc: ColsmolError) -> int:
-    for cls, code in ERROR_STATUS:
-        if isinstance(exc, cls):
-            return code
-    return 400
-
-
-def _warm_up(pipeline: RAGPipeline) -> None:
-    """Load both models and build the token index, so the first request pays for none of it."""
-    pipeline.encoder.load()
-    pipeline.encoder.embed_queries(["warm up"])
-    if pipeline.generator is not None:
-        pipeline.generator.load()
-    _ = pipeline.index
-
-
-def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = None) -> FastAPI:
-    """The app. ``pipeline`` (already built, e.g. by a test) is used as is and not closed on shutdown."""
+def create_app(
+    settings: Settings | None = None, pipeline: RAGPipeline | None = None, local_token: str | None = None
+) -> FastAPI:
+    """The app. ``pipeline`` (already built, e.g. by a test) is used as is and not closed on shutdown.
+    ``local_token`` opens ``/v1/local`` (see :mod:`api.routes.local`; ``serve`` advertises it)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -75,24 +59,22 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
         owned = pipeline is None
         rag = pipeline if pipeline is not None else await run_in_threadpool(RAGPipeline.from_settings, settings)
         try:
-            await run_in_threadpool(_warm_up, rag)
+            await run_in_threadpool(rag.warm_up)
             app.state.doc_names = DocNames(rag.store)
-            app.state.answer_executor = ThreadPoolExecutor(1, thread_name_prefix="colsmol-answer")
+            app.state.answers = WorkQueue("answer", settings.answer_queue, ANSWER_RETRY_AFTER_S)
+            app.state.explains = WorkQueue("explain", settings.explain_queue, EXPLAIN_RETRY_AFTER_S)
             app.state.batcher = SearchBatcher(rag, settings.search_batch_window_ms / 1000, settings.search_max_batch)
-            app.state.jobs = JobRunner(rag)
+            app.state.jobs = await run_in_threadpool(JobRunner, rag, settings.data_dir)
             app.state.pipeline = rag
             app.state.ready = True
             log.info("colsmol API ready")
             yield
         finally:
             app.state.ready = False
-            for name in ("jobs", "batcher"):
+            for name in ("jobs", "batcher", "answers", "explains"):
                 worker = getattr(app.state, name, None)
                 if worker is not None:
                     await run_in_threadpool(worker.close)
-            executor = getattr(app.state, "answer_executor", None)
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
             app.state.pipeline = None
             if owned:
                 await run_in_threadpool(rag.close)
@@ -102,30 +84,27 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
         summary="Visual document search and question answering: ColSmolVLM + Qdrant + SmolVLM.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        default_response_class=errors.SafeJSONResponse,
     )
     app.state.settings = settings
     app.state.pipeline = None
     app.state.ready = False
+    app.state.local_token = local_token
 
-    @app.exception_handler(ColsmolError)
-    async def colsmol_error(request: Request, exc: ColsmolError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse(
-            {"detail": "; ".join(problems) or "invalid request", "errors": jsonable(exc.errors())}, status_code=422
-        )
+    app.add_exception_handler(ColsmolError, errors.colsmol_error)
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(HTTPException, errors.http_error)
+    app.add_middleware(SecurityHeaders)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (documents, search, answer, pages):
+    for module in (documents, search, answer, pages, local, openai_compat):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    mcp_routes.mount(app)
+    add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -133,31 +112,6 @@ def create_app(settings: Settings | None = None, pipeline: RAGPipeline | None = 
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-def jsonable(errors: object) -> object:
-    """Validation errors echo the bad input; make it JSON-safe (NaN/Infinity are not JSON, and an
-    unencodable 422 body would turn bad input into a 500).
-
-    >>> jsonable([{"input": float("nan"), "loc": ("body", "k")}])
-    [{'input': 'nan', 'loc': ['body', 'k']}]
-    """
-    import math
-
-    from fastapi.encoders import jsonable_encoder
-
-    def finite(value: object) -> object:
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        if isinstance(value, list):
-            return [finite(v) for v in value]
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        return value
-
-    return finite(
-        jsonable_encoder(errors, custom_encoder={Exception: str, bytes: lambda b: b.decode("utf-8", "replace")})
-    )
 
 
 def app_from_env() -> FastAPI:
@@ -176,8 +130,14 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
         # another process is one clear line from the CLI, not a traceback from the lifespan.
         rag = RAGPipeline.from_settings(settings)
         try:
-            _warm_up(rag)
-            uvicorn.run(create_app(settings, pipeline=rag), host=host, port=port, log_level="info")
+            rag.warm_up()
+            # Tell colsmol commands on this machine that this process owns the data dir (api.advert).
+            advert = advertise(settings.data_dir, settings.collection, host, port, auth=settings.api_key is not None)
+            try:
+                app = create_app(settings, pipeline=rag, local_token=advert.token)
+                uvicorn.run(app, host=host, port=port, log_level="info")
+            finally:
+                withdraw(settings.data_dir, settings.collection, advert)
         finally:
             rag.close()
         return
@@ -189,5 +149,5 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
     # Worker processes rebuild their settings from the environment: hand this object's values down.
     for name, value in settings.model_dump().items():
         if value is not None:
-            os.environ[f"COLSMOL_{name.upper()}"] = str(value)
+            os.environ[f"COLSMOL_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
     uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")

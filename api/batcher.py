@@ -9,7 +9,6 @@ reach the event loop with ``loop.call_soon_threadsafe``, so the loop never block
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import threading
@@ -17,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from indexer.errors import InvalidRequest
+from indexer.filters import Filter
+from rag.pipeline import RAGPipeline
 from retriever.search import Hit
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class _Request:
     query: str
     k: int
-    filter: dict[str, Any] | None
+    filter: Filter
     future: asyncio.Future[list[Hit]]
     loop: asyncio.AbstractEventLoop
 
@@ -44,7 +44,7 @@ def _resolve(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | 
 class SearchBatcher:
     """Gathers concurrent ``search`` calls into batched pipeline calls on one worker thread."""
 
-    def __init__(self, pipeline: Any, window_s: float = 0.003, max_batch: int = 64) -> None:
+    def __init__(self, pipeline: RAGPipeline, window_s: float = 0.003, max_batch: int = 64) -> None:
         self.pipeline = pipeline
         self.window_s = window_s
         self.max_batch = max_batch
@@ -53,7 +53,9 @@ class SearchBatcher:
         self._thread = threading.Thread(target=self._run, name="colsmol-search", daemon=True)
         self._thread.start()
 
-    async def search(self, query: str, k: int, filter: dict[str, Any] | None = None) -> list[Hit]:
+    async def search(self, query: str, k: int, filter: Filter | None = None) -> list[Hit]:
+        """Top-``k`` hits for ``query``, scored in a batch with whatever else arrives within the window."""
+        filter = filter or Filter()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Hit]] = loop.create_future()
         self._queue.put(_Request(query, k, filter, fut, loop))
@@ -86,20 +88,14 @@ class SearchBatcher:
                 return
 
     def _run_batch(self, batch: list[_Request]) -> None:
-        groups: dict[str, list[_Request]] = {}
+        groups: dict[Filter, list[_Request]] = {}
         for req in batch:
-            key = json.dumps(req.filter, sort_keys=True, default=str)
-            groups.setdefault(key, []).append(req)
-        for reqs in groups.values():
+            groups.setdefault(req.filter, []).append(req)
+        for flt, reqs in groups.items():
             k = max(r.k for r in reqs)
             try:
                 self.batches += 1
-                results = self.pipeline.search([r.query for r in reqs], k=k, filter=reqs[0].filter)
-            except ValueError as exc:  # a filter naming an unknown field or an unmatchable value
-                err: BaseException = InvalidRequest(str(exc))
-                for r in reqs:
-                    r.loop.call_soon_threadsafe(_resolve, r.future, None, err)
-                continue
+                results = self.pipeline.search_batch([r.query for r in reqs], k=k, filter=flt)
             except Exception as exc:
                 log.exception("batched search of %d queries failed", len(reqs))
                 for r in reqs:

@@ -1,4 +1,4 @@
-"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve.
+"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve, mcp.
 
 Settings come from ``COLSMOL_*`` environment variables; flags override them. Errors from the core
 become one line on stderr and an exit code: 0 success, 1 a file or operation failed, 2 bad usage.
@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import closing as _closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from indexer.errors import ColsmolError, ConfigError, InvalidRequest
+from api.cli_common import Collection, DataDir, Device, JsonOut, err, printable, progress_bar, settings_from
+from indexer.errors import ColsmolError, ConfigError, InvalidRequest, for_interface
 
 if TYPE_CHECKING:
+    from api.cli_backends import Backend
+    from indexer.filters import Filter
     from indexer.settings import Settings
-    from rag.pipeline import RAGPipeline
 
 app = typer.Typer(
     name="colsmol",
@@ -29,48 +32,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (env COLSMOL_DATA_DIR).")]
-Collection = Annotated[str | None, typer.Option("--collection", "-c", help="Collection (env COLSMOL_COLLECTION).")]
-Device = Annotated[str | None, typer.Option("--device", help="auto, cuda, cpu or mps (env COLSMOL_DEVICE).")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+def _filter(items: list[str] | None) -> Filter:
+    """``--filter doc_id=a,b --filter metadata.lang=en`` as a Filter (checked here: a bad key exits 2)."""
+    from indexer.filters import Filter
+
+    return Filter.from_pairs(items or [])
 
 
-def _err(msg: str) -> None:
-    typer.echo(f"colsmol: error: {msg}", err=True)
+def _backend(s: Settings) -> Backend:
+    from api.cli_backends import open_backend
+
+    return open_backend(s)
 
 
-def _settings(**overrides: Any) -> Settings:
-    from pydantic import ValidationError
-
-    from indexer.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-
-def _pipeline(s: Settings) -> RAGPipeline:
-    from rag.pipeline import RAGPipeline
-
-    return RAGPipeline.from_settings(s)
-
-
-def _parse_filters(items: list[str] | None) -> dict[str, Any] | None:
-    """``["doc_id=a,b", "metadata.lang=en"]`` -> ``{"doc_id": ["a", "b"], "metadata.lang": "en"}``."""
-    if not items:
-        return None
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidRequest(f"--filter {item!r} is not key=value")
-        out[key] = value.split(",") if "," in value else value
-    return out
-
-
-def _hits_table(hits: list[Any], title: str) -> None:
+def _hits_table(hits: list[dict[str, Any]], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -78,25 +53,16 @@ def _hits_table(hits: list[Any], title: str) -> None:
     for col in ("rank", "score", "file", "page", "doc_id"):
         table.add_column(col, justify="right" if col in ("rank", "score", "page") else "left")
     for i, h in enumerate(hits, 1):
-        table.add_row(str(i), f"{h.score:.3f}", str(h.file_name), str(h.page_number), str(h.doc_id))
+        table.add_row(
+            str(i), f"{h['score']:.3f}", printable(str(h["file_name"])), str(h["page_number"]), str(h["doc_id"])
+        )
     Console().print(table)
-
-
-def _hit_dict(h: Any) -> dict[str, Any]:
-    return {
-        "point_id": h.point_id,
-        "doc_id": h.doc_id,
-        "source": h.source,
-        "file_name": h.file_name,
-        "page_number": h.page_number,
-        "score": round(float(h.score), 6),
-    }
 
 
 # ---------------------------------------------------------------------------------------------- ingest
 @app.command(
     epilog="Exit codes: 0 every file was indexed or unchanged; 1 a file failed (the others were still "
-    "indexed); 2 usage error."
+    "indexed); 2 usage error. While `colsmol serve` runs on this data directory, the files are ingested by it."
 )
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="PDF or image files, or folders (walked recursively).")],
@@ -104,11 +70,13 @@ def ingest(
         list[str] | None, typer.Option("--metadata", "-m", help="key=value stored with every page (repeatable).")
     ] = None,
     prune: Annotated[
-        bool, typer.Option("--prune", help="Remove documents under PATHS whose files no longer exist.")
+        bool, typer.Option("--prune", help="Forget files under PATHS that are gone (a document goes with its last).")
     ] = False,
     renderer: Annotated[str | None, typer.Option("--renderer", help="pdfium (default) or poppler.")] = None,
     dpi: Annotated[int | None, typer.Option("--dpi", help="PDF rendering resolution (env COLSMOL_DPI).")] = None,
-    password: Annotated[str | None, typer.Option("--password", help="Password for encrypted PDFs.")] = None,
+    password: Annotated[
+        str | None, typer.Option("--password", help="Password for encrypted PDFs (tried only where needed).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Pages per encoder batch.")] = None,
     collection: Collection = None,
     data_dir: DataDir = None,
@@ -116,93 +84,89 @@ def ingest(
     json_out: JsonOut = False,
 ) -> None:
     """Index PDFs and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
-    from indexer.ingest import ProgressEvent, parse_metadata
+    from indexer.ingest import parse_metadata
 
-    s = _settings(
+    s = settings_from(
         collection=collection, data_dir=data_dir, device=device, renderer=renderer, dpi=dpi, page_batch_size=batch_size
     )
     meta = parse_metadata(metadata or [])
-    with _pipeline(s) as rag:
+    options: dict[str, Any] = {"metadata": meta, "prune": prune}
+    if password is not None:
+        options["password"] = password
+    with _closing(_backend(s)) as backend:
         if json_out or not sys.stderr.isatty():
-            report = rag.ingest(paths, metadata=meta, prune=prune, password=password)
+            d = backend.ingest(paths, options, None)
         else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            columns = (
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-            )
-            with Progress(*columns, transient=False) as bar:
+            with progress_bar(rate=True) as bar:
                 files_t = bar.add_task("files", total=None, rate="")
                 pages_t = bar.add_task("pages", total=0, rate="")
 
-                def on_event(e: ProgressEvent) -> None:
-                    if e.kind == "file":
-                        bar.update(pages_t, total=(bar.tasks[pages_t].total or 0) + e.total)
-                    elif e.kind == "pages":
-                        bar.advance(pages_t, e.n)
+                def on_event(kind: str, path: str, n: int, total: int, error: str | None) -> None:
+                    if kind == "file":
+                        bar.update(pages_t, total=(bar.tasks[pages_t].total or 0) + total)
+                    elif kind == "pages":
+                        bar.advance(pages_t, n)
                         speed = bar.tasks[pages_t].speed
                         bar.update(pages_t, rate=f"{speed:.1f} pages/s" if speed else "")
-                    elif e.kind == "done":
+                    elif kind == "done":
                         bar.advance(files_t, 1)
-                        if e.result is not None and e.result.status == "failed":
-                            bar.console.print(f"[red]failed[/] {e.path}: {e.result.error}")
+                        if error is not None:
+                            bar.console.print(
+                                f"[red]failed[/] {printable(path)}: {printable(error)}", markup=True, highlight=False
+                            )
 
-                report = rag.ingest(paths, metadata=meta, prune=prune, password=password, progress=on_event)
+                d = backend.ingest(paths, options, on_event)
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps(d, indent=2))
     else:
-        d = report.to_dict()
         typer.echo(
             f"indexed {d['indexed']}, unchanged {d['unchanged']}, failed {d['failed']}, skipped {d['skipped']}; "
             f"{d['pages_embedded']} pages embedded in {d['seconds']:.1f} s"
             + (f" ({d['pages_per_second']:.1f} pages/s)" if d["pages_per_second"] else "")
-            + (f"; pruned {len(report.pruned)}" if report.pruned else "")
+            + (f"; pruned {len(d['pruned'])}" if d["pruned"] else "")
         )
-        for f in report.files:
-            if f.status in ("failed", "skipped"):
-                typer.echo(f"  {f.status}: {f.path}: {f.error}", err=True)
-    raise typer.Exit(report.exit_code)
+        for f in d["files"]:
+            if f["status"] in ("failed", "skipped"):
+                typer.echo(f"  {f['status']}: {printable(f['path'])}: {printable(f['error'] or '')}", err=True)
+    raise typer.Exit(1 if d["failed"] else 0)
 
 
 # ---------------------------------------------------------------------------------------------- documents
 @app.command()
 def documents(collection: Collection = None, data_dir: DataDir = None, json_out: JsonOut = False) -> None:
     """List indexed documents with their page counts."""
-    from rag.pipeline import open_settings_store
-
-    s = _settings(collection=collection, data_dir=data_dir)
-    with open_settings_store(s) as store:
-        docs = store.list_documents()
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with _closing(_backend(s)) as backend:
+        docs = backend.documents()
     if json_out:
-        typer.echo(
-            json.dumps(
-                [
-                    {
-                        "doc_id": d.doc_id,
-                        "source": d.source,
-                        "file_name": d.file_name,
-                        "pages": d.page_count,
-                        "ingested_at": d.ingested_at,
-                        "metadata": d.metadata,
-                    }
-                    for d in docs
-                ],
-                indent=2,
-            )
+        typer.echo(json.dumps(docs, indent=2))
+        return
+    rows = [
+        (
+            d["doc_id"],
+            str(d["pages"]),
+            printable(d["source"]) + (f" (+{len(d['sources']) - 1} more)" if len(d["sources"]) > 1 else ""),
+            d["ingested_at"],
         )
+        for d in docs
+    ]
+    title = f"{len(docs)} documents in {s.collection!r}"
+    if not sys.stdout.isatty():
+        # Piped or captured: plain columns, nothing ever shortened (ids are pasted into `colsmol delete`).
+        typer.echo(title)
+        for row in rows:
+            typer.echo("  ".join(row))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(docs)} documents in {s.collection!r}")
-    for col in ("doc_id", "pages", "file", "ingested"):
-        table.add_column(col)
-    for d in docs:
-        table.add_row(d.doc_id, str(d.page_count), d.source, d.ingested_at)
+    table = Table(title=title)
+    table.add_column("doc_id", no_wrap=True, min_width=max((len(r[0]) for r in rows), default=6))
+    table.add_column("pages", justify="right", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("ingested", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
 
 
@@ -213,9 +177,9 @@ def delete(
     data_dir: DataDir = None,
 ) -> None:
     """Remove one document: its pages, vectors and page images."""
-    s = _settings(collection=collection, data_dir=data_dir)
-    with _pipeline(s) as rag:
-        n = rag.delete(doc_id)
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with _closing(_backend(s)) as backend:
+        n = backend.delete(doc_id)
     typer.echo(f"deleted {doc_id} ({n} pages)")
 
 
@@ -234,16 +198,16 @@ def search(
     json_out: JsonOut = False,
 ) -> None:
     """Rank pages by late-interaction (MaxSim) similarity to QUERY."""
-    s = _settings(collection=collection, data_dir=data_dir, device=device)
-    flt = _parse_filters(filter)
-    with _pipeline(s) as rag:
-        hits = rag.search(query, k=k, filter=flt)
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
+    flt = _filter(filter)
+    with _closing(_backend(s)) as backend:
+        hits = backend.search(query, k, flt)
     if json_out:
-        typer.echo(json.dumps([_hit_dict(h) for h in hits], indent=2))
+        typer.echo(json.dumps(hits, indent=2))
     elif not hits:
         typer.echo("no pages indexed yet (or none match the filter)")
     else:
-        _hits_table(hits, f"top {len(hits)} for {query!r}")
+        _hits_table(hits, f"top {len(hits)} for {printable(query)!r}")
 
 
 # ---------------------------------------------------------------------------------------------- answer
@@ -259,43 +223,35 @@ def answer(
     device: Device = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Answer QUESTION with SmolVLM over the top-k retrieved pages, and cite them."""
-    from rag.types import Answer
-
-    s = _settings(collection=collection, data_dir=data_dir, device=device, max_new_tokens=max_new_tokens)
-    flt = _parse_filters(filter)
-    with _pipeline(s) as rag:
+    """Answer QUESTION with the answer model (SmolVLM by default) over the top-k retrieved pages, and cite them."""
+    s = settings_from(collection=collection, data_dir=data_dir, device=device, max_new_tokens=max_new_tokens)
+    flt = _filter(filter)
+    result: dict[str, Any] | None = None
+    with _closing(_backend(s)) as backend:
         if stream and not json_out:
-            result = None
-            for piece in rag.stream_answer(question, k=k, filter=flt, max_new_tokens=s.max_new_tokens):
-                if isinstance(piece, Answer):
+            for piece in backend.stream_answer(question, k, flt, s.max_new_tokens):
+                if isinstance(piece, dict):
                     result = piece
                 else:
                     typer.echo(piece, nl=False)
             typer.echo("")
-            assert result is not None
         else:
-            result = rag.answer(question, k=k, filter=flt, max_new_tokens=s.max_new_tokens)
+            result = backend.answer(question, k, flt, s.max_new_tokens)
+    if result is None:
+        raise ColsmolError("the answer stream ended without its sources")
     if json_out:
-        typer.echo(
-            json.dumps(
-                {
-                    "text": result.text,
-                    "sources": [_hit_dict(h) for h in result.sources],
-                    "timings": result.timings,
-                    "warnings": result.warnings,
-                },
-                indent=2,
-            )
-        )
+        typer.echo(json.dumps(result, indent=2))
         return
     if not stream:
-        typer.echo(result.text)
-    if result.sources:
+        typer.echo(result["text"])
+    if result["sources"]:
         typer.echo("\nSources:")
-        for i, h in enumerate(result.sources, 1):
-            typer.echo(f"  [{i}] {h.file_name}, page {h.page_number} (score {h.score:.3f}) {h.source}")
-    for w in result.warnings:
+        for i, h in enumerate(result["sources"], 1):
+            typer.echo(
+                f"  [{i}] {printable(str(h['file_name']))}, page {h['page_number']} (score {h['score']:.3f}) "
+                f"{printable(str(h['source']))}"
+            )
+    for w in result["warnings"]:
         typer.echo(f"warning: {w}", err=True)
 
 
@@ -313,11 +269,23 @@ def explain(
     device: Device = None,
 ) -> None:
     """Write a heatmap of which regions of a page matched QUERY (a similarity map)."""
-    s = _settings(collection=collection, data_dir=data_dir, device=device)
-    with _pipeline(s) as rag:
-        smap = rag.explain(query, page, token=token)
-    smap.overlay().save(out)
-    typer.echo(f"wrote {out} ({smap.heatmap.shape[1]}x{smap.heatmap.shape[0]}); query tokens: {smap.query_tokens}")
+    if out.suffix.lower() != ".png":
+        raise InvalidRequest(f"--out {printable(str(out))!r}: the heatmap is a PNG image; give a path ending in .png")
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
+    with _closing(_backend(s)) as backend:
+        png, query_tokens = backend.explain(query, page, token)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(png)
+    except OSError as exc:
+        raise ColsmolError(f"cannot write {printable(str(out))}: {exc.strerror or exc}") from None
+    width, height = _png_size(png)
+    typer.echo(f"wrote {out} ({width}x{height}); query tokens: {query_tokens}")
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's header (IHDR), without decoding it."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
 # ---------------------------------------------------------------------------------------------- backups
@@ -328,17 +296,13 @@ def export_cmd(
     data_dir: DataDir = None,
 ) -> None:
     """Write everything needed to rebuild the collection: points, vectors, payloads, page images."""
-    from indexer.backup import export_collection
-    from indexer.images import PageImageStore
-    from rag.pipeline import open_settings_store
-
-    s = _settings(collection=collection, data_dir=data_dir)
-    with open_settings_store(s) as store:
-        r = export_collection(store, PageImageStore(s.images_dir / s.collection), path)
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with _closing(_backend(s)) as backend:
+        r = backend.export(path)
     typer.echo(
-        f"exported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
-        f"{r.images} page images from collection {r.collection!r} to {r.path} "
-        f"({r.bytes / 1e6:.1f} MB, {r.seconds:.1f} s)"
+        f"exported {r['pages']} pages ({r['pooled_pages']} with pooled vectors), {r['documents']} documents, "
+        f"{r['images']} page images from collection {r['collection']!r} to {r['path']} "
+        f"({r['bytes'] / 1e6:.1f} MB, {r['seconds']:.1f} s)"
     )
 
 
@@ -352,10 +316,10 @@ def import_cmd(
     """Restore an export into an empty collection (embedded or server: exports move between them)."""
     from indexer.backup import import_collection
     from indexer.images import PageImageStore
-    from rag.pipeline import open_settings_store
+    from indexer.store import open_store
 
-    s = _settings(collection=collection, data_dir=data_dir)
-    with open_settings_store(s) as store:
+    s = settings_from(collection=collection, data_dir=data_dir)
+    with open_store(s) as store:
         r = import_collection(store, PageImageStore(s.images_dir / s.collection), path, allow_merge=merge)
     typer.echo(
         f"imported {r.pages} pages ({r.pooled_pages} with pooled vectors), {r.documents} documents, "
@@ -378,7 +342,19 @@ def serve(
         from api.app import serve as run_server
     except ImportError as exc:  # pragma: no cover - the API module ships with the package
         raise ColsmolError(f"the HTTP API is not available in this build: {exc}") from exc
-    run_server(_settings(collection=collection, data_dir=data_dir, device=device), host, port, workers)
+    run_server(settings_from(collection=collection, data_dir=data_dir, device=device), host, port, workers)
+
+
+# ---------------------------------------------------------------------------------------------- mcp
+@app.command()
+def mcp(collection: Collection = None, data_dir: DataDir = None, device: Device = None) -> None:
+    """Serve search, answer, get_page and list_documents to an MCP client (a chat app, an agent) over stdio."""
+    from api.mcp_server import run_stdio
+    from rag.pipeline import RAGPipeline
+
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
+    with RAGPipeline.from_settings(s) as rag:
+        run_stdio(rag, s.max_new_tokens)
 
 
 def _register_eval() -> None:
@@ -402,10 +378,10 @@ def main() -> None:
         # Standalone mode: click prints usage errors itself (exit 2) and turns typer.Exit into the exit code.
         app()
     except (ConfigError, InvalidRequest) as exc:
-        _err(str(exc))
+        err(for_interface(exc, "cli"))
         sys.exit(2)
     except ColsmolError as exc:
-        _err(str(exc))
+        err(for_interface(exc, "cli"))
         sys.exit(1)
 
 

@@ -10,6 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.batcher import SearchBatcher
 from api.jobs import JobRunner
+from api.limits import WorkQueue
+from api.routes.common import DocNames
 from indexer.errors import ModelUnavailable
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
@@ -18,7 +20,8 @@ _bearer = HTTPBearer(auto_error=False, description="Needed only when COLSMOL_API
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _state(request: Request, name: str) -> Any:
@@ -29,21 +32,44 @@ def _state(request: Request, name: str) -> Any:
 
 
 def get_pipeline(request: Request) -> RAGPipeline:
-    return _state(request, "pipeline")  # type: ignore[no-any-return]
+    pipeline: RAGPipeline = _state(request, "pipeline")
+    return pipeline
 
 
 def get_batcher(request: Request) -> SearchBatcher:
-    return _state(request, "batcher")  # type: ignore[no-any-return]
+    batcher: SearchBatcher = _state(request, "batcher")
+    return batcher
 
 
 def get_jobs(request: Request) -> JobRunner:
-    return _state(request, "jobs")  # type: ignore[no-any-return]
+    jobs: JobRunner = _state(request, "jobs")
+    return jobs
+
+
+def get_doc_names(request: Request) -> DocNames:
+    names: DocNames = _state(request, "doc_names")
+    return names
+
+
+def get_answers(request: Request) -> WorkQueue:
+    """Where answers are generated: one thread (the model is not shared between generations), a short line."""
+    answers: WorkQueue = _state(request, "answers")
+    return answers
+
+
+def get_explains(request: Request) -> WorkQueue:
+    """Where heatmaps are computed: one thread, a short line."""
+    explains: WorkQueue = _state(request, "explains")
+    return explains
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PipelineDep = Annotated[RAGPipeline, Depends(get_pipeline)]
 BatcherDep = Annotated[SearchBatcher, Depends(get_batcher)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+DocNamesDep = Annotated[DocNames, Depends(get_doc_names)]
+AnswersDep = Annotated[WorkQueue, Depends(get_answers)]
+ExplainsDep = Annotated[WorkQueue, Depends(get_explains)]
 
 
 def require_api_key(

@@ -114,13 +114,13 @@ def eval_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
 ) -> None:
     """Measure retrieval quality (nDCG@k, recall@k, MRR@10) and speed on a labelled dataset."""
-    from api.cli import _settings  # late: api.cli registers this command at import
+    from api.cli_common import progress_bar, settings_from
     from indexer.encoder import ColSmolEncoder
     from indexer.errors import InvalidRequest
     from retriever.evaluation.datasets import load_dataset
     from retriever.evaluation.runner import parse_configs, parse_ks, run_eval
 
-    s = _settings(device=device, page_batch_size=batch_size, encoder_model=model)
+    s = settings_from(device=device, page_batch_size=batch_size, encoder_model=model)
     cfgs = parse_configs(config)  # usage errors before any model loads
     ks = parse_ks(k)
     if max_queries is not None and max_queries < 1:
@@ -141,11 +141,7 @@ def eval_command(
         if json_out or not sys.stderr.isatty():
             report = run_eval(data, encoder.load(), cfgs, ks, workdir, **kwargs)
         else:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            with Progress(*columns, console=Console(stderr=True)) as bar:
+            with progress_bar() as bar:
                 tasks: dict[str, Any] = {}
 
                 def on_progress(stage: str, done: int, total: int) -> None:

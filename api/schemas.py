@@ -1,17 +1,47 @@
-"""HTTP request and response bodies, named by role. Pydantic lives here, at the edge only."""
+"""HTTP request and response bodies, named by role. Pydantic lives here, at the edge only.
+
+Request bodies are strict: ``k: "3"``, ``k: true``, ``k: 2.0`` or ``stream: "yes"`` are 422s, not guesses; every
+string must be valid Unicode (JSON can spell a lone surrogate, ``"\\ud800"``, which nothing downstream can encode).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS
 
-# A filter value: a scalar means equality, a list means membership (see retriever.token_index.filter_mask).
-FilterValue = StrictStr | StrictInt | StrictBool | StrictFloat | list[StrictStr] | list[StrictInt]
-Filter = dict[str, FilterValue]
-FILTER_HELP = 'Payload filter, e.g. {"doc_id": ["..."], "metadata.lang": "en"}.'
+
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode: it holds a lone surrogate (such as \\ud800)") from None
+    return value
+
+
+#: A string that UTF-8 can encode (what every request string must be).
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
+
+# The JSON shape of a filter; routes parse it into indexer.filters.Filter, which checks keys and types.
+FilterValue = Text | StrictInt | StrictBool | StrictFloat | list[Text] | list[StrictInt]
+FilterBody = dict[Text, FilterValue]
+FILTER_HELP = (
+    'Page filter, e.g. {"doc_id": ["..."], "metadata.lang": "en"}. Keys: doc_id, source, file_name, page_number, '
+    "metadata.<key>; a list means any of."
+)
+STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 def _not_blank(value: str, what: str) -> str:
@@ -21,11 +51,11 @@ def _not_blank(value: str, what: str) -> str:
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    query: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    query: Text = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(10, ge=1, le=MAX_K)
-    filter: Filter | None = Field(None, description=FILTER_HELP)
+    filter: FilterBody | None = Field(None, description=FILTER_HELP)
 
     @field_validator("query")
     @classmethod
@@ -36,6 +66,7 @@ class SearchRequest(BaseModel):
 class HitOut(BaseModel):
     point_id: str
     doc_id: str | None
+    source: str | None = Field(None, description="Where the page's document is: a path, or upload:<name>.")
     file_name: str | None
     page_number: int | None
     score: float
@@ -48,11 +79,11 @@ class SearchResponse(BaseModel):
 
 
 class AnswerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    question: Text = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(3, ge=1, le=MAX_ANSWER_K)
-    filter: Filter | None = Field(None, description=FILTER_HELP)
+    filter: FilterBody | None = Field(None, description=FILTER_HELP)
     stream: bool = Field(False, description="Answer as Server-Sent Events: token*, sources, done.")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Defaults to the server setting.")
 
@@ -73,6 +104,7 @@ class DocumentOut(BaseModel):
     doc_id: str
     file_name: str
     source: str
+    sources: list[str] = Field(default_factory=list, description="Every known path of this content, source first.")
     page_count: int
     pages_stored: int
     content_hash: str
@@ -105,7 +137,10 @@ class JobError(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    state: str = Field(description="queued, running, done or failed")
+    state: Literal["queued", "running", "done", "failed", "interrupted"] = Field(
+        description="queued, running, done, failed, or interrupted (the server stopped before the job finished: "
+        "upload the files again)"
+    )
     files_total: int
     pages_done: int
     pages_total: int

@@ -1,26 +1,39 @@
 """Receive an upload: stream a multipart body to disk, counting bytes, and sniff each file's type.
 
 Files land in ``uploads_dir / <job_id> / <NN><ext>``: names generated here, never taken from the client.
-The client's file name is kept only as metadata (``original_name``) for display. Types are decided by
-magic bytes, not by the name or the declared content type.
+The client's file name is stored as the source ``upload:<name>`` (what is shown). Types are decided by
+magic bytes, not by the name or the declared content type. A body that ends before its closing boundary
+(a cut-off upload) is refused whole.
+
+Form fields besides the files: ``metadata``, a flat JSON object stored with every page (see
+:func:`parse_metadata`), and ``password``, for the upload's encrypted PDFs (kept in memory for the job only:
+never stored, logged or reported).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from indexer.render.base import sniff as sniff_kind
 
 SNIFF_BYTES = 1024  # the renderer looks for a PDF header anywhere in the first 1 KB
 MAX_FIELD_BYTES = 64 * 1024
 MAX_NAME_CHARS = 255
+MAX_METADATA_KEY_CHARS = 128
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FIELDS = ("files", "metadata", "password")
+METADATA_HELP = (
+    'metadata must be a flat JSON object of keys to strings, integers (64-bit), finite numbers or booleans, e.g. '
+    '{"lang": "en", "year": 2024}'
+)
 
 
 class UploadError(Exception):
@@ -64,17 +77,28 @@ class SavedFile:
 class Upload:
     files: list[SavedFile] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    password: str | None = field(default=None, repr=False)
 
 
 async def receive(
-    content_type: str, body: AsyncIterator[bytes], target: Path, max_file_bytes: int, max_files: int
+    content_type: str,
+    body: AsyncIterator[bytes],
+    target: Path,
+    max_file_bytes: int,
+    max_files: int,
+    claim: Callable[[Path], None] | None = None,
 ) -> Upload:
-    """Parse the multipart ``body`` into ``target`` (created here; removed again on any error)."""
+    """Parse the multipart ``body`` into ``target`` (created here, then passed to ``claim``; removed again on any
+    error)."""
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise UploadError(415, "send the files as multipart/form-data (field 'files'; optional field 'metadata')")
+        raise UploadError(
+            415, "send the files as multipart/form-data (field 'files'; optional fields 'metadata', 'password')"
+        )
     target.mkdir(parents=True, exist_ok=False)
     try:
+        if claim is not None:
+            claim(target)
         return await _receive(params[b"boundary"], body, target, max_file_bytes, max_files)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
@@ -164,18 +188,82 @@ async def _receive(boundary: bytes, body: AsyncIterator[bytes], target: Path, ma
     finally:
         if state.get("fh") is not None:
             state["fh"].close()
+    # python-multipart's finalize() does not check that the body ended: a cut-off upload must not be indexed.
+    if parser.state != MultipartState.END:
+        raise UploadError(400, "malformed multipart body: it ends before its closing boundary (a cut-off upload?)")
     if not upload.files:
         raise UploadError(400, "no files in the upload; send them in the multipart field 'files'")
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise UploadError(422, f"unknown form field {unknown[0][:100]!r}; the fields are {', '.join(FIELDS)}")
     if b"" != fields.get("metadata", b""):
-        upload.metadata = _parse_metadata(fields["metadata"])
+        upload.metadata = parse_metadata(fields["metadata"])
+    if fields.get("password"):
+        try:
+            upload.password = fields["password"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadError(422, "the password field is not UTF-8 text") from None
     return upload
 
 
-def _parse_metadata(raw: bytes) -> dict[str, Any]:
+def parse_metadata(raw: bytes) -> dict[str, Any]:
+    """The upload's ``metadata`` field: a flat JSON object of strings, int64 integers, finite numbers, booleans.
+
+    Anything else is an :class:`UploadError` (422) naming the key, here, before a job exists: NaN, 1e400 or an
+    integer past 64 bits cannot be stored, and a nested value cannot be filtered on.
+
+    >>> parse_metadata(b'{"lang": "en", "year": 2024, "score": 0.5, "draft": false}')
+    {'lang': 'en', 'year': 2024, 'score': 0.5, 'draft': False}
+    >>> parse_metadata(b'{"size": 1e400}')
+    Traceback (most recent call last):
+    ...
+    api.uploads.UploadError: metadata 'size': inf is not a finite number; metadata must be ...
+    """
     try:
-        value = json.loads(raw)
+        value = json.loads(raw)  # NaN and Infinity parse as floats, refused below by key
+    except RecursionError:
+        raise UploadError(422, f"the metadata field is nested too deeply; {METADATA_HELP}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise UploadError(422, f"the metadata field is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
-        raise UploadError(422, 'the metadata field must be a JSON object, e.g. {"lang": "en"}')
+        raise UploadError(422, f"the metadata field is not valid JSON: {str(exc)[:200]}; {METADATA_HELP}") from None
+    if not isinstance(value, dict):
+        raise UploadError(422, f"the metadata field is a JSON {type(value).__name__}; {METADATA_HELP}")
+    for key, item in value.items():
+        problem = _key_problem(key) or _value_problem(item)
+        if problem is not None:
+            raise UploadError(422, f"metadata {key[:MAX_METADATA_KEY_CHARS]!r}: {problem}; {METADATA_HELP}")
     return value
+
+
+def _key_problem(key: str) -> str | None:
+    if not key.strip():
+        return "a key must not be empty"
+    if len(key) > MAX_METADATA_KEY_CHARS:
+        return f"a key may have at most {MAX_METADATA_KEY_CHARS} characters"
+    if "." in key:
+        return "a key must not contain '.' (filters name keys as metadata.<key>)"
+    if not _encodable(key):
+        return "the key is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _value_problem(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            return f"the integer {str(value)[:30]}... does not fit in 64 bits (store it as a string)"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, str):
+        return None if _encodable(value) else "the value is not valid Unicode (a lone surrogate)"
+    kind = {type(None): "null", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return f"the value is {kind}"
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,7 +1,7 @@
 """SmolVLM answer latency: time to first token and decode tokens/s at batch 1, and batch-8 tokens/s.
 
 The inputs are those of ``RAGPipeline.answer``: ``--pages`` Letter pages rendered at 150 dpi, shrunk to
-``ANSWER_IMAGE_LONGEST_EDGE``, one question, ``SmolVLMGenerator.build_inputs`` (chat template, Idefics3
+``rag.generators.prompt.PAGE_LONGEST_EDGE``, one question, ``SmolVLMGenerator.build_inputs`` (chat template, Idefics3
 tiling). Every generation is forced to exactly ``--new-tokens`` tokens (``min_new_tokens`` =
 ``max_new_tokens``), so a random-weight checkpoint that emits end-of-answer at once still decodes N tokens.
 Measured in one run, median of ``--reps``:
@@ -64,15 +64,13 @@ QUESTIONS = [
 
 def answer_pages(n: int, dpi: int = 150) -> list:
     from indexer.render import iter_file_pages
-    from rag.pipeline import ANSWER_IMAGE_LONGEST_EDGE
-    from tests.pdfs import LETTER, PageSpec, write_pdf
+    from rag.generators.prompt import fit_pages
+    from testkit.pdfs import LETTER, PageSpec, write_pdf
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_pdf(Path(tmp) / "answer.pdf", [PageSpec(*LETTER, text=f"answer page {i}") for i in range(n)])
         pages = [p.image for p in iter_file_pages(path, dpi=dpi)]
-    for img in pages:  # as RAGPipeline._prepare_answer does
-        img.thumbnail((ANSWER_IMAGE_LONGEST_EDGE, ANSWER_IMAGE_LONGEST_EDGE))
-    return pages
+    return fit_pages(pages)  # as every generator does with the pages it is given
 
 
 class TokenTimes:
@@ -125,7 +123,7 @@ def measure(args: argparse.Namespace, decode: str, pages: list, question: str, r
     from transformers import LogitsProcessorList
 
     from indexer.device import resolve_device
-    from rag.generator import SmolVLMGenerator
+    from rag.generators.smolvlm import SmolVLMGenerator
 
     if resolve_device(args.device).type == "cuda":
         from torch._dynamo.utils import counters
@@ -302,7 +300,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.new_tokens, args.reps = 16, 2
-    from rag.generator import DECODE_MODES
+    from rag.generators.smolvlm import DECODE_MODES
 
     modes = [m.strip() for m in args.decode.split(",") if m.strip()]
     if not modes or any(m not in DECODE_MODES for m in modes):

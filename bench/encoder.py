@@ -27,7 +27,7 @@ def render_pages(kind: str, n: int, dpi: int = 150) -> list:
     import tempfile
 
     from indexer.render import iter_file_pages
-    from tests.pdfs import A4, LETTER, PageSpec, write_pdf
+    from testkit.pdfs import A4, LETTER, PageSpec, write_pdf
 
     size = LETTER if kind == "letter" else A4
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """End-to-end ingest pages/s versus the encoder's own pages/s, same pages, same batch size, same run.
 
-The corpus is generated PDFs (tests/pdfs.py): ``--text-pages`` Letter text pages and ``--scan-pages``
+The corpus is generated PDFs (testkit/pdfs.py): ``--text-pages`` Letter text pages and ``--scan-pages``
 Letter scanned-style pages (a full-page 100 dpi JPEG each), cut into documents of ``--doc-pages`` pages,
 text and scanned documents interleaved. Measured, in this order, with one loaded encoder:
 
@@ -13,7 +13,7 @@ text and scanned documents interleaved. Measured, in this order, with one loaded
    corpus into a fresh EdgeStore + PageImageStore in a temporary directory, with the production
    prefetch pooling callback. pages/s = pages embedded / ``IngestReport.seconds``.
 
-The ratio (3) / (2) is the DESIGN.md target (at least 0.90). On the GPU machine, with the full-size
+The ratio (3) / (2) is the target (at least 0.90, BENCHMARKS.md). On the GPU machine, with the full-size
 random checkpoint (bench/make_checkpoints.py):
 
     python bench/make_checkpoints.py /tmp/ckpt
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def make_corpus(root: Path, text_pages: int, scan_pages: int, doc_pages: int) -> list[tuple[Path, str, int]]:
     """Write the PDFs; returns ``(path, kind, pages)`` in ingest order (text and scan documents interleaved)."""
-    from tests.pdfs import LETTER, PageSpec, write_pdf
+    from testkit.pdfs import LETTER, PageSpec, write_pdf
 
     def docs(kind: str, n: int) -> list[tuple[Path, str, int]]:
         out = []
@@ -98,7 +98,7 @@ def main() -> None:
     from indexer.store.base import page_point_id
     from indexer.store.edge import EdgeStore
     from indexer.types import PageRecord
-    from rag.pipeline import prefetch_vectors
+    from retriever.pooling import prefetch_vectors
 
     enc = ColSmolEncoder(args.model, device=args.device, batch_size=args.batch).load()
     cuda = enc.device.type == "cuda"
@@ -108,7 +108,7 @@ def main() -> None:
         if cuda
         else f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
     )
-    pool = lambda v: prefetch_vectors(v, args.prefetch_pool)  # noqa: E731 - as RAGPipeline.ingestor does
+    pool = lambda v: prefetch_vectors(v, args.prefetch_pool)  # noqa: E731 - as RAGPipeline.ingestor does (16)
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_s:
         tmp = Path(tmp_s)

@@ -13,7 +13,7 @@ PATH/images/ab/<id>.webp        the page images, byte for byte (and <id>.thumb.w
 
 A page line is ``{"id", "payload", "tokens": {"n", "dtype": "<f2", "b64"}, "pooled": {...} or
 null, "images": {"full": sha256 or null, "thumb": sha256 or null}}``. Token vectors are stored as
-little-endian float16, which is what the collection keeps (DESIGN.md decision 4), so an export of
+little-endian float16, which is what the collection keeps (see indexer/store/base.py), so an export of
 an Edge store is lossless; pooled vectors are stored as float32, as the collection keeps them.
 
 ``manifest.json`` is written last: a folder without one is an interrupted export and import
@@ -21,7 +21,9 @@ refuses it. Import checks the manifest and every file's sha256 *before* writing 
 a store that already holds points (unless ``allow_merge=True``), writes the pages and their
 images, then the document markers, so an interrupted import leaves documents incomplete, never
 complete with pages missing. Import is idempotent: point ids are kept, so running it again
-overwrites the same points.
+overwrites the same points. The collection's metadata records which export is being imported (the
+sha256 of its manifest), so running the same import again after an interruption resumes it without
+``--merge``.
 
 The export is not a snapshot: run it while nothing ingests. Markers are listed before pages are
 read, so a document ingested during the export is at worst exported as incomplete.
@@ -30,7 +32,6 @@ read, so a document ingested during the export is at worst exported as incomplet
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -46,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import ColsmolError
-from indexer.images import PageImageStore
-from indexer.store.base import DIM, POOLED_VECTOR, TOKENS_VECTOR, QdrantStoreCore, VectorStore, document_record
+from indexer.hashing import sha256_file as _sha256
+from indexer.images import SIZES, PageImageStore, Size
+from indexer.store.base import DIM, POOLED_VECTOR, TOKENS_VECTOR, VectorStore, document_record
 from indexer.types import DocumentInfo, PageRecord
 
 logger = logging.getLogger(__name__)
@@ -108,14 +110,6 @@ def _colsmol_version() -> str:
         return "unknown"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _encode(array: np.ndarray, dtype: str) -> dict[str, Any]:
     data = np.ascontiguousarray(array, dtype=dtype)
     return {"n": int(data.shape[0]), "dtype": dtype, "b64": base64.b64encode(data.tobytes()).decode("ascii")}
@@ -132,21 +126,6 @@ def _decode(blob: Any, dtype: str, where: str) -> np.ndarray:
     if len(raw) != n * DIM * np.dtype(dtype).itemsize:
         raise BackupError(f"{where}: vector data has {len(raw)} bytes, expected {n} x {DIM} {dtype}")
     return np.frombuffer(raw, dtype=dtype).reshape(n, DIM).astype(np.float32)
-
-
-def _iter_points(store: VectorStore) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | None, dict[str, Any]]]:
-    """Every page as ``(id, tokens, pooled, payload)``.
-
-    Both colsmol backends derive from :class:`QdrantStoreCore`, whose scroll returns any named
-    vectors; a bare :class:`VectorStore` only offers tokens, and its pages export without pooled.
-    """
-    if isinstance(store, QdrantStoreCore):
-        rows = store._scroll_all(store._filter(), True, [TOKENS_VECTOR, POOLED_VECTOR], batch=64)
-        for pid, vecs, payload in rows:
-            yield pid, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR), payload
-    else:
-        for pid, tokens, payload in store.iter_pages(batch_size=64, with_vectors=True):
-            yield pid, tokens, None, payload
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -168,9 +147,9 @@ def _unlink_quiet(path: str | Path) -> None:
         pass
 
 
-def _image_rel(point_id: str, size: str) -> str:
-    suffix = ".webp" if size == "full" else ".thumb.webp"
-    return f"{IMAGES_DIR}/{point_id[:2].lower()}/{point_id}{suffix}"
+def _image_rel(point_id: str, size: Size) -> str:
+    """Where a page image lies in an export: the image store's own layout under ``images/``."""
+    return f"{IMAGES_DIR}/{PageImageStore.relative_path(point_id, size)}"
 
 
 
@@ -226,7 +205,8 @@ def export_collection(
             )
 
     try:
-        for pid, tokens, pooled, payload in _iter_points(store):
+        for stored in store.iter_pages(batch_size=64, vectors=("tokens", "pooled")):
+            pid, tokens, pooled, payload = stored.point_id, stored.tokens, stored.pooled, stored.payload
             if tokens is None:
                 raise BackupError(f"page {pid} has no token vectors in collection {store.collection!r}")
             if shard_fh is None or shard_records >= pages_per_shard:
@@ -235,8 +215,8 @@ def export_collection(
                 shard_fh = open(out / shard_rel, "w", encoding="utf-8")  # closed by close_shard()
                 shard_records = 0
             hashes: dict[str, str | None] = {}
-            for size in ("full", "thumb"):
-                src = images.path(pid, size)  # type: ignore[arg-type]
+            for size in SIZES:
+                src = images.path(pid, size)
                 if src.is_file():
                     dst = out / _image_rel(pid, size)
                     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -284,9 +264,9 @@ def export_collection(
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    nbytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     summary = ExportSummary(
-        out, store.collection, pages, len(docs), n_images, pooled_pages, size, time.perf_counter() - start
+        out, store.collection, pages, len(docs), n_images, pooled_pages, nbytes, time.perf_counter() - start
     )
     logger.info("exported %s", summary)
     return summary
@@ -378,12 +358,21 @@ def import_collection(
     start = time.perf_counter()
     root = Path(in_dir)
     manifest = read_manifest(root)
+    export_id = _sha256(root / MANIFEST)  # names this export: an interrupted import of it may resume
+    previous = store.get_meta().get("import") or {}
+    same_export = previous.get("export") == export_id
     if not allow_merge and not _is_empty(store):
-        raise BackupError(
-            f"collection {store.collection!r} is not empty ({store.count_pages()} pages): import into an empty "
-            "collection (another COLSMOL_COLLECTION or data dir), or pass allow_merge=True (--merge) "
-            "to add to it"
-        )
+        if same_export and previous.get("state") == "running":
+            logger.info("resuming the interrupted import of %s into %r", root, store.collection)
+        else:
+            done = " (this export was already imported into it)" if same_export else ""
+            raise BackupError(
+                f"collection {store.collection!r} is not empty ({store.count_pages()} pages){done}: import into an "
+                "empty collection (another COLSMOL_COLLECTION or data dir), or pass allow_merge=True (--merge) "
+                "to add to it"
+            )
+    record = {"export": export_id, "path": str(root), "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    store.update_meta({"import": {**record, "state": "running"}})
     total = int(manifest["counts"]["pages"])
     pages = n_images = pooled_pages = 0
     batch: list[PageRecord] = []
@@ -397,7 +386,7 @@ def import_collection(
         # Images after their page: a page without its image is re-rendered by a re-ingest,
         # an image without its page is an orphan nobody finds.
         for pid, hashes, where in pending_images:
-            for size in ("full", "thumb"):
+            for size in SIZES:
                 want = hashes.get(size)
                 if want is None:
                     continue
@@ -406,7 +395,7 @@ def import_collection(
                     raise BackupError(f"{src} is missing from the export ({where} lists it)")
                 if _sha256(src) != want:
                     raise BackupError(f"{src} is corrupt: its sha256 does not match {where}")
-                _copy_atomic(src, images.path(pid, size))  # type: ignore[arg-type]
+                _copy_atomic(src, images.path(pid, size))
             n_images += hashes.get("full") is not None
         batch.clear()
         pending_images.clear()
@@ -450,6 +439,7 @@ def import_collection(
         docs += 1
     if progress is not None:
         progress("documents", docs, docs)
+    store.update_meta({"import": {**record, "state": "done"}})
     flush_store = getattr(store, "flush", None)
     if callable(flush_store):
         flush_store()

@@ -8,16 +8,15 @@ with left padding, padded rows can come out NaN, and they are not part of the pa
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, InvalidRequest
-from indexer.models import adapter_base, from_pretrained_kwargs, load_or_explain
+from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +36,11 @@ class ColSmolEncoder:
 
     On CUDA the model runs in bf16 with SDPA attention; elsewhere in fp32. A CUDA out-of-memory
     halves the batch and retries the same inputs.
+
+    ``preprocess="tensor"`` splits pages into tiles with torch ops on the encoder's device
+    (:mod:`indexer.preprocess`: same tiles and tokens as the reference; pixels equal on CUDA, at
+    most two 8-bit levels off elsewhere, one on real pages); ``"reference"`` runs colpali-engine's
+    PIL processor.
     """
 
     def __init__(
@@ -45,39 +49,56 @@ class ColSmolEncoder:
         device: str = "auto",
         batch_size: int = 8,
         query_batch_size: int = 32,
+        preprocess: Literal["tensor", "reference"] = "tensor",
     ) -> None:
         if batch_size < 1 or query_batch_size < 1:
             raise InvalidRequest("batch sizes must be at least 1")
+        if preprocess not in ("tensor", "reference"):
+            raise InvalidRequest(f"preprocess must be 'tensor' or 'reference', got {preprocess!r}")
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
-        self._model: Any = None
-        self._processor: Any = None
+        self.preprocess = preprocess
+        self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
+        self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
 
     # ------------------------------------------------------------------ loading
     def load(self) -> ColSmolEncoder:
-        if self._model is None:
-            self._processor = load_or_explain(self._load_processor, self.model_id, "encoder", ENV_VAR)
-            self._model = load_or_explain(self._load_model, self.model_id, "encoder", ENV_VAR)
+        self._weights.get()
         return self
 
     @property
+    def loaded(self) -> bool:
+        return self._weights.loaded
+
+    @property
     def processor(self) -> Any:
-        self.load()
-        return self._processor
+        return self._weights.get()[0]
 
     @property
     def model(self) -> Any:
-        self.load()
-        return self._model
+        return self._weights.get()[1]
 
     def _load_processor(self) -> Any:
         from colpali_engine.models import ColIdefics3Processor
 
         # The PIL backend is the reference the checkpoint was trained with (LANCZOS resampling);
         # torchvision < 0.27 would approximate it with BICUBIC.
-        return ColIdefics3Processor.from_pretrained(self.model_id, **from_pretrained_kwargs())
+        processor = ColIdefics3Processor.from_pretrained(self.model_id, **from_pretrained_kwargs())
+        self._tensor_preprocessor = self._make_tensor_preprocessor(processor)
+        return processor
+
+    def _make_tensor_preprocessor(self, processor: Any) -> Any:
+        if self.preprocess != "tensor":
+            return None
+        from indexer.preprocess import TensorPreprocessor
+
+        try:
+            return TensorPreprocessor(processor, device=self.device)
+        except ValueError as exc:  # an image processor setting the tensor path does not mirror
+            log.warning("encoder %s: %s; preprocessing with the reference processor", self.model_id, exc)
+            return None
 
     def _load_model(self) -> Any:
         from colpali_engine.models import ColIdefics3
@@ -100,17 +121,19 @@ class ColSmolEncoder:
 
     # ------------------------------------------------------------------ pages
     def tile_count(self, image: Image.Image) -> int:
-        """Number of 512 px tiles (plus the global view) Idefics3 will split ``image`` into."""
-        ip = self.processor.image_processor
-        longest = ip.size["longest_edge"]
-        tile = ip.max_image_size["longest_edge"]
-        w, h = image.size
-        s = longest / max(w, h)
-        w, h = math.ceil(w * s / tile), math.ceil(h * s / tile)
-        return w * h + 1
+        """Views Idefics3 makes of ``image``: its 512 px tiles plus the global view (1 when unsplit)."""
+        from indexer.preprocess import view_count
+
+        return view_count(image.height, image.width, self.processor.image_processor)
 
     def preprocess_pages(self, images: Sequence[Image.Image]) -> Any:
-        """Idefics3 splitting and normalization on CPU (the 0.4 s/page hot spot: run it in workers)."""
+        """Idefics3 tiling, normalization and prompt tokens of ``images`` (a ``BatchFeature``).
+
+        With ``preprocess="tensor"`` on a GPU the tensors are already on it.
+        """
+        self.load()
+        if self._tensor_preprocessor is not None:
+            return self._tensor_preprocessor(list(images))
         return self.processor.process_images(list(images))
 
     def embed_pages(
@@ -183,14 +206,17 @@ class ColSmolEncoder:
         import torch
 
         if batch == 1:
-            raise ColsmolError(f"the GPU ran out of memory on a single input ({exc}); use a smaller --dpi") from exc
+            raise ColsmolError(
+                f"the GPU ran out of memory on a single input ({exc})",
+                hints={"cli": "use a smaller --dpi", "http": "lower the server's COLSMOL_DPI"},
+            ) from exc
         torch.cuda.empty_cache()
         log.warning("CUDA out of memory at batch %d; retrying with %d", batch, batch // 2)
         return batch // 2
 
     def close(self) -> None:
-        self._model = None
-        self._processor = None
+        self._weights.clear()
+        self._tensor_preprocessor = None
         if self.device.type == "cuda":
             import torch
 

@@ -1,14 +1,64 @@
-"""The one error hierarchy raised by colsmol's core.
+"""The one error hierarchy raised by colsmol's core, and the hints each interface adds to it.
 
 Edges map it: the CLI to an exit code and one line, the API to a 4xx/503 JSON body.
-Every message names the bad value and says what to do about it.
+Every message names the bad value; what to do about it depends on where the user is (a command-line
+flag means nothing to an HTTP client), so the core keeps its message neutral and attaches the advice
+per interface as ``hints``; each edge appends its own with :func:`for_interface`:
+
+>>> exc = NotFound("no document with id 'x'", hints={"cli": "`colsmol documents` lists them"})
+>>> str(exc)
+"no document with id 'x'"
+>>> for_interface(exc, "cli"), for_interface(exc, "http")
+("no document with id 'x'; `colsmol documents` lists them", "no document with id 'x'")
+
+Texts that are not exceptions (a file's failure reason in an ingest report, an answer's text) carry
+hints the same way, as :class:`HintedText` (a ``str``, so everything else treats it as its text):
+
+>>> reason = HintedText("encrypted: needs a password", {"cli": "pass --password"})
+>>> reason == "encrypted: needs a password", for_interface(reason, "cli")
+(True, 'encrypted: needs a password; pass --password')
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal
+
+#: Where a message is shown: the command line, or an HTTP client (the API and its web page).
+Interface = Literal["cli", "http"]
+
+
+class HintedText(str):
+    """A neutral text with advice per interface in ``hints``; compares, prints and serializes as the text."""
+
+    hints: dict[str, str]
+
+    def __new__(cls, text: str, hints: Mapping[str, str] | None = None) -> HintedText:
+        self = super().__new__(cls, text)
+        self.hints = dict(hints or {})
+        return self
+
 
 class ColsmolError(Exception):
-    """Base class of every error colsmol raises on purpose."""
+    """Base class of every error colsmol raises on purpose.
+
+    ``str(exc)`` is the neutral message; ``hints`` maps an :data:`Interface` to advice phrased for it.
+    """
+
+    def __init__(self, message: str = "", *, hints: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.hints: dict[str, str] = {**getattr(message, "hints", {}), **(hints or {})}
+
+
+def for_interface(message: ColsmolError | str | None, interface: Interface) -> str:
+    """``message`` (an error or a text) with the hint for ``interface`` appended, when it has one."""
+    if message is None:
+        return ""
+    text = str(message)
+    hint = (getattr(message, "hints", None) or {}).get(interface)
+    if not hint:
+        return text
+    return f"{text.rstrip('.')}; {hint}" if not text.endswith(".") else f"{text} {hint}"
 
 
 class ConfigError(ColsmolError):
@@ -18,13 +68,15 @@ class ConfigError(ColsmolError):
 class DocumentError(ColsmolError):
     """One input file cannot be turned into pages (corrupt, encrypted, empty, unsupported...).
 
-    ``path`` names the file; the rest of a batch goes on without it.
+    ``path`` names the file; the rest of a batch goes on without it. ``reason`` may be a
+    :class:`HintedText`: its hints become the error's, and ``reason`` keeps them for reports.
     """
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str, *, hints: Mapping[str, str] | None = None) -> None:
+        merged = {**getattr(reason, "hints", {}), **(hints or {})}
+        super().__init__(f"{path}: {reason}", hints=merged)
         self.path = path
-        self.reason = reason
+        self.reason: str = HintedText(reason, merged) if merged else reason
 
 
 class ModelUnavailable(ColsmolError):
@@ -45,3 +97,14 @@ class NotFound(ColsmolError):
 
 class InvalidRequest(ColsmolError):
     """A query, question or parameter that is out of bounds."""
+
+
+class DiskFull(StoreUnavailable):
+    """The disk holding the data directory (page images, embedded Qdrant) has no room left.
+
+    What was stored before stays intact: freeing space and running the same command again finishes the job.
+    """
+
+
+class EncryptedDocument(DocumentError):
+    """A PDF that needs a user password to open (none was given, or the one given is wrong)."""

@@ -1,12 +1,13 @@
-"""Compressed page images on disk, keyed by point id (DESIGN.md decision 8).
+"""Compressed page images on disk, keyed by point id, so answering never needs the original file.
 
 Answering and display read pages from here, never from the original file, which may have moved.
 
 Layout: ``root / id[:2] / f"{id}.webp"`` (full page, WebP quality 85) and
 ``root / id[:2] / f"{id}.thumb.webp"`` (longest side 256 px). Two hex characters of a uuid give
 256 subfolders, so 1M pages make about 4,000 files per folder. Every write goes to a temporary
-file in the same folder and is renamed into place with ``os.replace``: a reader sees the old
-image or the new one, never half of one.
+file in ``root / ".tmp"`` (same file system) and is renamed into place with ``os.replace``: a reader
+sees the old image or the new one, never half of one. A writer killed mid-write leaves its temporary
+file there; :meth:`PageImageStore.remove_stale_temporaries` (run when an ingest starts) removes those.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -25,12 +27,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Size = Literal["full", "thumb"]
+SIZES: tuple[Size, ...] = ("full", "thumb")
 THUMB_SIZE = 256
 QUALITY = 85
 # libwebp effort 0 (of 6): 40 ms for a 150 dpi Letter page against 170 ms at 4, files ~30% larger.
 # Pages are saved on the ingest path for every page, so speed matters more than the last bytes.
 WEBP_METHOD = 0
 _WEBP_MAX_SIDE = 16_383  # the WebP format's limit
+TMP_DIR = ".tmp"
+STALE_TMP_S = 3600.0
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,127}$")
 
 
@@ -49,15 +54,20 @@ class PageImageStore:
         self.quality = quality
         self.thumb_size = thumb_size
 
-    def path(self, point_id: str, size: Size = "full") -> Path:
-        """Where the image of ``point_id`` lives (whether or not it exists)."""
+    @staticmethod
+    def relative_path(point_id: str, size: Size = "full") -> PurePosixPath:
+        """The image's path under the root, ``ab/<id>.webp`` (also the layout of an export's ``images/``)."""
         point_id = str(point_id)
         if not _ID.match(point_id):
             raise ValueError(f"invalid point id for a page image: {point_id!r}")
         if size not in ("full", "thumb"):
             raise ValueError(f"size must be 'full' or 'thumb', got {size!r}")
         suffix = ".webp" if size == "full" else ".thumb.webp"
-        return self.root / point_id[:2].lower() / f"{point_id}{suffix}"
+        return PurePosixPath(point_id[:2].lower(), f"{point_id}{suffix}")
+
+    def path(self, point_id: str, size: Size = "full") -> Path:
+        """Where the image of ``point_id`` lives (whether or not it exists)."""
+        return self.root / self.relative_path(point_id, size)
 
     def save(self, point_id: str, image: Image.Image) -> Path:
         """Store ``image`` (any mode; saved as RGB) and its thumbnail; return the full image's path."""
@@ -74,8 +84,13 @@ class PageImageStore:
         self._write(target, full)
         return target
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / TMP_DIR
+
     def _write(self, target: Path, image: Image.Image) -> None:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 image.save(fh, format="WEBP", quality=self.quality, method=WEBP_METHOD)
@@ -86,6 +101,27 @@ class PageImageStore:
             except FileNotFoundError:
                 pass
             raise
+
+    def remove_stale_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
+        """Delete temporary files left by killed writers; returns how many. Files younger than ``older_than_s``
+        may belong to a live writer in another process (several processes may share a data dir with the
+        Qdrant server backend), so they stay."""
+        removed = 0
+        cutoff = time.time() - older_than_s
+        try:
+            entries = list(os.scandir(self.tmp_dir))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.name.endswith(".tmp") and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            logger.info("removed %d temporary page images left by an interrupted run", removed)
+        return removed
 
     def load(self, point_id: str, size: Size = "full") -> Image.Image:
         """The stored image as an RGB PIL image. Raises ``FileNotFoundError`` if absent."""

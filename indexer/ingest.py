@@ -15,30 +15,85 @@ the next run finishes (pages already stored are not embedded again).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 
-from indexer.errors import ColsmolError, DocumentError
+from indexer.disk import full_disk, is_disk_full, require_free
+from indexer.errors import ColsmolError, DiskFull, DocumentError, InvalidRequest
+from indexer.hashing import sha256_file
 from indexer.images import PageImageStore
-from indexer.render import file_page_count, iter_file_pages, make_renderer, walk_inputs
-from indexer.store.base import VectorStore, page_point_id
+from indexer.render import display_path, file_page_count, iter_file_pages, make_renderer, walk_inputs
+from indexer.store.base import UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
 from indexer.types import DocumentInfo, PageRecord, RenderedPage
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from PIL import Image
 
-Status = str  # "indexed" | "unchanged" | "failed" | "skipped"
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+Status = Literal["indexed", "unchanged", "failed", "skipped"]
+EventKind = Literal["file", "pages", "done"]
+
+
+class PageEncoder(Protocol):
+    """What ingest needs from the page encoder (:class:`~indexer.encoder.ColSmolEncoder`).
+
+    Preprocessing (CPU work, run on a thread pool) is separate from the forward pass (run in order on
+    the ingest thread), so the two overlap. ``load`` is called before the first page (and timed apart).
+    """
+
+    batch_size: int
+
+    def load(self) -> object:
+        """Load the weights now (a no-op once loaded)."""
+        ...
+
+    def preprocess_pages(self, images: Sequence[Image.Image]) -> Any:
+        """A batch ready for :meth:`embed_preprocessed`."""
+        ...
+
+    def embed_preprocessed(self, batch: Any) -> list[np.ndarray]:
+        """One ``(n_tokens, 128)`` float32 array per page, padding removed."""
+        ...
+
+
+class WriteHooks(Protocol):
+    """Lets a search index in the same process follow ingest's writes (:class:`retriever.live_index.LiveIndex`).
+
+    ``apply`` runs ``write`` (a store write) and mirrors it: ``upserted`` pages added, ``deleted`` point ids
+    removed, ``updated`` payload fields set on every page of a document (``{doc_id: {field: value}}``).
+    """
+
+    def apply(
+        self,
+        write: Callable[[], T],
+        upserted: Sequence[PageRecord] = (),
+        deleted: Sequence[str] = (),
+        updated: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> T: ...
+
+
+class _NoHooks:
+    def apply(
+        self,
+        write: Callable[[], T],
+        upserted: Sequence[PageRecord] = (),
+        deleted: Sequence[str] = (),
+        updated: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> T:
+        return write()
 
 
 @dataclass
@@ -58,6 +113,8 @@ class IngestReport:
     pages_embedded: int = 0
     pruned: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Seconds spent loading the encoder (not part of pages/s).
+    load_seconds: float = 0.0
 
     @property
     def failed(self) -> list[FileResult]:
@@ -68,7 +125,9 @@ class IngestReport:
 
     @property
     def pages_per_second(self) -> float:
-        return self.pages_embedded / self.seconds if self.seconds > 0 else 0.0
+        """Pages embedded per second of work, model loading excluded (what the progress bar shows)."""
+        work = self.seconds - self.load_seconds
+        return self.pages_embedded / work if work > 0 and self.pages_embedded else 0.0
 
     @property
     def exit_code(self) -> int:
@@ -82,6 +141,7 @@ class IngestReport:
             "skipped": self.count("skipped"),
             "pages_embedded": self.pages_embedded,
             "seconds": round(self.seconds, 3),
+            "load_seconds": round(self.load_seconds, 3),
             "pages_per_second": round(self.pages_per_second, 2),
             "pruned": self.pruned,
             "files": [asdict(f) for f in self.files],
@@ -93,19 +153,11 @@ class ProgressEvent:
     """Fed to the ``progress`` callback: ``kind`` is "file" (a file started, ``total`` = its pages),
     "pages" (``n`` pages stored) or "done" (a file finished, ``result`` set)."""
 
-    kind: str
+    kind: EventKind
     path: str = ""
     n: int = 0
     total: int = 0
     result: FileResult | None = None
-
-
-def file_hash(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def doc_id_for(content_hash: str) -> str:
@@ -124,55 +176,82 @@ def doc_id_for(content_hash: str) -> str:
 class _Doc:
     """Book-keeping of one document in flight."""
 
-    path: Path
+    path: Path  # the file to render (resolved)
+    source: str  # how it is stored and shown: display_path(path), or upload:<name>
+    sources: list[str]  # every known path of this content once it completes, source first
     doc_id: str
     content_hash: str
     page_count: int
     metadata: dict[str, Any]
     ingested_at: str
-    stale: list[str]
+    others: list[DocumentInfo]  # other documents last seen at this path (older versions of the file)
     result: FileResult
     pending: int = 0  # pages sent to the encoder, not yet stored
     rendered_all: bool = False
     failed: bool = False
 
 
-@dataclass
-class _Item:
+@dataclass(frozen=True)
+class _Page:
+    """Render -> encode queue: one page to embed."""
+
     doc: _Doc
     page: RenderedPage
 
 
-_END = object()
+@dataclass(frozen=True)
+class _DocEnd:
+    """Render -> encode -> write queues: every page of ``doc`` was sent before this (in order)."""
+
+    doc: _Doc
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Encode -> write queue: embedded pages."""
+
+    items: list[_Page]
+    vectors: list[np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """End of a queue."""
+
+
+_STOP = _Stop()
+
+
+Progress = Callable[[ProgressEvent], None]
+RendererName = Literal["pdfium", "poppler"]
 
 
 class Ingestor:
     """Runs ingest against one store with one encoder.
 
-    ``encoder`` is anything with ``preprocess_pages(images)`` and ``embed_preprocessed(batch)`` (the
-    ``ColSmolEncoder``); it is touched only when a page really needs embedding. ``pool`` turns a page
-    multivector into the small pooled set stored for prefetch (the retriever supplies it), or None.
+    ``encoder`` is touched only when a page really needs embedding. ``pool`` turns a page multivector
+    into the small pooled set stored for prefetch (the retriever's ``prefetch_vectors``), or None.
+    ``hooks`` sees every store write (a live search index in the same process follows them).
     """
 
     def __init__(
         self,
         store: VectorStore,
-        encoder: Any,
+        encoder: PageEncoder,
         images: PageImageStore,
-        renderer: str = "pdfium",
+        renderer: RendererName = "pdfium",
         dpi: int = 150,
         password: str | None = None,
         batch_size: int = 8,
         preprocess_workers: int | None = None,
         pool: Callable[[np.ndarray], np.ndarray] | None = None,
         queue_pages: int | None = None,
-        on_upsert: Callable[[Sequence[PageRecord]], None] | None = None,
-        on_delete: Callable[[Sequence[str]], None] | None = None,
+        hooks: WriteHooks | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
         self.images = images
-        self.renderer = make_renderer(renderer)  # type: ignore[arg-type]
+        self.renderer = make_renderer(renderer)
         self.dpi = dpi
         self.password = password
         self.batch_size = batch_size
@@ -186,9 +265,10 @@ class Ingestor:
         # Bounded: at most this many rendered pages wait for the encoder.
         self.queue_pages = queue_pages or 2 * batch_size
         self._embedded = 0
-        # Let a search index in the same process follow writes without re-reading the store.
-        self.on_upsert = on_upsert
-        self.on_delete = on_delete
+        self.hooks: WriteHooks = hooks or _NoHooks()
+        self._load_seconds = 0.0
+        self._source_names: dict[Path, str] = {}
+        self._walked: set[str] = set()
 
     # ------------------------------------------------------------------ public
     def ingest(
@@ -196,47 +276,77 @@ class Ingestor:
         paths: Iterable[str | Path],
         metadata: dict[str, Any] | None = None,
         prune: bool = False,
-        progress: Callable[[ProgressEvent], None] | None = None,
+        progress: Progress | None = None,
+        source_names: Mapping[Path, str] | None = None,
     ) -> IngestReport:
+        """Index the files under ``paths``; see the module docstring.
+
+        ``source_names`` maps a file to the source stored for it instead of its path (an upload is stored as
+        ``upload:<the client's name>``, its temporary file never shown).
+        """
         started = time.perf_counter()
         report = IngestReport()
-        emit = progress or (lambda _e: None)
+        emit: Progress = progress or (lambda _e: None)
         self._embedded = 0
-        walk = walk_inputs(paths)
+        self._load_seconds = 0.0
+        self._source_names = {Path(k): v for k, v in (source_names or {}).items()}
+        paths = [Path(p) for p in paths]
+        walk = walk_inputs(paths, exclude=[self.images.root])
+        self._walked = {display_path(f.resolve()) for f in walk.files}
+        for p, reason in walk.failed:
+            report.files.append(FileResult(display_path(p), "failed", error=reason))
         for p, reason in walk.skipped:
-            report.files.append(FileResult(str(p), "skipped", error=reason))
+            report.files.append(FileResult(display_path(p), "skipped", error=reason))
+        self.images.remove_stale_temporaries()
         try:
             self._run(walk.files, dict(metadata or {}), report, emit)
+        except DiskFull:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise full_disk(self.images.root) from exc
+            raise
         finally:
             report.pages_embedded = self._embedded
+            report.load_seconds = self._load_seconds
         if prune:
             report.pruned = self.prune(paths)
         report.seconds = time.perf_counter() - started
         return report
 
     def prune(self, paths: Iterable[str | Path]) -> list[str]:
-        """Remove documents whose source file no longer exists, among those under ``paths`` (files or
-        folders); return their ids. Documents from elsewhere (another folder, an HTTP upload whose
-        temporary file is gone by design) are never touched by pruning this folder."""
-        roots = [Path(p).expanduser().resolve() for p in paths]
+        """Forget the paths under ``paths`` (files or folders) whose files are gone; remove a document only when
+        none of its paths is left. Returns the ids of removed documents. Paths elsewhere (another folder, an
+        upload) are never touched by pruning this folder."""
+        given = [Path(p) for p in paths]
+        roots = [display_path(p.expanduser().resolve()) for p in given]
+        walked = {display_path(f.resolve()) for f in walk_inputs(given).files}
+
+        def under_roots(source: str) -> bool:
+            return any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
+
         removed = []
         for doc in self.store.list_documents(include_incomplete=True):
-            source = Path(doc.source)
-            if not any(source == root or root in source.parents for root in roots):
+            mine = [s for s in doc.paths if under_roots(s)]
+            if not mine:
                 continue
-            if not source.exists():
+            keep = [s for s in doc.paths if not under_roots(s) or s in walked or os.path.exists(s)]
+            if not keep:
                 self._delete(doc.doc_id)
                 removed.append(doc.doc_id)
-                log.info("pruned %s (%s no longer exists)", doc.doc_id, doc.source)
+                log.info("pruned %s (%s no longer exists)", doc.doc_id, ", ".join(doc.paths))
+            elif keep != list(doc.paths):
+                self._set_sources(doc.doc_id, keep)
+                log.info("%s: forgot %s (gone); still at %s", doc.doc_id, set(doc.paths) - set(keep), keep)
         return removed
 
     def delete(self, doc_id: str) -> int:
         return self._delete(doc_id)
 
     # ------------------------------------------------------------------ stages
-    def _run(self, files: Sequence[Path], metadata: dict[str, Any], report: IngestReport, emit: Any) -> None:
-        pages_q: queue.Queue[Any] = queue.Queue(maxsize=self.queue_pages)
-        write_q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    def _run(self, files: Sequence[Path], metadata: dict[str, Any], report: IngestReport, emit: Progress) -> None:
+        pages_q: queue.Queue[_Page | _DocEnd | _Stop] = queue.Queue(maxsize=self.queue_pages)
+        write_q: queue.Queue[_Batch | _DocEnd | _Stop] = queue.Queue(maxsize=4)
         errors: list[BaseException] = []
         stop = threading.Event()
 
@@ -253,32 +363,31 @@ class Ingestor:
                             if stop.is_set():
                                 break
                             doc.pending += 1
-                            pages_q.put(_Item(doc, page))
+                            pages_q.put(_Page(doc, page))
                     except DocumentError as exc:
-                        self._fail(doc, exc.reason, emit)
+                        self._fail(doc, exc.reason)
                     except Exception as exc:  # noqa: BLE001 - one file must not stop the batch
                         log.exception("rendering %s failed", path)
-                        self._fail(doc, f"rendering failed: {exc}", emit)
+                        self._fail(doc, f"rendering failed: {exc}")
                     # An end marker per document travels in order with its pages.
-                    pages_q.put(("doc_end", doc))
+                    pages_q.put(_DocEnd(doc))
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
             finally:
-                pages_q.put(_END)
+                pages_q.put(_STOP)
 
         def write_stage() -> None:
             try:
-                while (job := write_q.get()) is not _END:
-                    if isinstance(job, tuple) and job[0] == "doc_end":
-                        self._finish_doc(job[1], emit)
-                        continue
-                    items, vectors = job
-                    self._write(items, vectors, emit)
+                while not isinstance(job := write_q.get(), _Stop):
+                    if isinstance(job, _DocEnd):
+                        self._finish_doc(job.doc, emit)
+                    else:
+                        self._write(job.items, job.vectors, emit)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
                 # Keep draining so the encoder thread never blocks on a full queue.
-                while write_q.get() is not _END:
+                while not isinstance(write_q.get(), _Stop):
                     pass
 
         self._image_pool = ThreadPoolExecutor(self.image_workers, thread_name_prefix="colsmol-image")
@@ -287,12 +396,12 @@ class Ingestor:
         renderer_t.start()
         writer_t.start()
         try:
-            self._encode_stage(pages_q, write_q, stop, emit)
+            self._encode_stage(pages_q, write_q, stop)
         except BaseException:
             stop.set()
             raise
         finally:
-            write_q.put(_END)
+            write_q.put(_STOP)
             # Unblock the renderer if it is waiting on a full queue.
             while renderer_t.is_alive():
                 try:
@@ -306,11 +415,14 @@ class Ingestor:
             raise errors[0]
 
     def _encode_stage(
-        self, pages_q: queue.Queue[Any], write_q: queue.Queue[Any], stop: threading.Event, emit: Any
+        self,
+        pages_q: queue.Queue[_Page | _DocEnd | _Stop],
+        write_q: queue.Queue[_Batch | _DocEnd | _Stop],
+        stop: threading.Event,
     ) -> None:
         """Batch pages, preprocess batches on a thread pool, embed in order on this thread."""
-        in_flight: list[tuple[list[_Item], Future[Any]]] = []
-        batch: list[_Item] = []
+        in_flight: list[tuple[list[_Page], Future[Any]]] = []
+        batch: list[_Page] = []
         with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colsmol-preprocess") as pool:
 
             def submit() -> None:
@@ -324,17 +436,19 @@ class Ingestor:
                 while len(in_flight) > keep:
                     items, fut = in_flight.pop(0)
                     vectors = self.encoder.embed_preprocessed(fut.result())
-                    write_q.put((items, vectors))
+                    write_q.put(_Batch(items, vectors))
 
             while True:
                 item = pages_q.get()
-                if item is _END or stop.is_set():
+                if isinstance(item, _Stop) or stop.is_set():
                     break
-                if isinstance(item, tuple):  # a document ended: flush its pages first, in order
+                if isinstance(item, _DocEnd):  # a document ended: flush its pages first, in order
                     submit()
                     drain(0)
                     write_q.put(item)
                     continue
+                if not in_flight and not batch:
+                    self._load_encoder()  # before the first page: its time is not embedding time
                 batch.append(item)
                 if len(batch) >= self.batch_size:
                     submit()
@@ -343,7 +457,13 @@ class Ingestor:
                 submit()
                 drain(0)
 
-    def _write(self, items: list[_Item], vectors: list[np.ndarray], emit: Any) -> None:
+    def _load_encoder(self) -> None:
+        t = time.perf_counter()
+        self.encoder.load()
+        self._load_seconds += time.perf_counter() - t
+
+    def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
+        require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
         saves = (
             [self._image_pool.submit(self.images.save, pid, it.page.image) for pid, it in zip(pids, items, strict=True)]
@@ -359,8 +479,8 @@ class Ingestor:
             payload = {
                 "kind": "page",
                 "doc_id": d.doc_id,
-                "source": str(d.path),
-                "file_name": d.path.name,
+                "source": d.sources[0],
+                "file_name": source_file_name(d.sources[0]),
                 "page_number": page.page_number,
                 "page_count": d.page_count,
                 "width": page.width,
@@ -373,9 +493,7 @@ class Ingestor:
             records.append(PageRecord(pid, vec, payload, pooled))
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one
-        self.store.upsert_pages(records)
-        if self.on_upsert is not None:
-            self.on_upsert(records)
+        self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
         self._embedded += len(items)
         for it in items:
             it.doc.pending -= 1
@@ -383,46 +501,90 @@ class Ingestor:
         emit(ProgressEvent("pages", n=len(items)))
 
     # ------------------------------------------------------------------ documents
-    def _open_doc(self, path: Path, metadata: dict[str, Any], report: IngestReport, emit: Any) -> _Doc | None:
-        result = FileResult(str(path), "indexed")
+    def _source_of(self, path: Path) -> str:
+        named = self._source_names.get(path)
+        return named if named is not None else display_path(path.resolve())
+
+    def _still_there(self, source: str) -> bool:
+        """Whether a stored source still exists: an upload always does; a path if this run found it or it exists."""
+        return source.startswith(UPLOAD_PREFIX) or source in self._walked or os.path.exists(source)
+
+    def _open_doc(self, path: Path, metadata: dict[str, Any], report: IngestReport, emit: Progress) -> _Doc | None:
+        source = self._source_of(path)
+        result = FileResult(source if source.startswith(UPLOAD_PREFIX) else display_path(path), "indexed")
         report.files.append(result)
+
+        def fail(reason: str) -> None:
+            result.status, result.error = "failed", reason
+            emit(ProgressEvent("done", result.path, result=result))
+
         try:
             if path.stat().st_size == 0:
                 raise DocumentError(str(path), "empty file")
-            content_hash = file_hash(path)
+            content_hash = sha256_file(path)
             doc_id = doc_id_for(content_hash)
             result.doc_id = doc_id
-            source = str(path.resolve())
             existing = self.store.get_document(doc_id)
-            same_source = [d for d in self.store.find_by_source(source) if d.doc_id != doc_id]
+            # Other documents last seen at this path: older versions of this file (never for uploads, whose
+            # names are only names).
+            others = (
+                []
+                if source.startswith(UPLOAD_PREFIX)
+                else [d for d in self.store.find_by_source(source) if d.doc_id != doc_id]
+            )
+            known = [s for s in (existing.paths if existing is not None else ()) if s != source]
+            sources = [s for s in known if self._still_there(s)] + [source]
             if existing is not None and existing.complete:
                 result.status = "unchanged"
                 result.pages = existing.page_count
+                if sources != list(existing.paths):  # renamed, copied, or a copy is gone
+                    self._set_sources(doc_id, sources)
                 # An older version at this path can still be here if the last run died before cleanup.
-                for stale in same_source:
-                    self._delete(stale.doc_id)
-                emit(ProgressEvent("done", str(path), result=result))
+                self._forget_path(others, source)
+                emit(ProgressEvent("done", result.path, result=result))
                 return None
             page_count = file_page_count(path, self.renderer, self.password)
         except DocumentError as exc:
-            result.status, result.error = "failed", exc.reason
-            emit(ProgressEvent("done", str(path), result=result))
+            fail(exc.reason)
             return None
         except OSError as exc:
-            result.status, result.error = "failed", f"unreadable: {exc.strerror or exc}"
-            emit(ProgressEvent("done", str(path), result=result))
+            if is_disk_full(exc):
+                raise
+            fail(f"unreadable: {exc.strerror or exc}")
             return None
-        emit(ProgressEvent("file", str(path), total=page_count))
+        except ColsmolError:
+            raise  # the store or the encoder, not this file
+        except Exception as exc:  # noqa: BLE001 - any decoder error is this file's failure, never the batch's
+            log.warning("%s: %s: %s", result.path, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            fail(f"cannot be read ({type(exc).__name__}: {exc})")
+            return None
+        emit(ProgressEvent("file", result.path, total=page_count))
         return _Doc(
-            path=Path(source),
+            path=path.resolve(),
+            source=source,
+            sources=sources,
             doc_id=doc_id,
             content_hash=content_hash,
             page_count=page_count,
             metadata=metadata,
             ingested_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            stale=[d.doc_id for d in same_source],
+            others=others,
             result=result,
         )
+
+    def _set_sources(self, doc_id: str, sources: list[str]) -> None:
+        shown = {"source": sources[0], "file_name": source_file_name(sources[0])}
+        self.hooks.apply(lambda: self.store.set_document_sources(doc_id, sources), updated={doc_id: shown})
+
+    def _forget_path(self, others: list[DocumentInfo], source: str) -> None:
+        """``source`` now holds other content: drop it from the documents last seen there; remove a document
+        that has no other path left (the file was edited in place)."""
+        for doc in others:
+            rest = [s for s in doc.paths if s != source and self._still_there(s)]
+            if rest:
+                self._set_sources(doc.doc_id, rest)
+            else:
+                self._delete(doc.doc_id)
 
     def _pages_to_embed(self, doc: _Doc) -> Iterable[RenderedPage]:
         """The document's pages, minus those a crashed earlier run already stored."""
@@ -434,12 +596,12 @@ class Ingestor:
                 if self.images.exists(pid):
                     done.add(int(pl["page_number"]))
             doc.result.pages += len(done)
-            log.info("%s: resuming, %d of %d pages already stored", doc.path, len(done), doc.page_count)
+            log.info("%s: resuming, %d of %d pages already stored", doc.source, len(done), doc.page_count)
         for page in iter_file_pages(doc.path, self.renderer, self.dpi, self.password):
             if page.page_number not in done:
                 yield page
 
-    def _finish_doc(self, doc: _Doc, emit: Any) -> None:
+    def _finish_doc(self, doc: _Doc, emit: Progress) -> None:
         if doc.failed:
             # Rendering failures are deterministic (a corrupt page stays corrupt): drop the partial pages.
             self._delete(doc.doc_id)
@@ -450,34 +612,33 @@ class Ingestor:
                 doc.result.status = "failed"
                 doc.result.error = f"only {stored} of {doc.page_count} pages could be stored"
             else:
-                source = str(doc.path)
-                self.store.mark_document_complete(
-                    DocumentInfo(
-                        doc_id=doc.doc_id,
-                        source=source,
-                        file_name=doc.path.name,
-                        page_count=doc.page_count,
-                        pages_stored=stored,
-                        content_hash=doc.content_hash,
-                        ingested_at=doc.ingested_at,
-                        complete=True,
-                        metadata=doc.metadata,
-                    )
+                primary = doc.sources[0]
+                info = DocumentInfo(
+                    doc_id=doc.doc_id,
+                    source=primary,
+                    file_name=source_file_name(primary),
+                    page_count=doc.page_count,
+                    pages_stored=stored,
+                    content_hash=doc.content_hash,
+                    ingested_at=doc.ingested_at,
+                    complete=True,
+                    metadata=doc.metadata,
+                    sources=tuple(doc.sources),
                 )
-                for stale in doc.stale:
-                    self._delete(stale)
-        emit(ProgressEvent("done", str(doc.path), result=doc.result))
+                self.hooks.apply(lambda: self.store.mark_document_complete(info))
+                if primary != doc.source:  # resumed: pages written by an earlier run may name another path
+                    self._set_sources(doc.doc_id, doc.sources)
+                self._forget_path(doc.others, doc.source)
+        emit(ProgressEvent("done", doc.result.path, result=doc.result))
 
-    def _fail(self, doc: _Doc, reason: str, emit: Any) -> None:
+    def _fail(self, doc: _Doc, reason: str) -> None:
         doc.failed = True
         doc.result.status = "failed"
         doc.result.error = reason
 
     def _delete(self, doc_id: str) -> int:
         pids = self.store.page_ids(doc_id)
-        n = self.store.delete_document(doc_id)
-        if self.on_delete is not None:
-            self.on_delete(pids)
+        n = self.hooks.apply(lambda: self.store.delete_document(doc_id), deleted=pids)
         self.images.delete(pids)
         return n
 
@@ -492,6 +653,6 @@ def parse_metadata(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ColsmolError(f"metadata {pair!r} is not key=value")
+            raise InvalidRequest(f"metadata {pair!r} is not key=value (e.g. -m lang=en)")
         out[key.strip()] = value
     return out

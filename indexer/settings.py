@@ -6,13 +6,40 @@ Core classes take explicit constructor arguments instead.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DeviceName = Literal["auto", "cuda", "cpu", "mps"]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(origin: str) -> str:
+    """A web origin as browsers send it in ``Origin``: ``scheme://host[:port]``, lower-cased, without its
+    default port; ValueError for anything else.
+
+    >>> normalize_origin("HTTPS://Example.COM:443/"), normalize_origin("http://127.0.0.1:8080")
+    ('https://example.com', 'http://127.0.0.1:8080')
+    """
+    bad = ValueError(f"{origin!r} is not an origin: use scheme://host[:port], e.g. https://intranet.example.com")
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
+        raise bad
+    if parts.query or parts.fragment or parts.username is not None or parts.password is not None:
+        raise bad
+    host = parts.hostname.lower()
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    keep_port = port is not None and port != _DEFAULT_PORTS[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if keep_port else "")
 
 
 class Settings(BaseSettings):
@@ -29,11 +56,34 @@ class Settings(BaseSettings):
     qdrant_api_key: str | None = Field(None, description="API key for the Qdrant server.")
     collection: str = Field("colsmol", description="Qdrant collection name.")
     encoder_model: str = Field("vidore/colSmol-256M", description="Hub id or local dir of the ColSmolVLM encoder.")
+    generator_backend: Literal["smolvlm", "openai"] = Field(
+        "smolvlm",
+        description="Answer model backend: smolvlm (SmolVLM in process through transformers) or openai (any "
+        "OpenAI-compatible vision-language server: vLLM, llama-server, Ollama, TGI; see generator_url).",
+    )
     generator_model: str = Field(
         "HuggingFaceTB/SmolVLM-256M-Instruct", description="Hub id or local dir of the SmolVLM generator."
     )
+    generator_url: str | None = Field(
+        None, description="openai backend: the server's API base, e.g. http://127.0.0.1:8080/v1 (/v1 added if no path)."
+    )
+    generator_api_key: str | None = Field(None, description="openai backend: the server's API key, if it has one.")
+    generator_model_name: str | None = Field(
+        None, description="openai backend: the served model's name; unset takes the server's only model."
+    )
+    generator_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="openai backend: connect + per-read timeout of one request, in seconds."
+    )
+    generator_max_retries: int = Field(
+        2, ge=0, le=10, description="openai backend: retries (with backoff) on connection errors, 429 and 5xx."
+    )
     device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu.")
     page_batch_size: int = Field(8, ge=1, description="Pages per encoder forward pass.")
+    preprocess: Literal["tensor", "reference"] = Field(
+        "tensor",
+        description="Page tiling: torch ops on the encoder's device (same tiles and tokens as the reference, "
+        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), or colpali-engine's PIL processor.",
+    )
     query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
     dpi: int = Field(150, ge=36, le=600, description="Rendering resolution for PDF pages.")
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
@@ -45,6 +95,12 @@ class Settings(BaseSettings):
         "then exact rerank (for corpora larger than the device's memory).",
     )
     prefetch_candidates: int = Field(200, ge=1, le=10_000, description="Candidates per query in two-stage mode.")
+    index_sync_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="How often searches check the store for writes by other processes (server backend); 0: always.",
+    )
     generator_decode: Literal["auto", "eager", "static"] = Field(
         "auto",
         description="SmolVLM decoding: eager generate, or a static KV cache compiled into CUDA graphs on CUDA; "
@@ -67,11 +123,25 @@ class Settings(BaseSettings):
         3.0, ge=0, le=1000, description="How long the API waits to gather concurrent searches into one batch."
     )
     search_max_batch: int = Field(64, ge=1, description="Most queries the API scores in one batch.")
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (scheme://host[:port], comma-separated) whose pages may upload and delete through "
+        "the API besides its own page; other cross-origin browser requests to those routes get 403.",
+    )
+    answer_queue: int = Field(
+        4, ge=0, le=1000, description="Answers that may wait for the generator besides the one running; more get 503."
+    )
+    explain_queue: int = Field(
+        2, ge=0, le=1000, description="Heatmaps that may wait besides the one being computed; more get 503."
+    )
 
     @field_validator(
         "qdrant_url",
         "qdrant_api_key",
         "api_key",
+        "generator_url",
+        "generator_api_key",
+        "generator_model_name",
         "qdrant_shard_number",
         "qdrant_replication_factor",
         "qdrant_write_consistency_factor",
@@ -81,6 +151,17 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `COLSMOL_QDRANT_URL=` in a compose file or shell means "not set", not "connect to ''".
         return None if value == "" else value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        # COLSMOL_ALLOWED_ORIGINS="https://a.example, https://b.example" (a JSON list works too).
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p.strip()]
+        if isinstance(value, list | tuple):
+            return [normalize_origin(str(v)) for v in value]
+        return value
 
     @property
     def qdrant_path(self) -> Path:

@@ -42,7 +42,12 @@ class PageRecord:
 
 @dataclass(frozen=True)
 class DocumentInfo:
-    """One indexed document as listed by ``colsmol documents``."""
+    """One indexed document as listed by ``colsmol documents``.
+
+    A document is its content (``doc_id`` comes from the file's hash), so identical copies are one document:
+    ``sources`` lists every path it was last seen at (``source``, the first, is the one shown; an upload's is
+    ``upload:<its name>``), and ``file_name`` is the last part of ``source``.
+    """
 
     doc_id: str
     source: str
@@ -53,3 +58,9 @@ class DocumentInfo:
     ingested_at: str
     complete: bool
     metadata: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every known source, ``source`` first (older records have only ``source``)."""
+        return self.sources or (self.source,)

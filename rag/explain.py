@@ -129,7 +129,8 @@ def colormap(x: np.ndarray) -> np.ndarray:
     lo = np.floor(x).astype(np.int64)
     hi = np.minimum(lo + 1, len(_VIRIDIS) - 1)
     frac = (x - lo)[..., None].astype(np.float32)
-    return _VIRIDIS[lo] * (1.0 - frac) + _VIRIDIS[hi] * frac
+    out: np.ndarray = _VIRIDIS[lo] * (1.0 - frac) + _VIRIDIS[hi] * frac
+    return out
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def grid_similarities(sims: np.ndarray, layout: ImageTokenLayout, combine: Combi
     up = np.repeat(np.repeat(glob, layout.rows, axis=1), layout.cols, axis=2)
     if combine == "global":
         return up
-    return np.maximum(grid, up)
+    combined: np.ndarray = np.maximum(grid, up)
+    return combined
 
 
 def upsample_nearest(grid: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -226,7 +226,7 @@ _TRITON: dict[str, Any] = {}
 def triton_available() -> bool:
     """True when CUDA is available and Triton imports (the fused kernel can run)."""
     if "ok" in _TRITON:
-        return _TRITON["ok"]
+        return bool(_TRITON["ok"])
     ok = False
     if torch.cuda.is_available():
         try:
@@ -238,12 +238,12 @@ def triton_available() -> bool:
     return ok
 
 
-def _build_triton_kernel():
+def _build_triton_kernel() -> Any:
     import triton
     import triton.language as tl
 
     @triton.jit
-    def _maxsim_kernel(
+    def _maxsim_kernel(  # type: ignore[no-untyped-def]  # parameters are typed by triton.jit, not Python
         q_ptr,  # (Q, NQ, D) fp16, zero padded
         qmask_ptr,  # (Q, NQ) fp32, 1.0 for real tokens
         t_ptr,  # (T, D) fp16 or int8
@@ -464,7 +464,6 @@ def topk(
     if allowed is not None:
         allowed = allowed.to(scores.device)
         scores = scores.masked_fill(~allowed if allowed.ndim == 2 else ~allowed[None, :], _NEG_INF)
-    vals, idx = torch.topk(scores, kk, dim=1)
-    vals = vals.float().cpu().numpy()
-    idx = idx.cpu().numpy()
-    return vals, idx, np.isfinite(vals)
+    top_vals, top_idx = torch.topk(scores, kk, dim=1)
+    vals = top_vals.float().cpu().numpy()
+    return vals, top_idx.cpu().numpy(), np.isfinite(vals)

@@ -1,25 +1,34 @@
-"""Query -> ranked pages.
+"""Query -> ranked pages, by one of two strategies chosen once, when the pipeline is built.
 
-:class:`Searcher`: exhaustive MaxSim over the resident :class:`~retriever.token_index.TokenIndex`, with filters
-applied as a page mask *before* top-k (so a filter returns ``k`` hits whenever ``k`` pages match).
+:class:`ExactSearcher`: exhaustive MaxSim over the resident token index (a :class:`~retriever.live_index.LiveIndex`),
+with filters applied as a page mask *before* top-k (so a filter returns ``k`` hits whenever ``k`` pages match).
 
 :class:`TwoStageSearcher`: for corpora over the memory budget. Qdrant prefetches ``candidates`` pages per query on
-the pooled vectors (``store.prefetch``), then the candidates are reranked by exact MaxSim on the device, with their
-full vectors taken from the index when resident, else from ``store.get_vectors`` when the store offers it.
+the pooled vectors (``store.prefetch``), then the candidates are reranked by exact MaxSim on the device with their
+full vectors from ``store.get_vectors``. Nothing is resident.
+
+Both take encoded queries (``search_vectors``) or texts with a query encoder (``search`` / ``search_batch``), and a
+:class:`~indexer.filters.Filter` with the same keys and meaning in both.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from indexer.device import resolve_device
+from indexer.filters import Filter
+from indexer.store.base import VectorStore
+from retriever.live_index import LiveIndex
+
 logger = logging.getLogger(__name__)
 
-EncodeQueries = Callable[[list[str]], list[np.ndarray]]
+EncodeQueries = Callable[[Sequence[str]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +43,7 @@ class Hit:
     score: float
 
 
-def _hit(point_id: str, score: float, bits: dict[str, Any]) -> Hit:
+def _hit(point_id: str, score: float, bits: Mapping[str, Any]) -> Hit:
     return Hit(
         point_id=point_id,
         doc_id=bits.get("doc_id"),
@@ -45,104 +54,83 @@ def _hit(point_id: str, score: float, bits: dict[str, Any]) -> Hit:
     )
 
 
-def _as_query_list(query_vectors: Any) -> tuple[list[np.ndarray], bool]:
-    """``(n_q, dim)`` -> ([it], single=True); a list / ``(Q, n_q, dim)`` -> (list, single=False)."""
-    if isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2:
-        return [query_vectors], True
-    if hasattr(query_vectors, "ndim") and not isinstance(query_vectors, np.ndarray) and query_vectors.ndim == 2:
-        return [np.asarray(query_vectors.detach().cpu().float())], True
-    return [np.asarray(q, dtype=np.float32) if isinstance(q, np.ndarray) else q for q in query_vectors], False
+class Searcher(ABC):
+    """Texts -> hits through ``encode_queries(texts) -> [(n_q, dim) float32]``; subclasses rank encoded queries."""
 
-
-class Searcher:
-    """Exact MaxSim search over a resident token index.
-
-    ``encode_queries(texts) -> [ (n_q, dim) float32 ]`` is the query encoder (ColSmolVLM in production).
-    """
-
-    def __init__(self, store: Any, index: Any, encode_queries: EncodeQueries | None = None) -> None:
-        self.store = store
-        self.index = index
+    def __init__(self, encode_queries: EncodeQueries | None = None) -> None:
         self.encode_queries = encode_queries
 
-    def _encode(self, query: str | list[str]) -> tuple[list[np.ndarray], bool]:
-        if self.encode_queries is None:
-            raise ValueError("this Searcher has no query encoder; use search_vectors")
-        single = isinstance(query, str)
-        texts = [query] if single else list(query)
-        return list(self.encode_queries(texts)), single
+    def search(self, query: str, k: int = 10, filter: Filter | None = None) -> list[Hit]:
+        """Top-``k`` hits for one query, best first."""
+        return self.search_batch([query], k=k, filter=filter)[0]
 
-    def search(
-        self, query: str | list[str], k: int = 10, filter: dict[str, Any] | None = None
-    ) -> list[Hit] | list[list[Hit]]:
-        """Top-``k`` hits for one query (a list of hits) or several (a list of lists)."""
-        vecs, single = self._encode(query)
-        res = self.search_vectors(vecs, k=k, filter=filter)
-        return res[0] if single else res
+    def search_batch(self, queries: Sequence[str], k: int = 10, filter: Filter | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits for each query (one encoder pass, one scoring pass)."""
+        if self.encode_queries is None:
+            raise ValueError("this searcher has no query encoder; use search_vectors")
+        return self.search_vectors(self.encode_queries(list(queries)), k=k, filter=filter)
+
+    @abstractmethod
+    def search_vectors(
+        self, queries: Sequence[np.ndarray], k: int = 10, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits for each encoded query ``(n_q, dim)``."""
+
+
+class ExactSearcher(Searcher):
+    """Exact MaxSim over every page of the live token index."""
+
+    def __init__(self, live: LiveIndex, encode_queries: EncodeQueries | None = None) -> None:
+        super().__init__(encode_queries)
+        self.live = live
 
     def search_vectors(
-        self, query_vectors: np.ndarray | Sequence[np.ndarray], k: int = 10, filter: dict[str, Any] | None = None
-    ) -> list[Hit] | list[list[Hit]]:
-        """As :meth:`search` with encoded queries: one ``(n_q, dim)`` array or a list of them."""
-        qs, single = _as_query_list(query_vectors)
-        ranked = self.index.score(qs, k=k, where=filter)
-        hits = [[_hit(r.point_id, r.score, r.bits) for r in row] for row in ranked]
-        return hits[0] if single else hits
+        self, queries: Sequence[np.ndarray], k: int = 10, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        index = self.live.get()
+        if not len(index):
+            return [[] for _ in queries]
+        ranked = index.score(list(queries), k=k, where=filter or None)
+        return [[_hit(r.point_id, r.score, r.bits) for r in row] for row in ranked]
 
 
 class TwoStageSearcher(Searcher):
-    """Qdrant prefetch on pooled vectors, then exact MaxSim rerank of the candidates on the device.
-
-    ``index`` may be ``None`` or hold only part of the corpus; candidates not resident are fetched with
-    ``store.get_vectors(ids) -> {id: (n_tokens, dim)}``.
-    """
+    """Qdrant prefetch on pooled vectors, then exact MaxSim rerank of the candidates on the device."""
 
     def __init__(
         self,
-        store: Any,
-        index: Any = None,
+        store: VectorStore,
         encode_queries: EncodeQueries | None = None,
         candidates: int = 200,
         device: str = "auto",
     ) -> None:
-        super().__init__(store, index, encode_queries)
+        super().__init__(encode_queries)
+        self.store = store
         self.candidates = int(candidates)
-        from retriever.token_index import _resolve_device
-
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
 
     def search_vectors(
-        self, query_vectors: np.ndarray | Sequence[np.ndarray], k: int = 10, filter: dict[str, Any] | None = None
-    ) -> list[Hit] | list[list[Hit]]:
+        self, queries: Sequence[np.ndarray], k: int = 10, filter: Filter | None = None
+    ) -> list[list[Hit]]:
         import torch
 
         from retriever.maxsim import maxsim, pack, pad_queries, topk
 
-        qs, single = _as_query_list(query_vectors)
         out: list[list[Hit]] = []
-        for q in qs:
-            qn = np.asarray(q.detach().cpu() if hasattr(q, "detach") else q, dtype=np.float32)
+        for q in queries:
+            qn = np.asarray(q, dtype=np.float32)
             cands = [pid for pid, _ in self.store.prefetch(qn, limit=max(self.candidates, k), doc_filter=filter)]
-            if not cands:
+            vecs = self.store.get_vectors(cands) if cands else {}
+            ids = [c for c in cands if c in vecs]
+            if not ids:
                 out.append([])
                 continue
-            vecs: dict[str, Any] = self.index.get_vectors(cands) if self.index is not None else {}
-            missing = [c for c in cands if c not in vecs]
-            if missing:
-                getter = getattr(self.store, "get_vectors", None)
-                if getter is None:
-                    raise RuntimeError(
-                        f"{len(missing)} prefetch candidates are not in the token index and the store has no "
-                        "get_vectors(ids); build the index from the store or use a store that can fetch vectors"
-                    )
-                vecs.update(getter(missing))
-            ids = [c for c in cands if c in vecs]
-            tokens, offsets = pack([torch.as_tensor(vecs[c]).float() for c in ids])
+            tokens, offsets = pack([torch.from_numpy(vecs[c]) for c in ids])
             tokens = tokens.to(self.device, torch.float16 if self.device.type == "cuda" else torch.float32)
-            qt, qm = pad_queries(qn, device=self.device)
+            qt, qm = pad_queries([qn], device=self.device)
             scores = maxsim(qt, tokens, offsets.to(self.device), qm)
             vals, idx, valid = topk(scores, k)
-            payloads = self._bits(ids)
+            payloads = self.store.get_payloads([ids[r] for r, ok in zip(idx[0], valid[0], strict=True) if ok])
             out.append(
                 [
                     _hit(ids[r], float(s), payloads.get(ids[r], {}))
@@ -150,16 +138,4 @@ class TwoStageSearcher(Searcher):
                     if ok
                 ]
             )
-        return out[0] if single else out
-
-    def _bits(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        bits: dict[str, dict[str, Any]] = {}
-        if self.index is not None:
-            for pid in ids:
-                b = self.index.payload_bits(pid)
-                if b is not None:
-                    bits[pid] = b
-        missing = [pid for pid in ids if pid not in bits]
-        if missing:
-            bits.update(self.store.get_payloads(missing))
-        return bits
+        return out

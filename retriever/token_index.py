@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from indexer.device import resolve_device
+from indexer.filters import Filter
+from indexer.store.base import TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk
 from retriever.pooling import pool_tokens
 
@@ -30,13 +33,12 @@ logger = logging.getLogger(__name__)
 PAGE_FIELDS = ("doc_id", "source", "file_name", "page_number")
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def _content(payload: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What identifies a page's vectors: the same content hash and ingest time mean the same tokens."""
+    return payload.get("content_hash"), payload.get("ingested_at")
 
 
-def page_bits(payload: dict[str, Any]) -> dict[str, Any]:
+def page_bits(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The payload fields kept in host memory for filters and hits."""
     bits = {f: payload.get(f) for f in PAGE_FIELDS}
     bits["metadata"] = dict(payload.get("metadata") or {})
@@ -45,37 +47,9 @@ def page_bits(payload: dict[str, Any]) -> dict[str, Any]:
     return bits
 
 
-def _field_value(bits: dict[str, Any], key: str) -> Any:
-    if key.startswith("metadata."):
-        return bits["metadata"].get(key[len("metadata.") :])
-    return bits.get(key)
-
-
-def filter_mask(bits: Sequence[dict[str, Any]], flt: dict[str, Any] | None) -> np.ndarray:
-    """Bool ``(P,)``: pages whose bits match every clause of ``flt``.
-
-    Keys: ``doc_id``, ``source``, ``file_name``, ``page_number`` or ``metadata.<key>``. A list/tuple/set value
-    means membership, a scalar means equality. ``None``/``{}`` matches everything.
-    """
-    n = len(bits)
-    mask = np.ones(n, dtype=bool)
-    if not flt:
-        return mask
-    for key, want in flt.items():
-        if not (key in PAGE_FIELDS or key.startswith("metadata.")):
-            raise ValueError(f"filter: unknown field {key!r}; use one of {PAGE_FIELDS} or 'metadata.<key>'")
-        if isinstance(want, (list, tuple, set, frozenset)):
-            allowed = set(want)
-            col = np.fromiter((_field_value(b, key) in allowed for b in bits), dtype=bool, count=n)
-        else:
-            col = np.fromiter((_field_value(b, key) == want for b in bits), dtype=bool, count=n)
-        mask &= col
-    return mask
-
-
 @dataclass(frozen=True)
 class ScoredPage:
-    """One ranked page: ``row`` is only meaningful within the snapshot that produced it."""
+    """One ranked page with the payload bits the index keeps for it."""
 
     point_id: str
     score: float
@@ -111,7 +85,7 @@ class TokenIndex:
     ) -> None:
         if dtype not in ("fp16", "int8"):
             raise ValueError(f"TokenIndex dtype must be 'fp16' or 'int8', got {dtype!r}")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(str(device))
         self.dtype = dtype
         self.pool_factor = int(pool_factor)
         self.compact_ratio = compact_ratio
@@ -136,7 +110,7 @@ class TokenIndex:
         self._row_of: dict[str, int] = {}
         self._dead_tokens = 0
         self._offsets_cache: torch.Tensor | None = None
-        self._mask_cache: dict[str, tuple[list, np.ndarray]] = {}
+        self._mask_cache: dict[Filter, tuple[list[dict[str, Any]], np.ndarray]] = {}
 
     def _ensure_capacity(self, extra: int) -> None:
         need = self._n_tokens + extra
@@ -173,7 +147,7 @@ class TokenIndex:
         block = torch.from_numpy(np.concatenate(vectors, 0) if len(vectors) > 1 else vectors[0])
         block = block.to(self.device, non_blocking=True)
         s0 = self._n_tokens
-        if self.dtype == "int8":
+        if self._scales is not None:  # int8
             q, sc = quantize_int8(block)
             self._tokens[s0 : s0 + total] = q
             self._scales[s0 : s0 + total] = sc
@@ -270,6 +244,18 @@ class TokenIndex:
             row = self._row_of.get(point_id)
             return None if row is None else self._bits[row]
 
+    def update_bits(self, doc_id: str, fields: Mapping[str, Any]) -> int:
+        """Set payload ``fields`` (``source``, ``file_name``, ...) on every resident page of ``doc_id``; returns how
+        many pages. Filters are re-evaluated afterwards (cached masks are dropped)."""
+        keep = {k: v for k, v in fields.items() if k in PAGE_FIELDS or k == "metadata"}
+        with self._lock:
+            rows = [r for pid, r in self._row_of.items() if self._bits[r].get("doc_id") == doc_id]
+            for r in rows:
+                self._bits[r] = {**self._bits[r], **keep}
+            if rows:
+                self._mask_cache.clear()
+            return len(rows)
+
     def get_vectors(self, point_ids: Sequence[str]) -> dict[str, torch.Tensor]:
         """Resident vectors ``(n_tokens, dim)`` (fp16, or dequantized fp32 for int8) of the ids present."""
         with self._lock:
@@ -308,44 +294,49 @@ class TokenIndex:
                 self._maybe_compact()
             return n
 
-    def build(self, store: Any, batch_size: int = 256, chunk_pages: int = 4096) -> float:
-        """Replace the contents with every page of ``store`` (``store.iter_pages``); returns pages/s.
+    def build(
+        self,
+        store: VectorStore,
+        batch_size: int = 256,
+        chunk_pages: int = 4096,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> float:
+        """Replace the contents with every page of ``store``; returns pages/s.
 
         Pages are gathered on the host in chunks of ``chunk_pages`` and appended with one copy per chunk; the device
-        buffer is pre-sized from ``store.count_pages()`` when the store offers it.
+        buffer is pre-sized from ``store.count_pages()``. ``progress(done, total)`` is called after every chunk.
         """
         t0 = time.perf_counter()
-        version = store.version() if hasattr(store, "version") else None
-        est = None
-        try:
-            est = int(store.count_pages()) * 1100
-        except Exception:  # noqa: BLE001 - sizing hint only
-            est = None
-        if self.pool_factor > 1 and est:
+        version = store.version()
+        total = int(store.count_pages())
+        est = total * 1100
+        if self.pool_factor > 1:
             est = est // self.pool_factor + 1
         with self._lock:
             self._reset(est or (1 << 16))
             ids: list[str] = []
             vecs: list[np.ndarray] = []
-            pays: list[dict] = []
+            pays: list[dict[str, Any]] = []
             n_pages = 0
-            for pid, v, payload in store.iter_pages(batch_size=batch_size, with_vectors=True):
-                if payload is not None and payload.get("kind", "page") != "page":
-                    continue
-                if v is None:
-                    raise ValueError(f"store page {pid} came without vectors")
-                ids.append(str(pid))
-                vecs.append(v)
-                pays.append(payload or {})
+            for page in store.iter_pages(batch_size=batch_size, vectors=TOKENS_ONLY):
+                if page.tokens is None:
+                    raise ValueError(f"store page {page.point_id} came without vectors")
+                ids.append(page.point_id)
+                vecs.append(page.tokens)
+                pays.append(page.payload)
                 if len(ids) >= chunk_pages:
                     self._append_block(ids, self._prepare(vecs), pays)
                     n_pages += len(ids)
                     ids, vecs, pays = [], [], []
+                    if progress is not None:
+                        progress(n_pages, total)
             if ids:
                 self._append_block(ids, self._prepare(vecs), pays)
                 n_pages += len(ids)
             self._maybe_compact()
             self._store_version = version
+        if progress is not None:
+            progress(n_pages, total)
         dt = time.perf_counter() - t0
         rate = n_pages / dt if dt > 0 else float("inf")
         logger.info(
@@ -419,7 +410,7 @@ class TokenIndex:
         return idx
 
     @classmethod
-    def from_store(cls, store: Any, **kwargs: Any) -> TokenIndex:
+    def from_store(cls, store: VectorStore, **kwargs: Any) -> TokenIndex:
         idx = cls(**kwargs)
         idx.build(store)
         return idx
@@ -433,55 +424,50 @@ class TokenIndex:
         with self._lock:
             self._store_version = version
 
-    def sync(self, store: Any) -> bool:
-        """Cheap check of ``store.version()``; on change (another process wrote), diff by point ids.
+    def sync(self, store: VectorStore, version: str | None = None) -> bool:
+        """Bring the index in line with ``store`` when its version moved (another process wrote).
 
-        Pages missing from the store are removed; pages new to the index are fetched and added. Pages rewritten
-        under the same id are refreshed when their ``content_hash``/``ingested_at`` changed. Returns True when
-        anything was reloaded.
+        Diffs by point ids over a payload-only scan: pages missing from the store are removed; pages new to the
+        index, or rewritten under the same id (``content_hash``/``ingested_at`` changed), are fetched by id and
+        added. ``version`` is the store version the caller just read (read here when None). Returns True when
+        anything changed.
         """
-        version = store.version()
+        version = store.version() if version is None else version
         with self._lock:
             if version == self._store_version:
                 return False
-            known = {
-                pid: (b.get("content_hash"), b.get("ingested_at"))
-                for pid, b in zip(self._point_ids, self._bits, strict=True)
-            }
-            live = set(self._row_of)
-        fresh: dict[str, dict] = {}
-        for pid, _v, payload in store.iter_pages(with_vectors=False):
-            if payload is not None and payload.get("kind", "page") != "page":
-                continue
-            fresh[str(pid)] = payload or {}
-        gone = live - set(fresh)
-        changed = {
+            known = {pid: self._bits[row] for pid, row in self._row_of.items()}
+        fresh = {page.point_id: page.payload for page in store.iter_pages(vectors=())}
+        gone = set(known) - set(fresh)
+        changed = sorted(
             pid
             for pid, p in fresh.items()
-            if pid not in live or known.get(pid) != (p.get("content_hash"), p.get("ingested_at"))
+            if pid not in known or _content(known[pid]) != _content(p)
+        )
+        # Same vectors, other payload (a document renamed or a copy gone): the bits change, not the tokens.
+        moved = {
+            pid: page_bits(p)
+            for pid, p in fresh.items()
+            if pid in known and _content(known[pid]) == _content(p) and page_bits(p) != known[pid]
         }
         if gone:
             self.remove(gone)
         if changed:
-            ids, vecs, pays = [], [], []
-            getter = getattr(store, "get_vectors", None)  # by id when the store can; else one full scan
-            if getter is not None:
-                got = getter(sorted(changed))
-                for pid, v in got.items():
-                    ids.append(str(pid))
-                    vecs.append(v)
-                    pays.append(fresh[str(pid)])
-            else:
-                for pid, v, payload in store.iter_pages(with_vectors=True):
-                    if str(pid) in changed:
-                        ids.append(str(pid))
-                        vecs.append(v)
-                        pays.append(payload)
-            self.add(ids, vecs, pays)
+            got = store.get_vectors(changed)
+            ids = [pid for pid in changed if pid in got]
+            self.add(ids, [got[pid] for pid in ids], [fresh[pid] for pid in ids])
         with self._lock:
+            for pid, bits in moved.items():
+                row = self._row_of.get(pid)
+                if row is not None:
+                    self._bits[row] = bits
+            if moved:
+                self._mask_cache.clear()
             self._store_version = version
-        logger.info("token index sync: %d removed, %d added/refreshed", len(gone), len(changed))
-        return bool(gone or changed)
+        logger.info(
+            "token index sync: %d removed, %d added/refreshed, %d relabelled", len(gone), len(changed), len(moved)
+        )
+        return bool(gone or changed or moved)
 
     # ----------------------------------------------------------------------------------------------- scoring
 
@@ -506,25 +492,19 @@ class TokenIndex:
                 n_rows=n,
             )
 
-    def _where_mask(self, snap: _Snapshot, where: dict[str, Any]) -> np.ndarray:
+    def _where_mask(self, snap: _Snapshot, where: Filter) -> np.ndarray:
         """Filter mask over the snapshot's rows, cached per filter: rows' bits never change once appended (until a
         compaction builds a new list), so only rows appended since the last call are evaluated."""
-        key = repr(
-            sorted(
-                (k, sorted(map(repr, v)) if isinstance(v, (list, tuple, set, frozenset)) else repr(v))
-                for k, v in where.items()
-            )
-        )
-        cached = self._mask_cache.get(key)
+        cached = self._mask_cache.get(where)
         if cached is not None and cached[0] is snap.bits and cached[1].shape[0] <= snap.n_rows:
             done = cached[1]
             if done.shape[0] < snap.n_rows:
-                done = np.concatenate([done, filter_mask(snap.bits[done.shape[0] : snap.n_rows], where)])
+                done = np.concatenate([done, where.mask(snap.bits[done.shape[0] : snap.n_rows])])
         else:
-            done = filter_mask(snap.bits[: snap.n_rows], where)
+            done = where.mask(snap.bits[: snap.n_rows])
         if len(self._mask_cache) > 64:
             self._mask_cache.clear()
-        self._mask_cache[key] = (snap.bits, done)
+        self._mask_cache[where] = (snap.bits, done)
         return done[: snap.n_rows]
 
     def score(
@@ -532,16 +512,17 @@ class TokenIndex:
         queries: Any,
         k: int = 10,
         allowed_mask: np.ndarray | None = None,
-        where: dict[str, Any] | None = None,
+        where: Filter | Mapping[str, Any] | None = None,
         query_mask: torch.Tensor | None = None,
         candidates: Sequence[str] | None = None,
     ) -> list[list[ScoredPage]]:
         """Top-``k`` pages per query, best first.
 
         ``queries``: one ``(n_q, dim)`` array, a list of them, or a padded ``(Q, n_q, dim)`` tensor (+``query_mask``).
-        Restrict pages with ``where`` (a filter dict, see :func:`filter_mask`), ``allowed_mask`` (bool over
+        Restrict pages with ``where`` (a :class:`~indexer.filters.Filter`), ``allowed_mask`` (bool over
         :meth:`point_ids` order at call time) or ``candidates`` (point ids). Restrictions apply before top-k.
         """
+        where = Filter.parse(where) if where is not None else None
         snap = self.snapshot()
         P = snap.n_rows
         q, qm = pad_queries(queries, query_mask, device=self.device)

@@ -28,5 +28,6 @@ COLSMOL_EXTRAS=test bash scripts/setup.sh
 VENV=${COLSMOL_VENV:-.venv}
 # The hub is unreachable from test machines; tests build tiny checkpoints instead.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$VENV/bin/python" -m ruff check indexer retriever rag api tests bench
+"$VENV/bin/python" -m ruff check indexer retriever rag api tests bench testkit scripts
+"$VENV/bin/python" -m mypy  # the library's types (pyproject [tool.mypy]: indexer retriever rag api)
 exec "$VENV/bin/python" -m pytest "$@"

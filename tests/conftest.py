@@ -29,7 +29,7 @@ def tiny_settings(tiny_models: dict[str, Path], data_dir: Path, **overrides: obj
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random encoder (merged), encoder (PEFT adapter) and generator checkpoints on disk."""
-    from tests.checkpoints import build_all
+    from testkit.checkpoints import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny-models"))
 
@@ -43,6 +43,6 @@ def tiny_encoder(tiny_models: dict[str, Path]):
 
 @pytest.fixture(scope="session")
 def tiny_generator(tiny_models: dict[str, Path]):
-    from rag.generator import SmolVLMGenerator
+    from rag.generators.smolvlm import SmolVLMGenerator
 
     return SmolVLMGenerator(tiny_models["generator"], device="cpu").load()

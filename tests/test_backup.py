@@ -100,15 +100,16 @@ def fill(store, images: PageImageStore, seed: int = 0) -> None:
 def snapshot(store, images: PageImageStore) -> dict:
     """Everything a round trip must keep: documents, payloads, both vector sets, image bytes."""
     pages = {}
-    for pid, vecs, payload in store._scroll_all(store._filter(), True, [TOKENS_VECTOR, POOLED_VECTOR]):
+    for page in store.iter_pages(vectors=(TOKENS_VECTOR, POOLED_VECTOR)):
+        pid = page.point_id
         files = {s: images.path(pid, s).read_bytes() if images.exists(pid, s) else None for s in ("full", "thumb")}
-        pages[pid] = (payload, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR), files)
+        pages[pid] = (page.payload, page.tokens, page.pooled, files)
     return {"documents": store.list_documents(include_incomplete=True), "pages": pages}
 
 
 def maxsim_ranking(store, queries: list[np.ndarray]) -> list[list[tuple[str, float]]]:
     """Exact MaxSim with numpy over ``iter_pages`` vectors: for each query, all pages best first."""
-    pages = [(pid, vecs) for pid, vecs, _ in store.iter_pages(with_vectors=True)]
+    pages = [(p.point_id, p.tokens) for p in store.iter_pages()]
     out = []
     for q in queries:
         scored = [(pid, float((q @ v.T).max(axis=1).sum())) for pid, v in pages]
@@ -250,6 +251,30 @@ def test_import_refuses_a_non_empty_store_unless_merging(tmp_path, exported):
     assert dst.count_pages() == 10
     import_collection(dst, dst_images, exported, allow_merge=True)  # idempotent: same ids overwrite
     assert dst.count_pages() == 10
+    dst.close()
+
+
+def test_an_interrupted_import_resumes_when_run_again(tmp_path, exported, monkeypatch):
+    """Killed half way (here: the progress callback raises after the first batch), the same import finishes when
+    run again, without --merge; another export into that collection is still refused."""
+    import indexer.backup
+
+    monkeypatch.setattr(indexer.backup, "IMPORT_BATCH", 2)  # several batches from this small export
+    dst, dst_images = edge(tmp_path, "dst")
+
+    def die(stage: str, done: int, total: int | None) -> None:
+        if stage == "pages" and done:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        import_collection(dst, dst_images, exported, progress=die)
+    counts = json.loads((exported / "manifest.json").read_text())["counts"]
+    assert 0 < dst.count_pages() < counts["pages"] and dst.list_documents() == []  # no document marked complete
+    result = import_collection(dst, dst_images, exported)  # plain rerun
+    assert result.pages == dst.count_pages() == counts["pages"]
+    assert len(dst.list_documents()) == counts["documents"]
+    with pytest.raises(BackupError, match="already imported"):
+        import_collection(dst, dst_images, exported)
     dst.close()
 
 

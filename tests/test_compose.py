@@ -1,7 +1,7 @@
 """docker-compose.yml and Dockerfile, checked structurally.
 
 No Docker engine runs here, so nothing is built or started: these tests parse the files and hold
-them to what DESIGN.md asks (images that exist and are pinned, healthchecks, volumes for Qdrant
+them to what the deployment needs (images that exist and are pinned, healthchecks, volumes for Qdrant
 storage, page images and models, a GPU reservation, no literal secrets, ports on 127.0.0.1), and
 cross-check them against the code they start (settings names, CLI options, the health route).
 """

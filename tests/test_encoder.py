@@ -21,10 +21,14 @@ def _pages(seed: int = 0) -> list[Image.Image]:
 
 
 def _reference(encoder: ColSmolEncoder, images: list[Image.Image]) -> list[np.ndarray]:
-    """colpali-engine's own forward, one input at a time (so no padding), padding rows dropped."""
+    """colpali-engine's own forward, one input at a time (so no padding), padding rows dropped.
+
+    The inputs are the encoder's own preprocessing: this compares the forward and the padding
+    removal; tests/test_preprocess.py compares the preprocessing paths.
+    """
     out = []
     for img in images:
-        batch = encoder.processor.process_images([img])
+        batch = encoder.preprocess_pages([img])
         with torch.no_grad():
             emb = encoder.model(**batch)[0]
         out.append(emb[batch["attention_mask"][0].bool()].numpy())
@@ -91,22 +95,26 @@ def test_peft_adapter_is_applied(tiny_models, tiny_encoder: ColSmolEncoder) -> N
 
     base = ColIdefics3.from_pretrained(tiny_models["encoder"])
     peft_model = PeftModel.from_pretrained(base, tiny_models["adapter"]).eval()
-    batch = adapted.processor.process_images([images[0]])
+    batch = adapted.preprocess_pages([images[0]])
     with torch.no_grad():
         ref = peft_model(**batch)[0][batch["attention_mask"][0].bool()].numpy()
     np.testing.assert_allclose(a[0], ref, atol=1e-5)
 
 
 def test_processor_is_the_pil_reference(tiny_encoder: ColSmolEncoder, tiny_models) -> None:
-    """Page preprocessing must match the PIL (LANCZOS) processor the checkpoint was trained with."""
+    """Page preprocessing must match the PIL (LANCZOS) processor the checkpoint was trained with.
+
+    The reference option is that processor; the default tensor path is within two 8-bit levels
+    (tests/test_preprocess.py says why).
+    """
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     reference = Idefics3ImageProcessorPil.from_pretrained(tiny_models["encoder"])
     img = _pages(4)[0]
-    ours = tiny_encoder.preprocess_pages([img])["pixel_values"]
     theirs = reference(images=[[img]], return_tensors="pt")["pixel_values"]
-    assert ours.shape == theirs.shape
-    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(tiny_encoder.processor.process_images([img])["pixel_values"], theirs)
+    ours = tiny_encoder.preprocess_pages([img])["pixel_values"]
+    torch.testing.assert_close(ours, theirs, atol=4 / 255 + 1e-6, rtol=0)
 
 
 def test_missing_model_offline_is_one_clear_error(tmp_path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from indexer.errors import InvalidRequest
 from rag.explain import SimilarityMap, image_token_layout, similarity_map, upsample_nearest
-from tests.checkpoints import IMAGE_SEQ_LEN, PATCH, SCALE, TILE
+from testkit.checkpoints import IMAGE_SEQ_LEN, PATCH, SCALE, TILE
 
 QUERY = "what is the revenue in 2023?"
 K = int(IMAGE_SEQ_LEN**0.5)  # 2 cells per side and view

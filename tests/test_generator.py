@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from indexer.errors import ConfigError, InvalidRequest, ModelUnavailable
-from rag.generator import SmolVLMGenerator
+from rag.generators.smolvlm import SmolVLMGenerator
 
 
 def _pages(n: int) -> list[Image.Image]:

@@ -18,7 +18,7 @@ from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, parse_metadata
 from indexer.store import EdgeStore, ServerStore
 from indexer.store.base import page_point_id
-from tests.pdfs import LETTER, PageSpec, mixed_pages, write_pdf
+from testkit.pdfs import LETTER, PageSpec, mixed_pages, write_pdf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -30,6 +30,9 @@ class CountingEncoder:
         self.encoder = encoder
         self.pages = 0
         self.batch_size = encoder.batch_size
+
+    def load(self):
+        return self.encoder.load()
 
     def preprocess_pages(self, images):
         return self.encoder.preprocess_pages(images)
@@ -92,7 +95,7 @@ def test_folder_ingest_incremental_and_bad_files(store, tiny_encoder, tmp_path) 
     assert reasons == {
         "corrupt.pdf": reasons["corrupt.pdf"],
         "truncated.pdf": reasons["truncated.pdf"],
-        "encrypted_secret.pdf": "encrypted: pass --password",
+        "encrypted_secret.pdf": "encrypted: needs a password",
         "zero_pages.pdf": "no pages",
         "empty.pdf": "empty file",
     }
@@ -229,7 +232,7 @@ def test_kill_9_mid_ingest_then_resume(tiny_models, tmp_path) -> None:
         listed = store.list_documents()
         assert len(listed) == 3 and all(d.complete and d.pages_stored == 40 for d in listed)
         assert store.count_pages() == 120
-        ids = [pid for pid, _v, _p in store.iter_pages(with_vectors=False)]
+        ids = [p.point_id for p in store.iter_pages(vectors=())]
         assert len(ids) == len(set(ids)) == 120
     finally:
         store.close()
@@ -293,3 +296,130 @@ def test_memory_stays_bounded_on_a_long_pdf(tiny_encoder, tmp_path) -> None:
         assert state["peak"] <= 19, state
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
+
+
+def _truncated_tiff(path: Path) -> Path:
+    frames = [Image.new("RGB", (300, 400), (i * 60, 90, 120)) for i in range(4)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # PIL then fails counting frames (TypeError)
+    return path
+
+
+def test_a_truncated_multipage_tiff_fails_alone(store, tiny_encoder, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _truncated_tiff(docs / "a-cut.tiff")
+    write_pdf(docs / "b-good.pdf", [PageSpec(*LETTER, text="good")])
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    report = ing.ingest([docs])
+    by_name = {Path(f.path).name: f for f in report.files}
+    assert by_name["a-cut.tiff"].status == "failed" and "corrupt TIFF" in by_name["a-cut.tiff"].error
+    assert by_name["b-good.pdf"].status == "indexed" and report.exit_code == 1
+    assert [d.file_name for d in store.list_documents()] == ["b-good.pdf"]
+
+
+def test_a_file_name_that_is_not_utf8(store, tiny_encoder, tmp_path) -> None:
+    """Indexed under a faithful, displayable name; --prune keeps it while it exists and forgets it once gone."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    raw = os.fsencode(docs) + b"/caf\xe9-latin1.pdf"
+    write_pdf(Path(os.fsdecode(raw)), [PageSpec(*LETTER, text="latin-1 name")])
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    report = ing.ingest([docs], prune=True)
+    assert report.exit_code == 0 and report.files[0].path.endswith("caf\\xe9-latin1.pdf")
+    (doc,) = store.list_documents()
+    assert doc.file_name == "caf\\xe9-latin1.pdf" and report.pruned == []
+    assert ing.ingest([docs], prune=True).files[0].status == "unchanged"
+    assert len(store.list_documents()) == 1
+    os.unlink(raw)
+    assert len(ing.ingest([docs], prune=True).pruned) == 1 and store.list_documents() == []
+
+
+def test_renames_and_identical_copies_survive_prune(store, tiny_encoder, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    old = write_pdf(docs / "old.pdf", [PageSpec(*LETTER, text="same content")] * 2)
+    ing, enc = _ingestor(store, tiny_encoder, tmp_path)
+    ing.ingest([docs])
+    old.rename(docs / "new.pdf")
+    report = ing.ingest([docs], prune=True)
+    assert [f.status for f in report.files] == ["unchanged"] and report.pruned == []
+    (doc,) = store.list_documents()
+    assert doc.file_name == "new.pdf" and [Path(s).name for s in doc.paths] == ["new.pdf"]
+    pid = page_point_id(doc.doc_id, 1)
+    assert store.get_payloads([pid])[pid]["file_name"] == "new.pdf"  # hits show the current name too
+
+    # Two identical copies are one document with both paths; removing one keeps the document.
+    shutil.copy(docs / "new.pdf", docs / "copy.pdf")
+    ing.ingest([docs], prune=True)
+    (doc,) = store.list_documents()
+    assert sorted(Path(s).name for s in doc.paths) == ["copy.pdf", "new.pdf"]
+    (docs / "new.pdf").unlink()
+    report = ing.ingest([docs], prune=True)
+    assert report.pruned == []
+    (doc,) = store.list_documents()
+    assert [Path(s).name for s in doc.paths] == ["copy.pdf"] and doc.file_name == "copy.pdf"
+    assert enc.pages == 2  # embedded once, whatever the renames
+    (docs / "copy.pdf").unlink()
+    assert len(ing.ingest([docs], prune=True).pruned) == 1 and store.list_documents() == []
+
+
+def test_editing_one_of_two_copies_keeps_the_other(store, tiny_encoder, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    a = write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text="v1")])
+    shutil.copy(a, docs / "b.pdf")
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    ing.ingest([docs])
+    write_pdf(a, [PageSpec(*LETTER, text="v2")] * 2)  # a.pdf edited in place; b.pdf still holds v1
+    ing.ingest([docs])
+    by_name = {d.file_name: d for d in store.list_documents()}
+    assert set(by_name) == {"a.pdf", "b.pdf"}
+    assert by_name["a.pdf"].page_count == 2 and [Path(s).name for s in by_name["b.pdf"].paths] == ["b.pdf"]
+
+
+def test_one_password_for_a_folder_of_encrypted_and_owner_only_pdfs(store, tiny_encoder, tmp_path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("encrypted_secret.pdf", "owner_password_only.pdf"):
+        shutil.copy(FIXTURES / name, docs / name)
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path, password="secret")
+    report = ing.ingest([docs])
+    assert [(Path(f.path).name, f.status) for f in report.files] == [
+        ("encrypted_secret.pdf", "indexed"),
+        ("owner_password_only.pdf", "indexed"),
+    ]
+
+
+def test_animated_images_give_their_first_frame(store, tiny_encoder, tmp_path) -> None:
+    frames = [Image.new("RGB", (120, 160), c) for c in ("red", "green", "blue")]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:])
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    report = ing.ingest([tmp_path / "anim.png", tmp_path / "anim.webp"])
+    assert [(f.status, f.pages) for f in report.files] == [("indexed", 1), ("indexed", 1)]
+
+
+def test_stale_temporary_images_are_removed(store, tiny_encoder, tmp_path) -> None:
+    ing, _ = _ingestor(store, tiny_encoder, tmp_path)
+    ing.images.tmp_dir.mkdir(parents=True)
+    stale = ing.images.tmp_dir / "ab12.webp.x1y2.tmp"
+    fresh = ing.images.tmp_dir / "cd34.webp.z3.tmp"
+    stale.write_bytes(b"half an image")
+    fresh.write_bytes(b"a live writer's")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    ing.ingest([write_pdf(tmp_path / "a.pdf", [PageSpec(*LETTER)])])
+    assert not stale.exists() and fresh.exists()
+
+
+def test_model_load_time_is_not_counted_in_pages_per_second(tiny_models, store, tmp_path) -> None:
+    from indexer.encoder import ColSmolEncoder
+
+    enc = ColSmolEncoder(tiny_models["encoder"], device="cpu", batch_size=2)  # not loaded yet
+    ing = Ingestor(store, enc, PageImageStore(tmp_path / "pages"), dpi=40, batch_size=2)
+    report = ing.ingest([write_pdf(tmp_path / "a.pdf", [PageSpec(*LETTER)] * 3)])
+    assert report.load_seconds > 0 and report.pages_embedded == 3
+    assert report.pages_per_second == pytest.approx(3 / (report.seconds - report.load_seconds))

@@ -10,12 +10,12 @@ from indexer.settings import Settings
 from indexer.store import EdgeStore
 from rag.pipeline import MAX_ANSWER_K, NO_DOCUMENTS, RAGPipeline
 from rag.types import Answer
+from testkit.pdfs import A4, LETTER, PageSpec, write_pdf
 from tests.conftest import tiny_settings
-from tests.pdfs import A4, LETTER, PageSpec, write_pdf
 
 
-def _settings(tiny_models, tmp_path) -> Settings:
-    return tiny_settings(tiny_models, tmp_path / "data", dpi=60)
+def _settings(tiny_models, tmp_path, **overrides) -> Settings:
+    return tiny_settings(tiny_models, tmp_path / "data", dpi=60, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_search_filters_and_batches(rag: RAGPipeline) -> None:
     assert len(hits) == 2 and {h.file_name for h in hits} == {"manual.pdf"}
     assert len(rag.search("battery", k=10, filter={"metadata.team": "a"})) == 6
     assert rag.search("battery", k=10, filter={"metadata.team": "b"}) == []
-    batch = rag.search(["battery", "revenue"], k=2)
+    batch = rag.search_batch(["battery", "revenue"], k=2)
     assert len(batch) == 2 and all(len(b) == 2 for b in batch)
     single = rag.search("revenue", k=2)
     assert [h.point_id for h in batch[1]] == [h.point_id for h in single]
@@ -112,7 +112,7 @@ def test_context_manager_releases_the_store(tiny_models, tmp_path) -> None:
         assert rag.encoder.load() is rag.encoder
     # Closed: the Edge lock is free again and the models are dropped.
     EdgeStore(s.qdrant_path, s.collection).close()
-    assert rag.encoder._model is None
+    assert not rag.encoder.loaded
 
 
 def test_delete_updates_search(tiny_models, tmp_path) -> None:
@@ -139,19 +139,21 @@ def test_index_follows_ingest_in_place_and_restarts_from_its_cache(tiny_models, 
     with RAGPipeline.from_settings(s) as rag:
         rag.ingest([docs])
         before = rag.search("alpha", k=5)
-        index = rag.index
+        assert rag.live_index is not None
+        index = rag.live_index.get()
         # A second ingest updates the resident index in place: no rebuild, no vector re-read.
-        monkeypatch.setattr(rag, "_build_index", lambda: pytest.fail("index rebuilt"))
+        monkeypatch.setattr(rag.live_index, "_build", lambda *_a: pytest.fail("index rebuilt"))
         monkeypatch.setattr(index, "build", lambda *_a, **_k: pytest.fail("index rebuilt"))
         write_pdf(docs / "b.pdf", [PageSpec(*A4, text="beta")])
         rag.ingest([docs])
-        assert rag.index is index and len(index) == 3
+        assert rag.live_index.get() is index and len(index) == 3
         assert len(rag.search("alpha", k=5)) == 3
         monkeypatch.undo()
 
     # Restart: the index comes from the cache (reconciled with the store), not from a rebuild.
     with RAGPipeline.from_settings(s) as rag:
-        monkeypatch.setattr(rag, "_build_index", lambda: pytest.fail("cache not used"))
+        assert rag.live_index is not None
+        monkeypatch.setattr(rag.live_index, "_build", lambda *_a: pytest.fail("cache not used"))
         hits = rag.search("alpha", k=5)
         assert len(hits) == 3
         assert {h.point_id for h in before} <= {h.point_id for h in hits}
@@ -175,7 +177,7 @@ def test_two_stage_mode_matches_exact_on_a_small_corpus(tiny_models, tmp_path) -
         exact = rag.search("page three", k=7)
     with RAGPipeline.from_settings(s.model_copy(update={"search_mode": "two-stage"})) as rag:
         two = rag.search("page three", k=4)
-        assert rag._index is None, "two-stage mode must not build the resident index"
+        assert rag.live_index is None, "two-stage mode must not build the resident index"
         doc_a = next(d.doc_id for d in rag.documents() if d.file_name == "a.pdf")
         filtered = rag.search("page three", k=10, filter={"doc_id": doc_a})
     # Same scores for the same pages (up to fp16 rounding, so near-ties may swap places).
@@ -184,3 +186,64 @@ def test_two_stage_mode_matches_exact_on_a_small_corpus(tiny_models, tmp_path) -
         assert abs(h.score - exact_scores[h.point_id]) < 2e-2
     np.testing.assert_allclose([h.score for h in two], [h.score for h in exact[:4]], atol=2e-2)
     assert len(filtered) == 5 and {h.file_name for h in filtered} == {"a.pdf"}
+
+
+class CountingStore:
+    """The real store, counting the payload-only scans a sync costs (every other call passes through)."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.scans = 0
+
+    def iter_pages(self, batch_size: int = 256, vectors=("tokens",)):
+        if not vectors:
+            self.scans += 1
+        return self._store.iter_pages(batch_size, vectors)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_searches_during_an_ingest_never_rescan_the_store(tiny_models, tmp_path) -> None:
+    """The live index follows in-process writes itself: concurrent searches must not trigger payload scans."""
+    import threading
+
+    from retriever.live_index import LiveIndex
+    from retriever.search import ExactSearcher
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "seed.pdf", [PageSpec(*LETTER, text="seed")])
+    for i in range(4):
+        write_pdf(docs / f"more-{i}.pdf", [PageSpec(*LETTER, text=f"more {i} {j}") for j in range(3)])
+    s = _settings(tiny_models, tmp_path, index_sync_interval_s=0)  # check the version on every search
+    with RAGPipeline.from_settings(s) as built:
+        built.ingest([docs / "seed.pdf"])
+        store, encoder = built.store, built.encoder
+        counting = CountingStore(store)
+        live = LiveIndex(counting, device="cpu", sync_interval_s=0)
+        rag = RAGPipeline(
+            counting, built.images, encoder, live_index=live, searcher=ExactSearcher(live, encoder.embed_queries)
+        )
+        assert len(rag.search("seed", k=5)) == 1
+        counting.scans = 0
+        searches, stop = [], threading.Event()
+
+        def search_loop() -> None:
+            while not stop.is_set():
+                searches.append(len(rag.search("more", k=20)))
+
+        thread = threading.Thread(target=search_loop)
+        thread.start()
+        try:
+            report = rag.ingest([docs])
+        finally:
+            stop.set()
+            thread.join()
+        assert report.pages_embedded == 12 and len(searches) >= 3
+        assert counting.scans == 0, f"{counting.scans} payload scans during an ingest with {len(searches)} searches"
+        assert len(rag.search("more", k=20)) == 13
+        # A write by someone else (here: straight to the store) is found by the version check, with one scan.
+        pid = rag.search("seed", k=1)[0].point_id
+        store.delete_pages([pid])
+        assert len(rag.search("more", k=20)) == 12 and counting.scans == 1

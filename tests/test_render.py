@@ -29,7 +29,7 @@ from indexer.render import (
     render_scale,
     walk_inputs,
 )
-from tests.pdfs import A4, A4_LANDSCAPE, LETTER, PageSpec, mixed_pages, write_pdf
+from testkit.pdfs import A4, A4_LANDSCAPE, LETTER, PageSpec, mixed_pages, write_pdf
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAVE_POPPLER = shutil.which("pdftoppm") is not None and shutil.which("pdfinfo") is not None
@@ -167,7 +167,7 @@ GOOD_FIXTURES = {
 BAD_FIXTURES = {
     "corrupt.pdf": "corrupt PDF",
     "truncated.pdf": "truncated PDF",
-    "encrypted_secret.pdf": "encrypted: pass --password",
+    "encrypted_secret.pdf": "encrypted: needs a password",
     "zero_pages.pdf": "no pages",
     "empty.pdf": "empty file",
 }
@@ -419,9 +419,33 @@ def test_walk_inputs_recurses_sorts_and_skips(tmp_path):
     reasons = {p.name: reason for p, reason in result.skipped}
     assert reasons["notes.txt"].startswith("unsupported suffix")
     assert reasons["README"].startswith("unsupported suffix")
-    assert reasons["missing"] == "not found"
-    assert reasons["dangling.pdf"] == "broken symlink"
+    assert reasons["dangling.pdf"].startswith("broken symlink")  # found in a folder: skipped
+    assert dict((p.name, r) for p, r in result.failed) == {"missing": "not found"}  # named: a failure
     assert not any(".hidden" in str(p) for p in result.files)
+
+
+def test_walk_inputs_special_files_and_unreadable_folders(tmp_path):
+    """Named paths that are missing fail; FIFOs and devices (even behind a symlink) are skipped for what they are."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    os.mkfifo(root / "pipe.pdf")
+    (root / "zero.pdf").symlink_to("/dev/zero")
+    (root / "ok.pdf").write_bytes(b"%PDF-1.4")
+    result = walk_inputs([root, root / "pipe.pdf", tmp_path / "gone", tmp_path / "dangling"])
+    assert [p.name for p in result.files] == ["ok.pdf"]
+    skipped = {(p.name, r) for p, r in result.skipped}
+    assert ("pipe.pdf", "not a regular file (FIFO)") in skipped
+    assert ("zero.pdf", "not a regular file (character device)") in skipped
+    assert [(p.name, r) for p, r in result.failed] == [("gone", "not found"), ("dangling", "not found")]
+    if os.geteuid() != 0:  # root reads every folder whatever its mode
+        locked = root / "locked"
+        locked.mkdir()
+        locked.chmod(0)
+        try:
+            failed = dict((p.name, r) for p, r in walk_inputs([root]).failed)
+            assert failed["locked"].startswith("unreadable folder")
+        finally:
+            locked.chmod(0o700)
     assert walk_inputs([root]) == walk_inputs([root])  # deterministic
 
 

@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.errors import InvalidRequest
+from indexer.filters import Filter
+from indexer.store.base import StoredPage
+from retriever.live_index import LiveIndex
 from retriever.maxsim import (
     dequantize_int8,
     maxsim_torch,
@@ -25,50 +29,15 @@ from retriever.maxsim import (
     topk,
     triton_available,
 )
-from retriever.pooling import pool_tokens
-from retriever.search import Hit, Searcher, TwoStageSearcher
-from retriever.token_index import TokenIndex, filter_mask
+from retriever.pooling import pool_tokens, prefetch_vectors
+from retriever.search import ExactSearcher, Hit, TwoStageSearcher
+from retriever.token_index import TokenIndex
+from testkit.corpus import random_pages as random_corpus
+from testkit.corpus import random_queries, structured_corpus
+from testkit.corpus import unit as _unit
 
 DIM = 128
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def random_corpus(n_pages: int, seed: int = 0, lo: int = 800, hi: int = 1200) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [_unit(rng.standard_normal((int(rng.integers(lo, hi + 1)), DIM))) for _ in range(n_pages)]
-
-
-def random_queries(n: int, seed: int = 1) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [_unit(rng.standard_normal((int(rng.integers(18, 31)), DIM))) for _ in range(n)]
-
-
-def structured_corpus(
-    n_pages: int, n_queries: int, seed: int = 0, group: int = 8, lo: int = 800, hi: int = 1200
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Pages in documents of ``group`` pages that share topic centres; each token is a centre plus noise (real pages
-    are redundant: blank margins, repeated glyphs). A query is 24 noisy copies of tokens of one target page, so the
-    target and its document's pages carry a real, graded signal."""
-    rng = np.random.default_rng(seed)
-    pages = []
-    for g in range(0, n_pages, group):
-        doc_centres = _unit(rng.standard_normal((48, DIM)))
-        for _ in range(min(group, n_pages - g)):
-            centres = np.concatenate(
-                [doc_centres[rng.choice(48, 24, replace=False)], _unit(rng.standard_normal((16, DIM)))]
-            )
-            n = int(rng.integers(lo, hi + 1))
-            pages.append(_unit(centres[rng.integers(0, len(centres), n)] + 0.035 * rng.standard_normal((n, DIM))))
-    queries = []
-    for _ in range(n_queries):
-        target = pages[int(rng.integers(len(pages)))]
-        sel = target[rng.choice(len(target), 24, replace=False)]
-        queries.append(_unit(sel + 0.08 * rng.standard_normal(sel.shape)))
-    return pages, queries
 
 
 def colpali_scores(queries: list[np.ndarray], pages: list[np.ndarray]) -> torch.Tensor:
@@ -100,10 +69,12 @@ class ListStore:
         self.pooled = dict(zip(self.ids, pooled, strict=True)) if pooled is not None else None
         self.payloads = {pid: payload(i) for i, pid in enumerate(self.ids)}
         self._version = 0
+        self.scans = 0  # payload-only scans (what a sync costs)
 
-    def iter_pages(self, batch_size: int = 256, with_vectors: bool = True):
+    def iter_pages(self, batch_size: int = 256, vectors=("tokens",)):
+        self.scans += 0 if "tokens" in vectors else 1
         for pid in list(self.pages):
-            yield pid, (self.pages[pid] if with_vectors else None), self.payloads[pid]
+            yield StoredPage(pid, self.payloads[pid], self.pages[pid] if "tokens" in vectors else None)
 
     def count_pages(self) -> int:
         return len(self.pages)
@@ -127,10 +98,19 @@ class ListStore:
         tok, off = pack([self.pooled[pid] for pid in ids])
         q, m = pad_queries(query)
         s = maxsim_torch(q, tok, off, m)[0]
-        keep = torch.from_numpy(filter_mask([self.payloads[pid] for pid in ids], doc_filter))
+        keep = torch.from_numpy((doc_filter or Filter()).mask([self.payloads[pid] for pid in ids]))
         s = s.masked_fill(~keep, float("-inf"))
         order = torch.argsort(s, descending=True)[: min(limit, int(keep.sum()))].tolist()
         return [(ids[i], float(s[i])) for i in order]
+
+
+def exact(store, index: TokenIndex) -> ExactSearcher:
+    return ExactSearcher(LiveIndex(store, device="cpu", index=index))
+
+
+def one(searcher, q: np.ndarray, k: int, flt: dict | None = None) -> list[Hit]:
+    """Hits for one encoded query, with a filter parsed as every way in parses it."""
+    return searcher.search_vectors([q], k=k, filter=Filter.parse(flt))[0]
 
 
 def recall_at(ref_ids: np.ndarray, got_ids: np.ndarray) -> float:
@@ -179,8 +159,9 @@ def test_token_index_and_searcher_match_colpali(corpus):
     index = TokenIndex(device="cpu")
     rate = index.build(store)
     assert rate > 0 and len(index) == len(pages) and index.n_tokens == sum(len(p) for p in pages)
-    searcher = Searcher(store, index, encode_queries=lambda texts: [queries[int(t)] for t in texts])
-    hits = searcher.search([str(i) for i in range(len(queries))], k=10)
+    live = LiveIndex(store, device="cpu", index=index)
+    searcher = ExactSearcher(live, encode_queries=lambda texts: [queries[int(t)] for t in texts])
+    hits = searcher.search_batch([str(i) for i in range(len(queries))], k=10)
     assert len(hits) == len(queries) and all(isinstance(h, Hit) for h in hits[0])
     idx = np.array([[int(h.point_id[1:]) for h in row] for row in hits])
     assert_topk_equal_up_to_ties(ref, idx, 10)
@@ -221,26 +202,27 @@ def small_index():
 
 def test_filters_applied_before_topk(small_index):
     store, index, _ = small_index
-    searcher = Searcher(store, index)
+    searcher = exact(store, index)
     q = random_queries(1, seed=9)[0]
     # doc0 has 12 pages: a filter must return k=10 of them even though they are not the global top-10.
-    hits = searcher.search_vectors(q, k=10, filter={"doc_id": "doc0"})
+    hits = one(searcher, q, 10, {"doc_id": "doc0"})
     assert len(hits) == 10 and {h.doc_id for h in hits} == {"doc0"}
-    hits = searcher.search_vectors(q, k=30, filter={"doc_id": ["doc1", "doc2"]})
+    hits = one(searcher, q, 30, {"doc_id": ["doc1", "doc2"]})
     assert len(hits) == 24 and {h.doc_id for h in hits} == {"doc1", "doc2"}  # only 24 pages match
-    hits = searcher.search_vectors(q, k=50, filter={"metadata.lang": "fr"})
+    hits = one(searcher, q, 50, {"metadata.lang": "fr"})
     assert len(hits) == 40 and all(store.payloads[h.point_id]["metadata"]["lang"] == "fr" for h in hits)
-    hits = searcher.search_vectors(q, k=5, filter={"metadata.year": [2001, 2003], "file_name": "doc3.pdf"})
+    hits = one(searcher, q, 5, {"metadata.year": [2001, 2003], "file_name": "doc3.pdf"})
     assert hits and all(
         h.file_name == "doc3.pdf" and store.payloads[h.point_id]["metadata"]["year"] in (2001, 2003) for h in hits
     )
     # the filtered ranking is the unfiltered ranking restricted to matching pages
-    full = searcher.search_vectors(q, k=len(index))
+    full = one(searcher, q, len(index))
     expect = [h.point_id for h in full if h.doc_id == "doc0"][:10]
-    assert [h.point_id for h in searcher.search_vectors(q, k=10, filter={"doc_id": ["doc0"]})] == expect
-    assert searcher.search_vectors(q, k=5, filter={"source": "/nope"}) == []
-    with pytest.raises(ValueError, match="unknown field"):
-        searcher.search_vectors(q, k=5, filter={"colour": "red"})
+    assert [h.point_id for h in one(searcher, q, 10, {"doc_id": ["doc0"]})] == expect
+    assert one(searcher, q, 5, {"source": "/nope"}) == []
+    assert one(searcher, q, 5, {"doc_id": []}) == []  # an empty any-of matches nothing
+    with pytest.raises(InvalidRequest, match="unknown field"):
+        one(searcher, q, 5, {"colour": "red"})
 
 
 def test_filter_cache_follows_updates():
@@ -378,16 +360,13 @@ def test_pooling_shape_and_norm():
 
 def test_two_stage_recall(structured):
     pages, queries, exact_idx = structured
-    pooled = [pool_tokens(p, 16) for p in pages]
-    store = ListStore(pages, pooled)
-    for index in (None, TokenIndex(device="cpu")):
-        if index is not None:
-            index.build(store)
-        ts = TwoStageSearcher(store, index, candidates=30, device="cpu")
-        got = np.array([[int(h.point_id[1:]) for h in row] for row in ts.search_vectors(queries, k=10)])
-        assert recall_at(exact_idx, got) >= 0.9
-        hits = ts.search_vectors(queries[0], k=5, filter={"doc_id": "doc3"})
-        assert len(hits) == 5 and {h.doc_id for h in hits} == {"doc3"}
+    # The prefetch vectors ingest writes (one pooling for production, eval, bench and this test).
+    store = ListStore(pages, [prefetch_vectors(p) for p in pages])
+    ts = TwoStageSearcher(store, candidates=30, device="cpu")
+    got = np.array([[int(h.point_id[1:]) for h in row] for row in ts.search_vectors(queries, k=10)])
+    assert recall_at(exact_idx, got) >= 0.9
+    hits = one(ts, queries[0], 5, {"doc_id": "doc3"})
+    assert len(hits) == 5 and {h.doc_id for h in hits} == {"doc3"}
 
 
 # ------------------------------------------------------------------------------------------------ Triton / GPU
@@ -495,18 +474,18 @@ def test_build_from_real_edge_store(tmp_path):
             pl.update(content_hash=f"h{i % 4}", ingested_at="2026-11-23T00:00:00Z", width=100, height=100)
             pid = page_point_id(pl["doc_id"], pl["page_number"])
             ids.append(pid)
-            recs.append(PageRecord(point_id=pid, vectors=p, payload=pl, pooled=pool_tokens(p, 16)))
+            recs.append(PageRecord(point_id=pid, vectors=p, payload=pl, pooled=prefetch_vectors(p)))
         store.upsert_pages(recs)
         index = TokenIndex(device="cpu")
         index.build(store)
         assert len(index) == 24 and index.n_tokens == sum(len(p) for p in pages)
         ref = colpali_scores(queries, pages)
-        hits = Searcher(store, index).search_vectors(queries, k=5)
+        hits = exact(store, index).search_vectors(queries, k=5)
         got = np.array([[ids.index(h.point_id) for h in row] for row in hits])
         assert_topk_equal_up_to_ties(ref, got, 5)
-        hits = Searcher(store, index).search_vectors(queries[0], k=10, filter={"doc_id": ["doc1"]})
+        hits = one(exact(store, index), queries[0], 10, {"doc_id": ["doc1"]})
         assert len(hits) == 6 and {h.doc_id for h in hits} == {"doc1"}
-        ts = TwoStageSearcher(store, index, candidates=24, device="cpu").search_vectors(queries[0], k=5)
+        ts = one(TwoStageSearcher(store, candidates=24, device="cpu"), queries[0], 5)
         assert [h.point_id for h in ts] == [ids[i] for i in got[0]]
         index.save(tmp_path / "cache")
         store.delete_pages(ids[:2])
@@ -517,8 +496,8 @@ def test_build_from_real_edge_store(tmp_path):
         assert len(cached) == 24
         cached.sync(store)
         assert sorted(cached.point_ids()) == sorted(index.point_ids())
-        a = Searcher(store, cached).search_vectors(queries[1], k=5)
-        b = Searcher(store, index).search_vectors(queries[1], k=5)
+        a = one(exact(store, cached), queries[1], 5)
+        b = one(exact(store, index), queries[1], 5)
         assert [(h.point_id, round(h.score, 4)) for h in a] == [(h.point_id, round(h.score, 4)) for h in b]
     finally:
         store.close()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.store import EdgeStore, ServerStore, open_store
 from indexer.store.base import DIM, document_point_id, page_point_id
@@ -136,12 +137,18 @@ def test_payloads_and_iter_pages_roundtrip(store):
     assert payloads[recs[0].point_id]["kind"] == "page"
     by_id = {r.point_id: r for r in recs}
     seen = list(store.iter_pages(batch_size=2))  # several scroll pages
-    assert sorted(pid for pid, _, _ in seen) == sorted(by_id)
-    for pid, vectors, payload in seen:
-        assert vectors.dtype == np.float32 and vectors.shape == (24, DIM)
-        np.testing.assert_allclose(vectors, by_id[pid].vectors, rtol=1e-3, atol=1e-3)  # fp16 storage
-        assert payload["doc_id"] == "d"
-    assert all(v is None for _, v, _ in store.iter_pages(with_vectors=False))
+    assert sorted(p.point_id for p in seen) == sorted(by_id)
+    for p in seen:
+        assert p.tokens.dtype == np.float32 and p.tokens.shape == (24, DIM) and p.pooled is None
+        np.testing.assert_allclose(p.tokens, by_id[p.point_id].vectors, rtol=1e-3, atol=1e-3)  # fp16 storage
+        assert p.payload["doc_id"] == "d"
+    assert all(p.tokens is None and p.pooled is None for p in store.iter_pages(vectors=()))
+    both = {p.point_id: p for p in store.iter_pages(vectors=("tokens", "pooled"))}
+    for pid, rec in by_id.items():
+        np.testing.assert_allclose(both[pid].pooled, rec.pooled, rtol=1e-6)  # pooled are kept as float32
+        assert both[pid].tokens.shape == (24, DIM)
+    with pytest.raises(ValueError, match="unknown vector"):
+        list(store.iter_pages(vectors=("colours",)))
 
 
 def test_non_finite_vectors_refused_and_nothing_written(store):
@@ -175,19 +182,17 @@ def test_prefetch_filters(store):
     ingest(store, "en-doc", 2, lang="en")
     ingest(store, "fr-doc", 2, lang="fr")
     q = page("en-doc", 1).vectors[:6]
-    assert {pid for pid, _ in store.prefetch(q, 10)} == {
-        page_point_id(d, n) for d in ("en-doc", "fr-doc") for n in (1, 2)
-    }
+
+    def ids(flt=None):
+        return {pid for pid, _ in store.prefetch(q, 10, Filter.parse(flt))}
+
+    assert ids() == {page_point_id(d, n) for d in ("en-doc", "fr-doc") for n in (1, 2)}
     fr = {page_point_id("fr-doc", n) for n in (1, 2)}
-    assert {pid for pid, _ in store.prefetch(q, 10, {"metadata.lang": "fr"})} == fr
-    assert {pid for pid, _ in store.prefetch(q, 10, {"doc_id": ["fr-doc", "other"]})} == fr
-    assert {pid for pid, _ in store.prefetch(q, 10, {"doc_id": "fr-doc", "page_number": 2})} == {
-        page_point_id("fr-doc", 2)
-    }
-    assert store.prefetch(q, 10, {"doc_id": []}) == []
+    assert ids({"metadata.lang": "fr"}) == fr
+    assert ids({"doc_id": ["fr-doc", "other"]}) == fr
+    assert ids({"doc_id": "fr-doc", "page_number": 2}) == {page_point_id("fr-doc", 2)}
+    assert ids({"doc_id": []}) == set()
     assert store.prefetch(q, 1)[0][0] == page_point_id("en-doc", 1)
-    with pytest.raises(ValueError):
-        store.prefetch(q, 10, {"doc_id": {"nested": 1}})
 
 
 def test_delete_document_and_pages(store):
@@ -212,8 +217,22 @@ def test_version_moves_on_every_change(store):
     seen.add(store.version())
     store.delete_pages([page_point_id("d", 1)])
     seen.add(store.version())
-    assert len(seen) == 4
+    store.set_document_sources("d", ["/elsewhere/d.pdf"])
+    seen.add(store.version())
+    assert len(seen) == 5
     assert store.version() == store.version()
+    assert store.count_pages() == 1 and store.list_documents(include_incomplete=True)[0].pages_stored == 1
+
+
+def test_edge_version_survives_a_restart(tmp_path):
+    """The version lives in the shard: reopened and untouched, a cached search index is current without a scan."""
+    with EdgeStore(tmp_path / "qdrant", "c") as store:
+        ingest(store, "d", 2)
+        before = store.version()
+    with EdgeStore(tmp_path / "qdrant", "c") as store:
+        assert store.version() == before
+        store.delete_pages([page_point_id("d", 1)])
+        assert store.version() != before
 
 
 def test_upserts_are_batched(store, monkeypatch):
@@ -222,7 +241,7 @@ def test_upserts_are_batched(store, monkeypatch):
     monkeypatch.setattr(store, "_upsert", lambda pts: (calls.append(len(pts)), original(pts)))
     monkeypatch.setattr(store, "max_floats_per_request", 3 * 28 * DIM)  # 3 pages of 24 + 4 vectors
     store.upsert_pages([page("d", n) for n in range(1, 8)])
-    assert calls == [3, 3, 1]
+    assert calls == [3, 3, 1, 1]  # the last one is the state point that moves version()
     assert store.count_pages() == 7
 
 
@@ -278,8 +297,8 @@ def test_backends_congruent(tmp_path):
         ids = [page_point_id(d, n) for d in ("alpha", "beta", "gamma", "delta") for n in (1, 2, 3)]
         assert edge.get_payloads(ids) == server.get_payloads(ids)
         assert edge.count_pages() == server.count_pages() == 7
-        e_pages = {pid: (v, p) for pid, v, p in edge.iter_pages(batch_size=3)}
-        s_pages = {pid: (v, p) for pid, v, p in server.iter_pages(batch_size=3)}
+        e_pages = {p.point_id: (p.tokens, p.payload) for p in edge.iter_pages(batch_size=3)}
+        s_pages = {p.point_id: (p.tokens, p.payload) for p in server.iter_pages(batch_size=3)}
         assert e_pages.keys() == s_pages.keys()
         for pid, (v, p) in e_pages.items():
             assert p == s_pages[pid][1]
@@ -287,8 +306,8 @@ def test_backends_congruent(tmp_path):
         q = page("alpha", 2).vectors[:8]
         for flt in (None, {"metadata.lang": "en"}, {"doc_id": ["beta", "gamma"]}):
             for using in ("pooled", "tokens"):
-                e = edge.prefetch(q, 5, flt, using=using)
-                s = server.prefetch(q, 5, flt, using=using)
+                e = edge.prefetch(q, 5, Filter.parse(flt), using=using)
+                s = server.prefetch(q, 5, Filter.parse(flt), using=using)
                 assert [i for i, _ in e] == [i for i, _ in s], (flt, using)
                 np.testing.assert_allclose([x for _, x in e], [x for _, x in s], rtol=1e-2, atol=0.5)
     finally:
@@ -307,7 +326,7 @@ def test_edge_persists_across_close_and_reopen(tmp_path):
     with EdgeStore(tmp_path, "c") as s:
         assert s.count_pages() == 3
         assert s.list_documents()[0].pages_stored == 3
-        got = {pid: v for pid, v, _ in s.iter_pages()}
+        got = {p.point_id: p.tokens for p in s.iter_pages()}
         np.testing.assert_allclose(got[recs[2].point_id], recs[2].vectors, atol=1e-3, rtol=1e-3)
     cfg = json.loads((tmp_path / "c" / "edge_config.json").read_text())["vectors"]
     assert cfg["tokens"]["datatype"] == "float16" and cfg["tokens"]["hnsw_config"]["m"] == 0
@@ -423,10 +442,12 @@ def test_server_unreachable_is_store_unavailable():
 
 
 def test_open_store_picks_backend(tmp_path):
-    with open_store(tmp_path, "c") as s:
-        assert isinstance(s, EdgeStore) and s.shard_path == tmp_path / "c"
+    from indexer.settings import Settings
+
+    with open_store(Settings(data_dir=tmp_path, collection="c")) as s:
+        assert isinstance(s, EdgeStore) and s.shard_path == tmp_path / "qdrant" / "c"
     with pytest.raises(StoreUnavailable):
-        open_store(tmp_path, "c", url="http://127.0.0.1:9", timeout=1)
+        open_store(Settings(data_dir=tmp_path, collection="c", qdrant_url="http://127.0.0.1:9"), timeout=1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pytest
 from api.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
+from testkit.pdfs import LETTER, PageSpec, build_pdf, write_pdf
 from tests.conftest import tiny_settings
-from tests.pdfs import LETTER, PageSpec, build_pdf, write_pdf
 from tests.test_api import LiveServer, wait_job
 
 pytestmark = pytest.mark.slow
@@ -45,6 +45,13 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 30_000
 API_KEY = "web-test-key"
 SCORE = re.compile(r"^score -?\d+\.\d{3}$")
+
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  window.__cspViolations.push(`${e.violatedDirective}: ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`);
+});
+"""
 
 # The image has loaded (and decoded to something) from the URL the page means to show.
 IMAGE_SHOWN = """([sel, part]) => {
@@ -113,10 +120,17 @@ class Browser:
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("response", lambda r: r.status >= 400 and self.errors.append(f"HTTP {r.status}: {r.url}"))
+        # Every Content-Security-Policy violation, as the page sees it (they are also console errors).
+        self.context.add_init_script(CSP_WATCH)
+
+    def csp_violations(self) -> list[str]:
+        return list(self.page.evaluate("window.__cspViolations || []"))
 
     def check_clean(self) -> None:
-        """No script errors, and nothing fetched from anywhere but the server (the page works offline)."""
+        """No script errors, no CSP violations, and nothing fetched from anywhere but the server (the page works
+        offline)."""
         assert self.errors == [], self.errors
+        assert self.csp_violations() == []
         foreign = [u for u in self.requests if not u.startswith((self.origin, "blob:", "data:"))]
         assert foreign == [], foreign
 
@@ -247,3 +261,62 @@ def test_api_key_images_and_heatmap_as_blobs(playwright: Any, keyed_server: Live
         assert page.evaluate("u => fetch(u).then(() => true, () => false)", heat_blob) is False
     finally:
         browser.context.close()
+
+
+def test_docs_page_works_offline_under_its_csp(browser: Browser, server: LiveServer) -> None:
+    """Swagger UI at /docs comes from the server itself (no CDN) and runs under the page's CSP."""
+    page = browser.page
+    page.goto(server.url + "/docs")
+    sync_api.expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    assert page.locator(".swagger-ui .opblock").count() >= 7
+    assert "/v1/search" in page.locator(".swagger-ui").inner_text()
+    assert "content-security-policy" in {k.lower() for k in page.request.get(server.url + "/docs").headers}
+    browser.check_clean()
+
+
+def test_page_on_another_origin_cannot_upload(
+    playwright: Any, server: LiveServer, settings: Settings, tmp_path: Path
+) -> None:
+    """A page elsewhere posts a no-cors multipart form at the API (no API key: the default); it must not be indexed."""
+    import http.server
+    import threading
+
+    target = f"{server.url}/v1/documents"
+    evil_page = f"""<!doctype html><title>elsewhere</title><script>
+      const form = new FormData();
+      form.append("files", new Blob(["%PDF-1.4\\n%%EOF\\n"], {{type: "application/pdf"}}), "planted.pdf");
+      fetch("{target}", {{method: "POST", mode: "no-cors", body: form}})
+        .then(() => {{ document.title = "sent"; }}, () => {{ document.title = "failed"; }});
+    </script>""".encode()
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(evil_page)))
+            self.end_headers()
+            self.wfile.write(evil_page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    uploads = settings.data_dir / "uploads"
+    before = set(uploads.iterdir()) if uploads.exists() else set()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        docs_before = c.get("/v1/documents").json()["total"]
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    browser = Browser(playwright, tmp_path / "profile", server.url)
+    try:
+        statuses: list[int] = []
+        browser.page.on("response", lambda r: r.url == target and statuses.append(r.status))
+        # "localhost" and "127.0.0.1" are different sites: the browser sends Sec-Fetch-Site: cross-site.
+        browser.page.goto(f"http://localhost:{elsewhere.server_address[1]}/")
+        browser.page.wait_for_function("document.title !== 'elsewhere'")
+        assert statuses == [403], statuses
+    finally:
+        browser.context.close()
+        elsewhere.shutdown()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.get("/v1/documents").json()["total"] == docs_before
+    assert (set(uploads.iterdir()) if uploads.exists() else set()) == before

@@ -3,7 +3,10 @@
 Stream events: ``token`` (data: a JSON string, one piece of text) as generated, then ``sources``
 (data: ``{"sources": [hit...], "timings": {...}, "warnings": [...]}``), then ``done``. A failure after
 the stream started is sent as ``error`` (data: ``{"detail": "..."}``).
-Generation runs on the app's answer thread; the event loop only relays pieces.
+
+Generation runs on the answers' :class:`~api.limits.WorkQueue` thread (one at a time, a short line, then 503);
+the event loop only relays pieces. When the client disconnects (waiting, generating or streaming), the
+generation's ``stop`` event is set and decoding ends within one step.
 """
 
 from __future__ import annotations
@@ -11,22 +14,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
-from api.deps import PipelineDep, SettingsDep
+from api.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
+from api.errors import client_interface
+from api.routes.common import DocNames
 from api.schemas import AnswerRequest, AnswerResponse
+from api.streams import EventStream, relay, start_stream
+from indexer.errors import ColsmolError, Interface, for_interface
+from indexer.filters import Filter
 from rag.types import Answer
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["answer"])
-
-_END = object()
-
 
 def sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
@@ -35,67 +38,50 @@ def sse(event: str, data: Any) -> bytes:
 @router.post(
     "/answer",
     response_model=AnswerResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 422: {}, 503: {}},
+    responses={200: {"content": {"text/event-stream": {}}}, 422: {}, 503: {"description": "Busy: retry later"}},
 )
-async def answer(body: AnswerRequest, pipeline: PipelineDep, settings: SettingsDep, request: Request) -> Any:
+async def answer(
+    body: AnswerRequest,
+    request: Request,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    answers: AnswersDep,
+    names: DocNamesDep,
+) -> Any:
     """Answer ``question`` from the top-``k`` pages, citing them."""
     max_new_tokens = body.max_new_tokens or settings.max_new_tokens
-    loop = asyncio.get_running_loop()
-    executor = request.app.state.answer_executor
-    names = request.app.state.doc_names
+    flt = Filter.parse(body.filter)  # a bad filter is a 422 here, before any work
     if not body.stream:
-        result: Answer = await loop.run_in_executor(
-            executor, lambda: pipeline.answer(body.question, body.k, body.filter, max_new_tokens)
+        result: Answer = await answers.run(
+            request, lambda stop: pipeline.answer(body.question, body.k, flt, max_new_tokens, stop=stop)
         )
         return AnswerResponse(
-            text=result.text,
+            text=for_interface(result.text, client_interface(request)),
             sources=await names.hits_out(result.sources),
             timings=result.timings,
             warnings=result.warnings,
         )
 
-    pieces = pipeline.stream_answer(body.question, body.k, body.filter, max_new_tokens)
     # The first piece comes after search and prefill: a bad request fails here, as a plain 4xx.
-    first = await loop.run_in_executor(executor, next, pieces)
-    return StreamingResponse(
-        _events(first, pieces, loop, executor, names),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    first, queue, stop = await start_stream(
+        request,
+        answers,
+        lambda stop: pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop),
+        log,
     )
+    return EventStream(_events(first, queue, names, client_interface(request)), stop)
 
 
 async def _events(
-    first: str | Answer, pieces: Iterator[str | Answer], loop: asyncio.AbstractEventLoop, executor: Any, names: Any
+    first: Any, queue: asyncio.Queue[Any], names: DocNames, interface: Interface
 ) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in pieces:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-                if stop.is_set():  # the client went away: stop generating
-                    break
-        except Exception as exc:
-            log.exception("streaming answer failed")
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-        finally:
-            if stop.is_set() and hasattr(pieces, "close"):
-                pieces.close()
-            loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-    loop.run_in_executor(executor, produce)
-    item: Any = first
-    try:
-        while item is not _END:
-            if isinstance(item, Answer):
-                sources = [h.model_dump() for h in await names.hits_out(item.sources)]
-                yield sse("sources", {"sources": sources, "timings": item.timings, "warnings": item.warnings})
-            elif isinstance(item, Exception):
-                yield sse("error", {"detail": str(item)})
-            else:
-                yield sse("token", item)
-            item = await queue.get()
-        yield sse("done", {})
-    finally:
-        stop.set()
+    async for item in relay(first, queue):
+        if isinstance(item, Answer):
+            sources = [h.model_dump() for h in await names.hits_out(item.sources)]
+            yield sse("sources", {"sources": sources, "timings": item.timings, "warnings": item.warnings})
+        elif isinstance(item, Exception):
+            detail = for_interface(item, interface) if isinstance(item, ColsmolError) else "generation failed"
+            yield sse("error", {"detail": detail})
+        else:
+            yield sse("token", for_interface(item, interface))
+    yield sse("done", {})

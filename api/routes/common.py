@@ -18,13 +18,16 @@ def page_urls(point_id: str) -> tuple[str, str]:
 
 
 def shown_name(file_name: str | None, metadata: dict[str, Any] | None) -> str | None:
-    """Uploads are stored under generated names; the client's name is kept in ``metadata.original_name``."""
+    """The name shown for a document: its ``file_name`` (an upload's is the client's name). Uploads made before
+    sources named them (``upload:<name>``) kept the client's name in ``metadata.original_name``."""
     original = (metadata or {}).get("original_name")
     return original if isinstance(original, str) and original else file_name
 
 
 class DocNames:
-    """doc_id -> the name to show, looked up in the store once per document and then cached."""
+    """Shapes hits into response bodies. A hit's ``file_name`` is current (renames update the pages); only
+    uploads from before sources named them need their document's ``metadata.original_name``, looked up once
+    per document and cached."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
@@ -38,7 +41,8 @@ class DocNames:
     def _lookup(self, doc_ids: list[str]) -> None:
         for doc_id in doc_ids:
             info = self.store.get_document(doc_id)
-            name = shown_name(info.file_name, info.metadata) if info is not None else None
+            original = (info.metadata or {}).get("original_name") if info is not None else None
+            name = original if isinstance(original, str) and original else None
             with self._lock:
                 self._names[doc_id] = name
 
@@ -53,6 +57,7 @@ class DocNames:
                 HitOut(
                     point_id=hit.point_id,
                     doc_id=hit.doc_id,
+                    source=hit.source,
                     file_name=self._names.get(hit.doc_id or "") or hit.file_name,
                     page_number=hit.page_number,
                     score=hit.score,

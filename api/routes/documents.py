@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from api import uploads
-from api.deps import JobsDep, PipelineDep, SettingsDep
+from api.deps import DocNamesDep, JobsDep, PipelineDep, SettingsDep
 from api.jobs import Job, new_job_id
 from api.routes.common import page_urls, shown_name
 from api.schemas import DeleteResponse, DocumentList, DocumentOut, JobCreated, JobOut
+from api.security import SameOrigin
 from indexer.errors import NotFound
 from indexer.store.base import page_point_id
 
@@ -27,7 +28,12 @@ UPLOAD_BODY = {
                     "required": ["files"],
                     "properties": {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "metadata": {"type": "string", "description": 'JSON object, e.g. {"lang": "en"}'},
+                        "metadata": {"type": "string", "description": uploads.METADATA_HELP},
+                        "password": {
+                            "type": "string",
+                            "format": "password",
+                            "description": "Password of the upload's encrypted PDFs (never stored or reported).",
+                        },
                     },
                 }
             }
@@ -41,6 +47,7 @@ def _document_out(info: Any) -> DocumentOut:
         doc_id=info.doc_id,
         file_name=shown_name(info.file_name, info.metadata) or info.file_name,
         source=info.source,
+        sources=list(info.paths),
         page_count=info.page_count,
         pages_stored=info.pages_stored,
         content_hash=info.content_hash,
@@ -56,15 +63,16 @@ def _document_out(info: Any) -> DocumentOut:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobCreated,
     openapi_extra=UPLOAD_BODY,
-    responses={400: {}, 413: {}, 415: {}, 422: {}},
+    responses={400: {}, 403: {"description": "A cross-origin browser request"}, 413: {}, 415: {}, 422: {}},
 )
-async def upload(request: Request, settings: SettingsDep, jobs: JobsDep) -> JobCreated:
-    """Upload PDFs or page images (multipart field ``files``) with optional JSON ``metadata``; poll the job."""
+async def upload(request: Request, settings: SettingsDep, jobs: JobsDep, _: SameOrigin) -> JobCreated:
+    """Upload PDFs or page images (multipart field ``files``) with optional JSON ``metadata`` and ``password``;
+    poll the job."""
     declared = int(request.headers.get("content-length") or 0)
     if declared > settings.max_upload_bytes * settings.max_upload_files + (1 << 20):
         raise HTTPException(413, f"the upload is {declared} bytes; the limit is {settings.max_upload_bytes} a file")
     job_id = new_job_id()
-    target = settings.data_dir / "uploads" / job_id
+    target = jobs.upload_dir(job_id)
     try:
         upload = await uploads.receive(
             request.headers.get("content-type", ""),
@@ -72,10 +80,11 @@ async def upload(request: Request, settings: SettingsDep, jobs: JobsDep) -> JobC
             target,
             settings.max_upload_bytes,
             settings.max_upload_files,
+            claim=jobs.claim,
         )
     except uploads.UploadError as exc:
         raise HTTPException(exc.status, exc.detail) from None
-    jobs.submit(Job(job_id, target, upload.files, upload.metadata))
+    jobs.submit(Job(job_id, target, upload.files, upload.metadata, password=upload.password))
     return JobCreated(job_id=job_id)
 
 
@@ -90,9 +99,17 @@ async def list_documents(
     pipeline: PipelineDep,
     offset: int = Query(0, ge=0, le=10**9),
     limit: int = Query(50, ge=1, le=500),
+    state: Literal["all", "complete", "incomplete"] = Query(
+        "all",
+        description="complete: every page stored; incomplete: an ingest still running or cut short (its pages are "
+        "already searchable; uploading the file again finishes it).",
+    ),
 ) -> DocumentList:
-    """Indexed documents, newest first, a page at a time."""
-    docs = await run_in_threadpool(pipeline.documents)
+    """Documents with stored pages, newest first, a page at a time: the same documents search can return and
+    ``GET /v1/documents/{id}`` describes, each with ``complete`` and ``pages_stored`` of ``page_count``."""
+    docs = await run_in_threadpool(pipeline.documents, True)
+    if state != "all":
+        docs = [d for d in docs if d.complete == (state == "complete")]
     docs = sorted(docs, key=lambda d: (d.ingested_at, d.doc_id), reverse=True)
     items = [_document_out(d) for d in docs[offset : offset + limit]]
     return DocumentList(items=items, total=len(docs), offset=offset, limit=limit)
@@ -102,13 +119,17 @@ async def list_documents(
 async def get_document(doc_id: str, pipeline: PipelineDep) -> DocumentOut:
     info = await run_in_threadpool(pipeline.store.get_document, doc_id)
     if info is None:
-        raise NotFound(f"no document with id {doc_id!r}; GET /v1/documents lists them")
+        raise NotFound(f"no document with id {doc_id[:64]!r}; GET /v1/documents lists them")
     return _document_out(info)
 
 
-@router.delete("/documents/{doc_id}", response_model=DeleteResponse, responses={404: {}})
-async def delete_document(doc_id: str, pipeline: PipelineDep, request: Request) -> DeleteResponse:
+@router.delete(
+    "/documents/{doc_id}",
+    response_model=DeleteResponse,
+    responses={403: {"description": "A cross-origin browser request"}, 404: {}},
+)
+async def delete_document(doc_id: str, pipeline: PipelineDep, names: DocNamesDep, _: SameOrigin) -> DeleteResponse:
     """Remove a document's pages, page images and record."""
     n = await run_in_threadpool(pipeline.delete, doc_id)
-    request.app.state.doc_names.forget(doc_id)
+    names.forget(doc_id)
     return DeleteResponse(doc_id=doc_id, pages_deleted=n)

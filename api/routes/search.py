@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from api.deps import BatcherDep
+from api.deps import BatcherDep, DocNamesDep
 from api.schemas import SearchRequest, SearchResponse
+from indexer.filters import Filter
 
 router = APIRouter(tags=["search"])
 
 
 @router.post("/search", response_model=SearchResponse)
-async def search(body: SearchRequest, batcher: BatcherDep, request: Request) -> SearchResponse:
+async def search(body: SearchRequest, batcher: BatcherDep, names: DocNamesDep) -> SearchResponse:
     """Top-k pages by exact MaxSim, best first."""
-    hits = await batcher.search(body.query, body.k, body.filter)
-    return SearchResponse(hits=await request.app.state.doc_names.hits_out(hits))
+    hits = await batcher.search(body.query, body.k, Filter.parse(body.filter))
+    return SearchResponse(hits=await names.hits_out(hits))

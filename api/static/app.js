@@ -124,7 +124,7 @@ async function pollJob(id) {
     const job = await (await api(`/v1/jobs/${id}`)).json();
     bar.value = job.pages_total ? job.pages_done / job.pages_total : 0;
     status.textContent = `Indexing: ${job.state}, ${job.pages_done}/${job.pages_total} pages of ${job.files_total} file(s)`;
-    if (job.state === "done" || job.state === "failed") {
+    if (job.state === "done" || job.state === "failed" || job.state === "interrupted") {
       bar.value = 1;
       const errs = job.errors.map((e) => `${e.file}: ${e.error}`).join("; ");
       status.className = errs ? "error" : "";

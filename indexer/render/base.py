@@ -177,8 +177,24 @@ def broken_pdf_reason(path: Path) -> str:
 
 
 def encrypted_reason(password: str | None) -> str:
-    """The reason for an encrypted PDF that we cannot open with ``password``."""
-    return "encrypted: pass --password" if password is None else "encrypted: wrong password"
+    """The reason for an encrypted PDF that we cannot open with ``password``: neutral text, with the way to
+    give a password phrased per interface (:class:`indexer.errors.HintedText`).
+
+    >>> from indexer.errors import for_interface
+    >>> for_interface(encrypted_reason(None), "cli")
+    'encrypted: needs a password; pass --password'
+    """
+    from indexer.errors import HintedText
+
+    if password is None:
+        return HintedText(
+            "encrypted: needs a password",
+            {"cli": "pass --password", "http": "send it in the upload's 'password' form field"},
+        )
+    return HintedText(
+        "encrypted: wrong password",
+        {"cli": "check --password", "http": "check the upload's 'password' form field"},
+    )
 
 
 def make_renderer(name: Literal["pdfium", "poppler"] = "pdfium") -> PdfRenderer:

@@ -1,4 +1,7 @@
-"""Image files as pages: PNG, JPEG, WebP and TIFF (every frame of a multi-page TIFF is one page).
+"""Image files as pages: PNG, JPEG, WebP and TIFF.
+
+Every frame of a multi-page TIFF is one page (scanners write multi-page documents that way). An animated
+PNG or WebP is an animation, not a document: only its first frame becomes a page.
 
 Images keep their own pixel size (``dpi`` does not apply); a frame larger than ``max_pixels`` is
 shrunk to fit, JPEGs already while decoding (``Image.draft``, DCT scaling by 1/2, 1/4 or 1/8).
@@ -10,6 +13,7 @@ Transparent images are flattened onto white, and EXIF orientation (phone photos)
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,12 +35,21 @@ def max_decode_pixels() -> int | None:
 
 
 def image_page_count(path: str | Path, kind: FileKind) -> int:
-    """Number of pages (frames) of an image file, reading headers only."""
+    """Number of pages of an image file (frames of a TIFF, else 1), reading headers only."""
     im = _open(Path(path), kind)
     try:
-        return max(1, int(getattr(im, "n_frames", 1)))
+        return _page_count(im, Path(path), kind)
     finally:
         im.close()
+
+
+def _page_count(im: Any, path: Path, kind: FileKind) -> int:
+    if kind != "tiff":
+        return 1
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - counting TIFF frames walks the IFD chain, which may be broken (any error)
+        raise DocumentError(str(path), f"corrupt {_KIND_NAME[kind]} image (cannot count its frames)") from None
 
 
 def iter_image_pages(path: str | Path, kind: FileKind, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[RenderedPage]:
@@ -44,10 +57,10 @@ def iter_image_pages(path: str | Path, kind: FileKind, max_pixels: int = DEFAULT
     path = Path(path)
     im = _open(path, kind)
     try:
-        n = max(1, int(getattr(im, "n_frames", 1)))
-    except Exception:  # noqa: BLE001 - counting TIFF frames walks the IFD chain, which may be broken
+        n = _page_count(im, path, kind)
+    except BaseException:
         im.close()
-        raise DocumentError(str(path), f"corrupt {_KIND_NAME[kind]} image (cannot count its frames)") from None
+        raise
     return _frames(im, path, kind, n, max_pixels)
 
 
@@ -60,7 +73,7 @@ def _open(path: Path, kind: FileKind) -> Any:
         raise DocumentError(str(path), f"page too large ({e})") from None
     except PermissionError:
         raise DocumentError(str(path), "unreadable: permission denied") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, struct.error, EOFError):
         raise DocumentError(str(path), f"corrupt {_KIND_NAME[kind]} image (cannot read its header)") from None
     return im
 

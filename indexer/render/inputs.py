@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from indexer.errors import DocumentError
+from indexer.errors import DocumentError, EncryptedDocument
 from indexer.render.base import (
     DEFAULT_DPI,
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
+    FileKind,
     PdfRenderer,
     make_renderer,
     read_head,
@@ -28,11 +31,12 @@ from indexer.render.images import image_page_count, iter_image_pages
 from indexer.types import RenderedPage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
 
 
-def _kind_of(path: Path) -> str:
+def _kind_of(path: Path) -> FileKind:
     """Sniff ``path``'s content; raise DocumentError for empty/unreadable/unknown files."""
     kind = sniff(read_head(path))
     suffix = path.suffix.lower()
@@ -67,8 +71,9 @@ def iter_file_pages(
     path = Path(path)
     kind = _kind_of(path)
     if kind == "pdf":
-        return (renderer or make_renderer("pdfium")).render(path, dpi, password, max_pixels)
-    return iter_image_pages(path, kind, max_pixels)  # type: ignore[arg-type]
+        pdf = renderer or make_renderer("pdfium")
+        return _first_password_that_opens(lambda pw: pdf.render(path, dpi, pw, max_pixels), password)
+    return iter_image_pages(path, kind, max_pixels)
 
 
 def file_page_count(path: str | Path, renderer: PdfRenderer | None = None, password: str | None = None) -> int:
@@ -76,31 +81,83 @@ def file_page_count(path: str | Path, renderer: PdfRenderer | None = None, passw
     path = Path(path)
     kind = _kind_of(path)
     if kind == "pdf":
-        return (renderer or make_renderer("pdfium")).page_count(path, password)
-    return image_page_count(path, kind)  # type: ignore[arg-type]
+        pdf = renderer or make_renderer("pdfium")
+        return _first_password_that_opens(lambda pw: pdf.page_count(path, pw), password)
+    return image_page_count(path, kind)
+
+
+def _first_password_that_opens(open_with: Callable[[str | None], T], password: str | None) -> T:
+    """Open without a password first, and with ``password`` only when the file asks for one.
+
+    A PDF with only an owner password (restrictions on printing or copying) opens without one, and a
+    user password given for the encrypted files of a folder must not make it fail as "wrong password":
+    one ``--password`` works for a folder that mixes both kinds.
+    """
+    if password is None:
+        return open_with(None)
+    try:
+        return open_with(None)
+    except EncryptedDocument:
+        return open_with(password)
 
 
 @dataclass(frozen=True)
 class WalkResult:
-    """What ``walk_inputs`` found: ``files`` to ingest (sorted, unique) and ``skipped`` ``(path, reason)`` pairs."""
+    """What ``walk_inputs`` found: ``files`` to ingest (sorted, unique), ``skipped`` ``(path, reason)`` pairs for
+    things that are not input files (wrong suffix, special files), and ``failed`` ``(path, reason)`` pairs for
+    inputs that should have been read and could not (a named path that does not exist, an unreadable folder)."""
 
     files: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def walk_inputs(paths: Iterable[str | Path], suffixes: Iterable[str] = SUPPORTED_SUFFIXES) -> WalkResult:
+def display_path(path: str | Path) -> str:
+    r"""A path as text that can be shown, stored as JSON and compared: its bytes as UTF-8, with any byte that
+    is not valid UTF-8 written as ``\xNN`` (a name from another locale). Valid names are unchanged.
+
+    >>> display_path("/docs/caf\udce9.pdf"), display_path("/docs/café.pdf")
+    ('/docs/caf\\xe9.pdf', '/docs/café.pdf')
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _special_kind(path: Path) -> str | None:
+    """What a path that is neither a regular file nor a folder is ("FIFO", "socket", ...), or None if missing."""
+    try:
+        mode = path.stat().st_mode  # follows symlinks
+    except OSError:
+        return None
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def walk_inputs(
+    paths: Iterable[str | Path], suffixes: Iterable[str] = SUPPORTED_SUFFIXES, exclude: Iterable[Path] = ()
+) -> WalkResult:
     """Expand files and folders into the input files to ingest.
 
     Folders are walked recursively, following symlinks but never entering a directory twice (so a
     symlink loop ends). Names starting with ``.`` are skipped silently inside folders; a path given
-    explicitly is always considered. Files whose suffix (case-insensitive) is not in ``suffixes`` are
-    reported in ``skipped``, as are missing paths. ``files`` is sorted and free of duplicates (by
-    resolved path, first spelling kept).
+    explicitly is always considered. Files whose suffix (case-insensitive) is not in ``suffixes`` and
+    special files (FIFOs, devices, sockets, even behind a symlink) are ``skipped`` with their reason. A
+    named path that does not exist (or is a broken symlink) and a folder that cannot be read are
+    ``failed``. ``files`` is sorted and free of duplicates (by resolved path, first spelling kept).
+    Folders in ``exclude`` (colsmol's own page images) are skipped.
     """
     wanted = {s.lower() for s in suffixes}
     files: dict[Path, Path] = {}  # resolved -> as found
     skipped: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str]] = []
     seen_dirs: set[Path] = set()
+    excluded = {p.resolve() for p in exclude}
 
     def consider_file(p: Path) -> None:
         if p.suffix.lower() not in wanted:
@@ -113,6 +170,15 @@ def walk_inputs(paths: Iterable[str | Path], suffixes: Iterable[str] = SUPPORTED
             return
         files.setdefault(resolved, p)
 
+    def consider_other(p: Path, named: bool) -> None:
+        kind = _special_kind(p)
+        if kind is not None:
+            skipped.append((p, f"not a regular file ({kind})"))
+        elif p.is_symlink():
+            (failed if named else skipped).append((p, "broken symlink (its target does not exist)"))
+        elif named:
+            failed.append((p, "not found"))
+
     def walk_dir(d: Path) -> None:
         try:
             resolved = d.resolve()
@@ -123,10 +189,13 @@ def walk_inputs(paths: Iterable[str | Path], suffixes: Iterable[str] = SUPPORTED
             logger.debug("skipping %s: directory already visited (%s)", d, resolved)
             return
         seen_dirs.add(resolved)
+        if resolved in excluded:
+            skipped.append((d, "colsmol's own page images"))
+            return
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as e:
-            skipped.append((d, f"unreadable directory: {e.strerror or e}"))
+            failed.append((d, f"unreadable folder: {e.strerror or e}"))
             return
         for entry in entries:
             if entry.name.startswith("."):
@@ -141,8 +210,8 @@ def walk_inputs(paths: Iterable[str | Path], suffixes: Iterable[str] = SUPPORTED
                 walk_dir(child)
             elif is_file:
                 consider_file(child)
-            elif entry.is_symlink():
-                skipped.append((child, "broken symlink"))
+            else:
+                consider_other(child, named=False)
 
     for raw in paths:
         p = Path(raw)
@@ -150,8 +219,6 @@ def walk_inputs(paths: Iterable[str | Path], suffixes: Iterable[str] = SUPPORTED
             walk_dir(p)
         elif p.is_file():
             consider_file(p)
-        elif p.is_symlink():
-            skipped.append((p, "broken symlink"))
         else:
-            skipped.append((p, "not found"))
-    return WalkResult(files=sorted(files.values()), skipped=skipped)
+            consider_other(p, named=True)
+    return WalkResult(files=sorted(files.values()), skipped=skipped, failed=failed)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from indexer.errors import DocumentError
+from indexer.errors import DocumentError, EncryptedDocument
 from indexer.render.base import (
     DEFAULT_DPI,
     DEFAULT_MAX_PIXELS,
@@ -94,7 +94,7 @@ class PdfiumRenderer:
                 if code == _ERR_NO_PAGES or looks_pageless(path):
                     raise DocumentError(str(path), "no pages") from None
                 if code == _ERR_PASSWORD:
-                    raise DocumentError(str(path), encrypted_reason(password)) from None
+                    raise EncryptedDocument(str(path), encrypted_reason(password)) from None
                 if code == _ERR_SECURITY:
                     raise DocumentError(str(path), "encrypted with an unsupported security handler") from None
                 if code == _ERR_FILE:

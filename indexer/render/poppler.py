@@ -8,13 +8,14 @@ badly. Page sizes come from one ``pdfinfo`` call, so the pixel budget is applied
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.errors import ConfigError, DocumentError
+from indexer.errors import ConfigError, DocumentError, EncryptedDocument
 from indexer.render.base import (
     DEFAULT_DPI,
     DEFAULT_MAX_PIXELS,
@@ -102,7 +103,7 @@ class PopplerRenderer:
             if "invalid page count 0" in err.lower():
                 raise DocumentError(str(path), "no pages")
             if "password" in err.lower():
-                raise DocumentError(str(path), encrypted_reason(password))
+                raise EncryptedDocument(str(path), encrypted_reason(password))
             if "permission denied" in err.lower():
                 raise DocumentError(str(path), "unreadable: permission denied")
             raise DocumentError(str(path), broken_pdf_reason(path))
@@ -154,13 +155,13 @@ class PopplerRenderer:
         try:
             images = convert_from_path(
                 str(path),
-                dpi=dpi,
+                dpi=dpi,  # type: ignore[arg-type]  # pdf2image hands it to `pdftoppm -r`, which takes a float
                 first_page=first,
                 last_page=last,
-                userpw=password,
+                userpw=password,  # type: ignore[arg-type]  # None (its default) means no password
                 fmt="ppm",
                 thread_count=1,
-                timeout=self.timeout_s,
+                timeout=math.ceil(self.timeout_s),
             )
         except PDFPopplerTimeoutError:
             raise DocumentError(str(path), f"pdftoppm timed out after {self.timeout_s:.0f} s") from None

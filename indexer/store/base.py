@@ -1,6 +1,6 @@
 """The store interface shared by the embedded Qdrant Edge backend and the Qdrant server backend.
 
-Both backends hold the same collection schema (DESIGN.md decision 4):
+Both backends hold the same collection schema:
 
 - named multivector ``tokens``: 128-d, dot product, MaxSim comparator, fp16, HNSW off (``m=0``);
 - named multivector ``pooled``: a few vectors per page, HNSW on, for candidate prefetch at scale;
@@ -13,26 +13,30 @@ Both backends hold the same collection schema (DESIGN.md decision 4):
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
+from indexer.filters import Filter, FilterAPI
 from indexer.types import DocumentInfo, PageRecord
 
 DIM = 128
-TOKENS_VECTOR = "tokens"
-POOLED_VECTOR = "pooled"
+TOKENS_VECTOR: Final = "tokens"
+POOLED_VECTOR: Final = "pooled"
+VectorName = Literal["tokens", "pooled"]
+TOKENS_ONLY: tuple[VectorName, ...] = ("tokens",)
 # Qdrant rejects a point whose multivector has more than 1,048,576 floats.
 MAX_FLOATS_PER_POINT = 1_048_576
 MAX_TOKENS_PER_PAGE = MAX_FLOATS_PER_POINT // DIM
 
 PAYLOAD_FIELDS = (
-    "kind",  # "page" or "document"
+    "kind",  # "page", "document", or "meta" (one point of collection metadata)
     "doc_id",
-    "source",
+    "source",  # the path shown (documents also keep "sources": every known path)
     "file_name",
     "page_number",
     "page_count",
@@ -61,6 +65,37 @@ def document_point_id(doc_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{doc_id}:document"))
 
 
+#: The one point that holds collection metadata (``kind == "meta"``, no vectors).
+META_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:meta"))
+#: The point whose random token every write replaces (``kind == "state"``): ``version()`` reads it.
+STATE_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:state"))
+
+
+def source_file_name(source: str) -> str:
+    """The file name shown for a source: the last path part, or an upload's own name.
+
+    >>> source_file_name("/docs/q3/report.pdf"), source_file_name("upload:scan 2.pdf")
+    ('report.pdf', 'scan 2.pdf')
+    """
+    if source.startswith(UPLOAD_PREFIX):
+        return source[len(UPLOAD_PREFIX) :]
+    return source.rsplit("/", 1)[-1]
+
+
+#: Sources of uploaded files are not paths: ``upload:<the name the client sent>``.
+UPLOAD_PREFIX = "upload:"
+
+
+@dataclass(frozen=True)
+class StoredPage:
+    """One page point as read back: its payload and the named vectors asked for (float32 ``(n, 128)``)."""
+
+    point_id: str
+    payload: dict[str, Any]
+    tokens: np.ndarray | None = None
+    pooled: np.ndarray | None = None
+
+
 class VectorStore(Protocol):
     """What the indexer, retriever and API need from Qdrant. Two implementations: Edge and server."""
 
@@ -77,6 +112,16 @@ class VectorStore(Protocol):
 
     def delete_pages(self, point_ids: Sequence[str]) -> None:
         """Remove single pages by point id."""
+
+    def set_document_sources(self, doc_id: str, sources: Sequence[str]) -> None:
+        """Record where a document is now (renamed, copied, a copy removed): ``sources[0]`` becomes the shown
+        ``source`` and ``file_name`` of the document and its pages; the marker keeps them all."""
+
+    def get_meta(self) -> dict[str, Any]:
+        """Collection metadata (what colsmol records about the collection itself), ``{}`` when none."""
+
+    def update_meta(self, values: dict[str, Any]) -> None:
+        """Merge ``values`` into the collection metadata."""
 
     def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
         """Documents with page counts, sorted by source path."""
@@ -96,17 +141,17 @@ class VectorStore(Protocol):
         """Token vectors ``(n, 128)`` float32 of pages by point id (for a two-stage rerank)."""
 
     def iter_pages(
-        self, batch_size: int = 256, with_vectors: bool = True
-    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
-        """Every page point as ``(point_id, tokens (n, 128) float32 or None, payload)``."""
+        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY
+    ) -> Iterator[StoredPage]:
+        """Every page point with the named ``vectors`` (``()``: payloads only), in scroll order."""
 
     def prefetch(
         self,
         query: np.ndarray,
         limit: int,
-        doc_filter: dict[str, Any] | None = None,
+        doc_filter: Filter | None = None,
         *,
-        using: str = POOLED_VECTOR,
+        using: VectorName = "pooled",
     ) -> list[tuple[str, float]]:
         """Candidate pages for a query ``(n_q, 128)``: Qdrant MaxSim over the pooled vectors.
 
@@ -143,6 +188,7 @@ def document_record(info: DocumentInfo) -> dict[str, Any]:
     return {
         "doc_id": info.doc_id,
         "source": info.source,
+        "sources": list(info.paths),
         "file_name": info.file_name,
         "page_count": int(info.page_count),
         "content_hash": info.content_hash,
@@ -168,62 +214,11 @@ def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 KIND_PAGE = "page"
 KIND_DOCUMENT = "document"
+KIND_META = "meta"
 KIND_STATE = "state"  # the server backend's version token point (see ServerStore.version)
 
 # Payload index type per indexed field: everything is a keyword except the page number.
 INDEX_TYPES = {name: ("integer" if name == "page_number" else "keyword") for name in INDEXED_FIELDS}
-
-
-class NoMatch(Exception):
-    """Raised by :func:`build_filter` when a filter can match nothing (an empty value list)."""
-
-
-@dataclass(frozen=True)
-class FilterAPI:
-    """The filter classes of one Qdrant API (qdrant_edge or qdrant_client.models).
-
-    Both accept the same keyword arguments: ``Filter(must=...)``, ``FieldCondition(key=, match=,
-    range=)``, ``MatchValue(value=)``, ``MatchAny(any=)`` and a range class with ``gte=``/``lte=``.
-    """
-
-    Filter: Any
-    FieldCondition: Any
-    MatchValue: Any
-    MatchAny: Any
-    Range: Any
-
-
-def build_filter(api: FilterAPI, doc_filter: dict[str, Any] | None = None, kind: str | None = KIND_PAGE) -> Any:
-    """Translate ``{"doc_id": [...], "metadata.lang": "en"}`` to an API ``Filter``.
-
-    A list value means membership (``MatchAny``), a scalar means equality (``MatchValue``; a float
-    becomes a closed range ``[v, v]``). Keys are payload paths (``metadata.x`` for user metadata).
-    ``kind`` adds ``kind == kind`` (pages only, by default). Returns ``None`` for no condition.
-    Raises :class:`NoMatch` for an empty list and ``ValueError`` for a value that cannot be matched.
-    """
-    must: list[Any] = []
-    if kind is not None:
-        must.append(api.FieldCondition(key="kind", match=api.MatchValue(value=kind)))
-    for key, value in (doc_filter or {}).items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"filter key must be a non-empty string, got {key!r}")
-        if isinstance(value, (list, tuple, set, frozenset)):
-            values = list(value)
-            if not values:
-                raise NoMatch(key)
-            if all(isinstance(v, str) for v in values) or all(
-                isinstance(v, int) and not isinstance(v, bool) for v in values
-            ):
-                must.append(api.FieldCondition(key=key, match=api.MatchAny(any=values)))
-            else:
-                raise ValueError(f"filter {key!r}: a value list must be all strings or all integers, got {values!r}")
-        elif isinstance(value, (str, bool, int)):
-            must.append(api.FieldCondition(key=key, match=api.MatchValue(value=value)))
-        elif isinstance(value, float):
-            must.append(api.FieldCondition(key=key, range=api.Range(gte=value, lte=value)))
-        else:
-            raise ValueError(f"filter {key!r}: cannot match a value of type {type(value).__name__}")
-    return api.Filter(must=must) if must else None
 
 
 def tokens_array(rows: Sequence[Sequence[float]]) -> np.ndarray:
@@ -250,8 +245,11 @@ class QdrantStoreCore:
     max_floats_per_request: int = 1_000_000
 
     # ---- primitives ------------------------------------------------------------------------
-    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = KIND_PAGE) -> Any:
-        raise NotImplementedError
+    _api: FilterAPI
+
+    def _filter(self, doc_filter: Filter | None = None, kind: str | None = KIND_PAGE) -> Any:
+        """The backend's filter object (callers check ``matches_nothing`` first)."""
+        return (doc_filter or Filter()).qdrant(self._api, kind)
 
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
         raise NotImplementedError
@@ -260,6 +258,10 @@ class QdrantStoreCore:
         raise NotImplementedError
 
     def _delete_where(self, flt: Any) -> None:
+        raise NotImplementedError
+
+    def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
+        """Set (merge) these payload fields on every point matching ``flt``."""
         raise NotImplementedError
 
     def _scroll(
@@ -284,7 +286,18 @@ class QdrantStoreCore:
         raise NotImplementedError
 
     def _changed(self) -> None:
-        """Called after every write, so that ``version()`` moves."""
+        """Called after every write, so that ``version()`` moves: a fresh random token in the state point.
+
+        Stored in the collection, so the version is the same after a restart when nothing was written
+        (a search index cached on disk is then current without a scan), and a write by any process moves it.
+        """
+        payload = {"kind": KIND_STATE, "token": uuid.uuid4().hex, "updated_at": time.time()}
+        self._upsert([(STATE_POINT_ID, {}, payload)])
+
+    def version(self) -> str:
+        """``"{points}:{token}"``: the point count and the state point's token (see :meth:`_changed`)."""
+        state = dict(self._retrieve([STATE_POINT_ID]))
+        return f"{self._count(None)}:{state.get(STATE_POINT_ID, {}).get('token', '')}"
 
     # ---- writes ----------------------------------------------------------------------------
     def upsert_pages(self, records: Sequence[PageRecord]) -> None:
@@ -321,9 +334,10 @@ class QdrantStoreCore:
         self._changed()
 
     def delete_document(self, doc_id: str) -> int:
-        pages = self._count(self._filter({"doc_id": doc_id}))
+        by_doc = Filter.where(doc_id=doc_id)
+        pages = self._count(self._filter(by_doc))
         # Pages and the marker both carry doc_id: one delete-by-filter removes them all.
-        self._delete_where(self._filter({"doc_id": doc_id}, kind=None))
+        self._delete_where(self._filter(by_doc, kind=None))
         self._changed()
         return pages
 
@@ -332,6 +346,27 @@ class QdrantStoreCore:
         if ids:
             self._delete_ids(ids)
             self._changed()
+
+    def set_document_sources(self, doc_id: str, sources: Sequence[str]) -> None:
+        paths = list(dict.fromkeys(str(s) for s in sources))
+        if not paths:
+            raise ValueError(f"document {doc_id}: at least one source is needed")
+        shown = {"source": paths[0], "file_name": source_file_name(paths[0])}
+        by_doc = Filter.where(doc_id=doc_id)
+        self._set_payload_where(shown, self._filter(by_doc, kind=KIND_PAGE))
+        self._set_payload_where({**shown, "sources": paths}, self._filter(by_doc, kind=KIND_DOCUMENT))
+        self._changed()
+
+    def get_meta(self) -> dict[str, Any]:
+        for pid, payload in self._retrieve([META_POINT_ID]):
+            if pid == META_POINT_ID and payload.get("kind") == KIND_META:
+                return dict(payload.get("values") or {})
+        return {}
+
+    def update_meta(self, values: dict[str, Any]) -> None:
+        merged = {**self.get_meta(), **values}
+        self._upsert([(META_POINT_ID, {}, {"kind": KIND_META, "values": merged})])
+        self._changed()
 
     # ---- reads -----------------------------------------------------------------------------
     def _scroll_all(
@@ -344,12 +379,11 @@ class QdrantStoreCore:
             if offset is None or not rows:
                 return
 
-    def _documents(self, doc_filter: dict[str, Any] | None, include_incomplete: bool) -> list[DocumentInfo]:
-        try:
-            marker_filter = self._filter(doc_filter, kind=KIND_DOCUMENT)
-            page_filter = self._filter(doc_filter, kind=KIND_PAGE)
-        except NoMatch:
+    def _documents(self, doc_filter: Filter | None, include_incomplete: bool) -> list[DocumentInfo]:
+        if doc_filter is not None and doc_filter.matches_nothing:
             return []
+        marker_filter = self._filter(doc_filter, kind=KIND_DOCUMENT)
+        page_filter = self._filter(doc_filter, kind=KIND_PAGE)
         counts = self._facet("doc_id", page_filter)
         payloads = {p["doc_id"]: p for _, _, p in self._scroll_all(marker_filter, True)}
         infos = [self._info(p, counts.get(doc_id, 0), True) for doc_id, p in payloads.items()]
@@ -357,7 +391,7 @@ class QdrantStoreCore:
             for doc_id, n in counts.items():
                 if doc_id in payloads or n <= 0:
                     continue
-                rows, _ = self._scroll(self._filter({"doc_id": doc_id}), 1, None, True, None)
+                rows, _ = self._scroll(self._filter(Filter.where(doc_id=doc_id)), 1, None, True, None)
                 if rows:
                     infos.append(self._info(rows[0][2], n, False))
         infos.sort(key=lambda d: (d.source, d.doc_id))
@@ -375,20 +409,21 @@ class QdrantStoreCore:
             ingested_at=str(payload.get("ingested_at", "")),
             complete=complete,
             metadata=dict(payload.get("metadata") or {}),
+            sources=tuple(str(s) for s in payload.get("sources") or ()),
         )
 
     def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
         return self._documents(None, include_incomplete)
 
     def get_document(self, doc_id: str) -> DocumentInfo | None:
-        docs = self._documents({"doc_id": doc_id}, include_incomplete=True)
+        docs = self._documents(Filter.where(doc_id=doc_id), include_incomplete=True)
         return docs[0] if docs else None
 
     def find_by_source(self, source: str) -> list[DocumentInfo]:
-        return self._documents({"source": source}, include_incomplete=True)
+        return self._documents(Filter.where(source=source), include_incomplete=True)
 
     def page_ids(self, doc_id: str) -> list[str]:
-        return [pid for pid, _, _ in self._scroll_all(self._filter({"doc_id": doc_id}), False)]
+        return [pid for pid, _, _ in self._scroll_all(self._filter(Filter.where(doc_id=doc_id)), False)]
 
     def get_payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         ids = [str(i) for i in point_ids]
@@ -401,22 +436,22 @@ class QdrantStoreCore:
         return self._retrieve_tokens(ids) if ids else {}
 
     def iter_pages(
-        self, batch_size: int = 256, with_vectors: bool = True
-    ) -> Iterator[tuple[str, np.ndarray | None, dict[str, Any]]]:
-        vectors = [TOKENS_VECTOR] if with_vectors else None
-        for pid, vecs, payload in self._scroll_all(self._filter(), True, vectors, batch=batch_size):
-            if not with_vectors:
-                yield pid, None, payload
-                continue
-            yield pid, vecs.get(TOKENS_VECTOR), payload
+        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY
+    ) -> Iterator[StoredPage]:
+        unknown = set(vectors) - {TOKENS_VECTOR, POOLED_VECTOR}
+        if unknown:
+            raise ValueError(f"unknown vector names {sorted(unknown)}; use {TOKENS_VECTOR!r} or {POOLED_VECTOR!r}")
+        names = [v for v in (TOKENS_VECTOR, POOLED_VECTOR) if v in vectors]
+        for pid, vecs, payload in self._scroll_all(self._filter(), True, names or None, batch=batch_size):
+            yield StoredPage(pid, payload, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR))
 
     def prefetch(
         self,
         query: np.ndarray,
         limit: int,
-        doc_filter: dict[str, Any] | None = None,
+        doc_filter: Filter | None = None,
         *,
-        using: str = POOLED_VECTOR,
+        using: VectorName = "pooled",
     ) -> list[tuple[str, float]]:
         if using not in (POOLED_VECTOR, TOKENS_VECTOR):
             raise ValueError(f"using must be {POOLED_VECTOR!r} or {TOKENS_VECTOR!r}, got {using!r}")
@@ -424,13 +459,9 @@ class QdrantStoreCore:
         if q.ndim == 1:
             q = q[None, :]
         check_vectors(q, "query")
-        if limit <= 0:
+        if limit <= 0 or (doc_filter is not None and doc_filter.matches_nothing):
             return []
-        try:
-            flt = self._filter(doc_filter)
-        except NoMatch:
-            return []
-        return self._query(q, using, int(limit), flt)
+        return self._query(q, using, int(limit), self._filter(doc_filter))
 
     def count_pages(self) -> int:
         return self._count(self._filter())

@@ -3,7 +3,7 @@
 Layout on disk: ``path / collection`` is the Edge shard directory (``edge_config.json``, ``wal/``,
 ``segments/``) and ``path / f"{collection}.lock"`` is the lock file holding the owner's pid.
 
-Schema (DESIGN.md decision 4): named multivectors ``tokens`` ``(n_tokens, 128)`` (Dot, MaxSim, fp16,
+Schema (as in indexer/store/base.py): named multivectors ``tokens`` ``(n_tokens, 128)`` (Dot, MaxSim, fp16,
 HNSW off ``m=0``) and ``pooled`` ``(n_pooled, 128)`` (Dot, MaxSim, HNSW on); keyword payload
 indexes on the string filter fields, an integer index on ``page_number``. Document marker points
 carry no vector at all (Edge accepts a point with an empty vector dict).
@@ -16,9 +16,8 @@ lock. Several processes sharing a store is what the Qdrant server backend is for
 Thread-safety: every shard call runs under one ``threading.RLock`` (the API reads while ingest
 writes). ``iter_pages`` holds it for one scroll batch at a time, never across a ``yield``.
 
-``version()`` is ``"{points}:{session}:{writes}"``: the exact point count, a random id of this
-open and an in-memory write counter. Nobody else can write the shard while we hold the lock, so
-that changes exactly when this process adds or removes something.
+``version()`` is ``"{points}:{token}"`` (``QdrantStoreCore``): every write stores a fresh token in the
+shard, so the version is stable across restarts and moves with every write.
 """
 
 from __future__ import annotations
@@ -35,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from indexer.disk import require_free
 from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.filters import FilterAPI
 from indexer.store.base import (
     DIM,
     INDEX_TYPES,
     POOLED_VECTOR,
     TOKENS_VECTOR,
-    FilterAPI,
     QdrantStoreCore,
-    build_filter,
     tokens_array,
 )
 
@@ -108,8 +107,6 @@ class EdgeStore(QdrantStoreCore):
         self.shard_path = self.path / collection
         self.lock_path = self.path / f"{collection}.lock"
         self._lock = threading.RLock()
-        self._writes = 0
-        self._session = uuid.uuid4().hex[:12]
         self._api = FilterAPI(qe.Filter, qe.FieldCondition, qe.MatchValue, qe.MatchAny, qe.RangeFloat)
         self._lock_fd: int | None = None
         self._shard: Any = None
@@ -179,6 +176,7 @@ class EdgeStore(QdrantStoreCore):
         has_segments = (self.shard_path / "segments").is_dir() and any((self.shard_path / "segments").iterdir())
         if not config_file.exists() and not has_segments:
             logger.info("creating Qdrant Edge collection %r at %s", self.collection, self.shard_path)
+            require_free(self.path)
             try:
                 return qe.EdgeShard.create(str(self.shard_path), self._config())
             except Exception as exc:
@@ -218,6 +216,7 @@ class EdgeStore(QdrantStoreCore):
                             f"{have[name].data_type}, colsmol needs {kind}. Fix: {_FIX}"
                         )
                     continue
+                require_free(self.path)
                 self._shard.update(qe.UpdateOperation.create_field_index(name, kinds[kind]))
 
     # ---- primitives ------------------------------------------------------------------------
@@ -225,9 +224,6 @@ class EdgeStore(QdrantStoreCore):
         if self._shard is None:
             raise StoreUnavailable(f"Qdrant Edge store {self.shard_path} is closed")
         return self._shard
-
-    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = "page") -> Any:
-        return build_filter(self._api, doc_filter, kind)
 
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
         qe = self._qe
@@ -237,16 +233,25 @@ class EdgeStore(QdrantStoreCore):
             qe.Point(id=pid, vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)
             for pid, vectors, payload in points
         ]
-        with self._lock:
-            self._live().update(qe.UpdateOperation.upsert_points(batch))
+        need = sum(v.nbytes for _, vectors, _ in points for v in vectors.values())
+        self._update(qe.UpdateOperation.upsert_points(batch), need=need)
 
     def _delete_ids(self, ids: list[str]) -> None:
-        with self._lock:
-            self._live().update(self._qe.UpdateOperation.delete_points(ids))
+        point_ids: list[int | uuid.UUID | str] = list(ids)
+        self._update(self._qe.UpdateOperation.delete_points(point_ids))
 
     def _delete_where(self, flt: Any) -> None:
+        self._update(self._qe.UpdateOperation.delete_points_by_filter(flt))
+
+    def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
+        self._update(self._qe.UpdateOperation.set_payload_by_filter(flt, payload))
+
+    def _update(self, operation: Any, need: int = 0) -> None:
+        """Apply one update, after making sure the disk has room: the engine writes through memory-mapped
+        files, and a disk that fills under them kills the process (SIGBUS) instead of raising."""
+        require_free(self.path, 4 * need)  # float32 in, fp16 + WAL + index copies out: 4x is a safe bound
         with self._lock:
-            self._live().update(self._qe.UpdateOperation.delete_points_by_filter(flt))
+            self._live().update(operation)
 
     def _scroll(
         self, flt: Any, limit: int, offset: Any, payload: bool | list[str], vectors: list[str] | None
@@ -307,15 +312,6 @@ class EdgeStore(QdrantStoreCore):
         with self._lock:
             return [(str(p.id), float(p.score)) for p in self._live().query(req)]
 
-    def _changed(self) -> None:
-        with self._lock:
-            self._writes += 1
-
-    # ---- the rest of the protocol ----------------------------------------------------------
-    def version(self) -> str:
-        with self._lock:
-            return f"{self._count(None)}:{self._session}:{self._writes}"
-
     def flush(self) -> None:
         with self._lock:
             self._live().flush()
@@ -328,6 +324,8 @@ class EdgeStore(QdrantStoreCore):
                 if shard is not None:
                     try:
                         shard.flush()
+                    except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the WAL still holds every write
+                        logger.warning("flushing %s failed (%s); its WAL keeps the writes", self.shard_path, exc)
                     finally:
                         shard.close()
                     logger.info("closed Qdrant Edge shard %s", self.shard_path)

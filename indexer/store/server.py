@@ -1,15 +1,14 @@
 """The shared store: a Qdrant server or cluster through ``qdrant-client``.
 
-Same schema as the Edge backend (DESIGN.md decision 4): named multivectors ``tokens``
+Same schema as the Edge backend: named multivectors ``tokens``
 ``(n_tokens, 128)`` (Dot, MaxSim, fp16, HNSW off ``m=0``) and ``pooled`` ``(n_pooled, 128)``
 (Dot, MaxSim, HNSW on), payload indexes on the filter fields (keyword, integer for
 ``page_number``). The collection is created on first use; an existing one with another schema
 raises :class:`SchemaMismatch`.
 
-Any number of processes may share it. ``version()`` must notice writes by any of them, and the
-collection info has no "last modified" field, so every write also overwrites one reserved point
-(``kind == "state"``, no vectors, id ``uuid5(namespace, "colsmol:state")``) with a fresh random
-token; ``version()`` is ``"{points_count}:{token}"`` (one ``get_collection`` and one ``retrieve``).
+Any number of processes may share it. ``version()`` must notice writes by any of them: every
+write replaces the token of a reserved state point (shared with the Edge backend, see
+``QdrantStoreCore._changed``).
 
 ``ServerStore`` also accepts a ready ``QdrantClient``; tests pass ``QdrantClient(":memory:")``
 (local mode) as a stand-in for a server. Local mode ignores payload indexes; never use it for real.
@@ -18,7 +17,6 @@ token; ``version()`` is ``"{points_count}:{token}"`` (one ``get_collection`` and
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 import warnings
 from typing import Any
@@ -26,22 +24,18 @@ from typing import Any
 import numpy as np
 
 from indexer.errors import SchemaMismatch, StoreUnavailable
+from indexer.filters import FilterAPI
 from indexer.store.base import (
-    _NAMESPACE,
     DIM,
     INDEX_TYPES,
-    KIND_STATE,
     POOLED_VECTOR,
     TOKENS_VECTOR,
-    FilterAPI,
     QdrantStoreCore,
-    build_filter,
     tokens_array,
 )
 
 logger = logging.getLogger(__name__)
 
-STATE_POINT_ID = str(uuid.uuid5(_NAMESPACE, "colsmol:state"))
 _FIX = "use another COLSMOL_COLLECTION or delete the collection on the server"
 
 
@@ -171,9 +165,6 @@ class ServerStore(QdrantStoreCore):
             raise StoreUnavailable(f"store for collection {self.collection!r} on {self.url} is closed")
         return self.client
 
-    def _filter(self, doc_filter: dict[str, Any] | None = None, kind: str | None = "page") -> Any:
-        return build_filter(self._api, doc_filter, kind)
-
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
         structs = [
             self._m.PointStruct(id=pid, vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)
@@ -182,7 +173,12 @@ class ServerStore(QdrantStoreCore):
         self._live().upsert(self.collection, structs, wait=True)
 
     def _delete_ids(self, ids: list[str]) -> None:
-        self._live().delete(self.collection, points_selector=self._m.PointIdsList(points=ids), wait=True)
+        points: list[int | str | uuid.UUID] = list(ids)
+        self._live().delete(self.collection, points_selector=self._m.PointIdsList(points=points), wait=True)
+
+    def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
+        selector = self._m.FilterSelector(filter=flt)
+        self._live().set_payload(self.collection, payload=payload, points=selector, wait=True)
 
     def _delete_where(self, flt: Any) -> None:
         self._live().delete(self.collection, points_selector=self._m.FilterSelector(filter=flt), wait=True)
@@ -238,21 +234,6 @@ class ServerStore(QdrantStoreCore):
             with_vectors=False,
         )
         return [(str(p.id), float(p.score)) for p in res.points]
-
-    def _changed(self) -> None:
-        token = uuid.uuid4().hex
-        payload = {"kind": KIND_STATE, "token": token, "updated_at": time.time()}
-        self._live().upsert(
-            self.collection, [self._m.PointStruct(id=STATE_POINT_ID, vector={}, payload=payload)], wait=True
-        )
-
-    # ---- the rest of the protocol ----------------------------------------------------------
-    def version(self) -> str:
-        client = self._live()
-        points = client.get_collection(self.collection).points_count or 0
-        state = client.retrieve(self.collection, [STATE_POINT_ID], with_payload=["token"], with_vectors=False)
-        token = (state[0].payload or {}).get("token", "") if state else ""
-        return f"{points}:{token}"
 
     def flush(self) -> None:
         """Writes use ``wait=True``: nothing is pending client-side."""

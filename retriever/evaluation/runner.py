@@ -244,18 +244,20 @@ def run_eval(
     """
     import torch
 
+    from indexer.device import resolve_device
     from indexer.store.base import page_point_id
-    from retriever.token_index import TokenIndex, _resolve_device
+    from retriever.token_index import TokenIndex
 
-    if configs and all(isinstance(c, EvalConfig) for c in configs):
-        cfgs = list(configs)  # type: ignore[arg-type]
+    cfgs: list[EvalConfig]
+    if not isinstance(configs, str) and configs and all(isinstance(c, EvalConfig) for c in configs):
+        cfgs = [c for c in configs if isinstance(c, EvalConfig)]
         if EXACT not in cfgs:
             cfgs.insert(0, EXACT)
     else:
-        cfgs = parse_configs(configs)  # type: ignore[arg-type]
+        cfgs = parse_configs([c for c in configs if isinstance(c, str)] if not isinstance(configs, str) else configs)
     ks = parse_ks(ks)
     depth = max(ks[-1], 10)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
 
     vectors, embed_s = _embed_corpus(dataset, encoder, max(1, embed_chunk), progress)
     ids = [p.id for p in dataset.corpus]
@@ -277,7 +279,6 @@ def run_eval(
     results: list[ConfigResult] = []
     exact_ranked: list[list[str]] = []
     exact_metrics: dict[str, float] = {}
-    exact_index: TokenIndex | None = None
     tmp: str | None = None
     try:
         for cfg in cfgs:
@@ -285,20 +286,17 @@ def run_eval(
             if cfg.kind == "index":
                 idx, build_s = build_index(cfg)
 
-                def search(q: np.ndarray, idx: TokenIndex = idx) -> list[str]:
+                def search_index(q: np.ndarray, idx: TokenIndex = idx) -> list[str]:
                     return [cid_of[h.point_id] for h in idx.score([q], k=depth)[0]]
 
                 index_mb: float | None = idx.nbytes() / 2**20
-                ranked, times = _search_all(search, qvecs, progress, f"search {cfg.name}")
-                if cfg == EXACT:
-                    exact_index = idx
+                ranked, times = _search_all(search_index, qvecs, progress, f"search {cfg.name}")
             else:
                 from indexer.store.edge import EdgeStore
                 from indexer.types import PageRecord
-                from retriever.pooling import pool_tokens
+                from retriever.pooling import prefetch_vectors
                 from retriever.search import TwoStageSearcher
 
-                assert exact_index is not None  # exact always runs first
                 if workdir is None:
                     tmp = tempfile.mkdtemp(prefix="colsmol-eval-")
                     qdrant_dir = Path(tmp) / "qdrant"
@@ -316,20 +314,21 @@ def run_eval(
                     for s in range(0, len(pids), 64):
                         store.upsert_pages(
                             [
-                                PageRecord(pid, v, pay, pool_tokens(v, prefetch_pool_factor))
+                                PageRecord(pid, v, pay, prefetch_vectors(v, prefetch_pool_factor))
                                 for pid, v, pay in zip(
                                     pids[s : s + 64], vectors[s : s + 64], payloads[s : s + 64], strict=True
                                 )
                             ]
                         )
                     build_s = time.perf_counter() - t
-                    # The rerank takes full vectors from the resident exact index (the store cannot return them).
-                    searcher = TwoStageSearcher(store, exact_index, candidates=candidates, device=str(dev))
+                    # As production builds it: the pooled prefetch vectors ingest writes, the rerank's full
+                    # vectors fetched from the store.
+                    searcher = TwoStageSearcher(store, candidates=candidates, device=str(dev))
 
-                    def search(q: np.ndarray, searcher: TwoStageSearcher = searcher) -> list[str]:
-                        return [cid_of[h.point_id] for h in searcher.search_vectors(q, k=depth)]
+                    def search_two(q: np.ndarray, searcher: TwoStageSearcher = searcher) -> list[str]:
+                        return [cid_of[h.point_id] for h in searcher.search_vectors([q], k=depth)[0]]
 
-                    ranked, times = _search_all(search, qvecs, progress, f"search {cfg.name}")
+                    ranked, times = _search_all(search_two, qvecs, progress, f"search {cfg.name}")
                 finally:
                     store.close()
                 index_mb = None

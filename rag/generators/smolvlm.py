@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest
-from indexer.models import from_pretrained_kwargs, load_or_explain
+from indexer.models import LazyWeights, from_pretrained_kwargs
+from rag.generators.prompt import PAGE_LONGEST_EDGE, SYSTEM_INSTRUCTION, fit_pages, question_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,11 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENV_VAR = "COLSMOL_GENERATOR_MODEL"
-
-SYSTEM_INSTRUCTION = (
-    "Answer the question using only the document pages shown. "
-    "If the pages do not contain the answer, say that the documents do not contain it."
-)
 
 Decode = Literal["auto", "eager", "static"]
 DECODE_MODES: tuple[str, ...] = get_args(Decode)
@@ -68,8 +64,8 @@ class SmolVLMGenerator:
     """
 
     #: ``decode="auto"`` means ``"static"`` on CUDA only when this is True. It stays False until a GPU
-    #: run of ``bench/answer.py --decode eager,static`` has shown the static path is faster and gives
-    #: the same tokens; the session that measures it flips it (and records the numbers).
+    #: run of ``bench/answer.py --decode eager,static`` (pending in BENCHMARKS.md) shows the static path
+    #: is faster and gives the same tokens.
     STATIC_DECODE_VERIFIED: ClassVar[bool] = False
     #: Static cache lengths are multiples of this many tokens (bounds the distinct compiled shapes).
     STATIC_CACHE_BUCKET: ClassVar[int] = 256
@@ -81,7 +77,7 @@ class SmolVLMGenerator:
         model: str | Path = "HuggingFaceTB/SmolVLM-256M-Instruct",
         device: str = "auto",
         instruction: str = SYSTEM_INSTRUCTION,
-        image_longest_edge: int | None = 1536,
+        image_longest_edge: int | None = PAGE_LONGEST_EDGE,
         decode: Decode = "auto",
         static_cache_tokens: int = 3072,
     ) -> None:
@@ -101,8 +97,7 @@ class SmolVLMGenerator:
         self.static_cache_tokens = self._bucket(static_cache_tokens)
         self.warmed_up = False
         self.warmup_s: float | None = None
-        self._model: Any = None
-        self._processor: Any = None
+        self._weights = LazyWeights(self.model_id, "generator", ENV_VAR, self._load_processor, self._load_model)
         self._lock = threading.Lock()
         self._caches: dict[int, Any] = {}  # batch size -> StaticCache, reused (reset) across calls
         self._decode_thread: ThreadPoolExecutor | None = None
@@ -129,24 +124,19 @@ class SmolVLMGenerator:
         return self
 
     def _ensure_loaded(self) -> None:
-        with self._lock:
-            if self._model is None:
-                self._processor = load_or_explain(self._load_processor, self.model_id, "generator", ENV_VAR)
-                self._model = load_or_explain(self._load_model, self.model_id, "generator", ENV_VAR)
+        self._weights.get()
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._weights.loaded
 
     @property
     def processor(self) -> Any:
-        self._ensure_loaded()
-        return self._processor
+        return self._weights.get()[0]
 
     @property
     def model(self) -> Any:
-        self._ensure_loaded()
-        return self._model
+        return self._weights.get()[1]
 
     def _load_processor(self) -> Any:
         from transformers import AutoProcessor
@@ -156,7 +146,7 @@ class SmolVLMGenerator:
     def _load_model(self) -> Any:
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(
+        model: Any = AutoModelForImageTextToText.from_pretrained(
             self.model_id,
             **from_pretrained_kwargs(
                 dtype=model_dtype(self.device), attn_implementation=attn_implementation(self.device)
@@ -166,16 +156,15 @@ class SmolVLMGenerator:
 
     # ------------------------------------------------------------------ prompting
     def build_inputs(self, question: str, images: Sequence[Image.Image]) -> Any:
-        """Chat-formatted inputs: every page image, then the instruction and the question."""
-        if not question or not question.strip():
-            raise InvalidRequest("the question is empty")
+        """Chat-formatted inputs: every page image (fitted to the page budget), then the instruction and question."""
+        text = question_text(question, self.instruction)
         content: list[dict[str, str]] = [{"type": "image"} for _ in images]
-        content.append({"type": "text", "text": f"{self.instruction}\nQuestion: {question.strip()}"})
+        content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
         if images:
-            kwargs["images"] = [[img.convert("RGB") for img in images]]
+            kwargs["images"] = [fit_pages(images, self.image_longest_edge)]
             size = self.page_size()
             if size is not None:
                 kwargs["size"] = {"longest_edge": size}
@@ -339,26 +328,60 @@ class SmolVLMGenerator:
         return self.warmup_s
 
     # ------------------------------------------------------------------ generation
-    def generate(self, question: str, images: Sequence[Image.Image], max_new_tokens: int = 256) -> str:
+    def _stopping(self, stop: threading.Event | None) -> dict[str, Any]:
+        """``generate`` kwargs that end decoding within one step once ``stop`` is set."""
+        if stop is None:
+            return {}
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        event = stop
+
+        class _StopOnEvent(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                import torch
+
+                return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        return {"stopping_criteria": StoppingCriteriaList([_StopOnEvent()])}
+
+    def generate(
+        self,
+        question: str,
+        images: Sequence[Image.Image],
+        max_new_tokens: int = 256,
+        stop: threading.Event | None = None,
+    ) -> str:
         """The answer text (special tokens removed, whitespace trimmed)."""
         inputs = self.build_inputs(question, images)
-        out = self.run_generate(inputs, max_new_tokens)
+        out = self.run_generate(inputs, max_new_tokens, **self._stopping(stop))
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return str(self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
 
-    def stream(self, question: str, images: Sequence[Image.Image], max_new_tokens: int = 256) -> Iterator[str]:
-        """Yield text pieces as they are decoded; joined, they equal ``generate``'s text."""
+    def stream(
+        self,
+        question: str,
+        images: Sequence[Image.Image],
+        max_new_tokens: int = 256,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield text pieces as they are decoded; joined, they equal ``generate``'s text.
+
+        Generation ends within one decode step once ``stop`` is set, or when this iterator is closed
+        (a consumer that stops reading must not leave the model decoding for nobody).
+        """
         from transformers import TextIteratorStreamer
 
         inputs = self.build_inputs(question, images)
+        stop = stop or threading.Event()
         streamer = TextIteratorStreamer(
             self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600.0
         )
         errors: list[BaseException] = []
+        extra = self._stopping(stop)
 
         def run() -> None:
             try:
-                self.run_generate(inputs, max_new_tokens, streamer=streamer)
+                self.run_generate(inputs, max_new_tokens, streamer=streamer, **extra)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
                 errors.append(exc)
                 streamer.end()
@@ -366,14 +389,17 @@ class SmolVLMGenerator:
         # A short-lived thread waits for the generation (in static mode it queues on the decode thread).
         worker = threading.Thread(target=run, name="colsmol-generate", daemon=True)
         worker.start()
-        first = True
-        for piece in streamer:
-            if first:
-                piece = piece.lstrip()
-                first = False
-            if piece:
-                yield piece
-        worker.join()
+        try:
+            first = True
+            for piece in streamer:
+                if first:
+                    piece = piece.lstrip()
+                    first = False
+                if piece:
+                    yield piece
+        finally:
+            stop.set()  # normal end: a no-op; early close: the decode loop ends at its next step
+            worker.join()
         if errors:
             raise ColsmolError(f"generation failed: {errors[0]}") from errors[0]
 
@@ -383,6 +409,5 @@ class SmolVLMGenerator:
                 self._decode_thread.shutdown(wait=False, cancel_futures=True)
                 self._decode_thread = None
             self._caches.clear()
-            self._model = None
-            self._processor = None
             self.warmed_up = False
+        self._weights.clear()

@@ -1,13 +1,18 @@
-"""Tiny random ColSmolVLM / SmolVLM checkpoints, built from config in about 2 s on CPU.
+"""Random-weight ColSmolVLM / SmolVLM checkpoints built from config: tiny ones for tests, full-size for benchmarks.
 
 No machine here reaches the Hugging Face hub, so the tests build real (tiny) Idefics3 models and
 processors, save them with ``save_pretrained`` and load them back through the production
 ``from_pretrained`` path. The tokenizer is a byte-level BPE made with ``tokenizers`` that carries the
 Idefics3 special tokens. Weights are random: outputs mean nothing, shapes and code paths are real.
 
-Geometry (kept small so CPU tests are fast): 32 px tiles, 8 px patches, scale factor 2, so each tile
-is 4 image tokens; the processor resizes to a longest edge of 64 px, so a page is at most
-2 x 2 tiles + 1 global view.
+Tiny geometry (kept small so CPU tests are fast, about 2 s to build): 32 px tiles, 8 px patches, scale
+factor 2, so each tile is 4 image tokens; the processor resizes to a longest edge of 64 px, so a page
+is at most 2 x 2 tiles + 1 global view.
+
+Full size (:func:`build_full`, for ``bench/``): the real architecture, SigLIP-base patch16/512 vision
+tower, SmolLM2-135M text model, scale factor 4 (64 image tokens per 512 px tile), processor longest
+edge 2048 with 512 px tiles. Throughput then matches vidore/colSmol-256M and SmolVLM-256M-Instruct
+even though the outputs mean nothing.
 """
 
 from __future__ import annotations
@@ -45,10 +50,14 @@ _CORPUS = [
     "invoice total amount due date tax table figure chart report summary annual quarterly",
     "the quick brown fox jumps over the lazy dog 0123456789 .,;:!?()[]{}<>-_=+*/%$#@&",
 ]
+# A blank line is one token in SmolVLM's vocabulary, and llama.cpp's Idefics3 prompt builder looks it up by name
+# ("\n\n" before the global image): the tiny generator's vocabulary has it too (tests serve it with llama.cpp).
+_BLANK_LINES = "Sources:\n\n\n\n\n\n"
 
 
-def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
-    """A small byte-level BPE tokenizer with the Idefics3 special tokens."""
+def build_tokenizer(out_dir: Path | None = None, blank_line_token: bool = False):  # -> PreTrainedTokenizerFast
+    """A small byte-level BPE tokenizer with the Idefics3 special tokens (and ``"\\n\\n"`` as one token when
+    ``blank_line_token``, as SmolVLM's)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,7 +70,7 @@ def build_tokenizer(out_dir: Path | None = None):  # -> PreTrainedTokenizerFast
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator((_CORPUS + ([_BLANK_LINES] if blank_line_token else [])) * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -111,21 +120,21 @@ def build_config(tokenizer):  # -> Idefics3Config
     )
 
 
-def build_processor(tokenizer, processor_cls=None):
-    """An Idefics3 processor with the tiny geometry; ``processor_cls`` may be ``ColIdefics3Processor``."""
+def build_processor(tokenizer, processor_cls=None, longest_edge=LONGEST_EDGE, tile=TILE, image_seq_len=IMAGE_SEQ_LEN):
+    """An Idefics3 processor, tiny geometry unless told; ``processor_cls`` may be ``ColIdefics3Processor``."""
     from transformers import Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": LONGEST_EDGE},
-        max_image_size={"longest_edge": TILE},
+        size={"longest_edge": longest_edge},
+        max_image_size={"longest_edge": tile},
         do_image_splitting=True,
     )
     cls = processor_cls or Idefics3Processor
     return cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        image_seq_len=IMAGE_SEQ_LEN,
+        image_seq_len=image_seq_len,
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -189,7 +198,7 @@ def build_generator(out_dir: Path, seed: int = 2) -> Path:
     from transformers import Idefics3ForConditionalGeneration
 
     _seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(blank_line_token=True)
     config = build_config(tokenizer)
     model = Idefics3ForConditionalGeneration(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -207,10 +216,73 @@ def build_all(root: Path) -> dict[str, Path]:
     return {"encoder": enc, "adapter": adapter, "generator": gen}
 
 
-if __name__ == "__main__":
-    import sys
-    import time
+# ---------------------------------------------------------------------------------------------- full size
+FULL_VOCAB = 49_280  # SmolVLM's vocabulary size
+FULL_TILE, FULL_PATCH, FULL_SCALE, FULL_LONGEST = 512, 16, 4, 2048
+FULL_IMAGE_SEQ_LEN = (FULL_TILE // FULL_PATCH) ** 2 // FULL_SCALE**2  # 64
 
-    t = time.perf_counter()
-    paths = build_all(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/colsmol-tiny"))
-    print(paths, f"{time.perf_counter() - t:.1f}s")
+
+def full_config(tokenizer):  # -> Idefics3Config
+    """The real Idefics3 shapes of ColSmol-256M / SmolVLM-256M (SigLIP-base/512 + SmolLM2-135M)."""
+    from transformers import Idefics3Config
+
+    return Idefics3Config(
+        vision_config={  # SigLIP base, patch 16, 512 px
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "image_size": FULL_TILE,
+            "patch_size": FULL_PATCH,
+        },
+        text_config={  # SmolLM2-135M
+            "model_type": "llama",
+            "vocab_size": FULL_VOCAB,
+            "hidden_size": 576,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 30,
+            "num_attention_heads": 9,
+            "num_key_value_heads": 3,
+            "rope_theta": 100_000.0,
+            "max_position_embeddings": 8192,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "tie_word_embeddings": True,
+        },
+        scale_factor=FULL_SCALE,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def full_processor(tokenizer, cls):
+    """The real processor geometry (longest edge 2048, 512 px tiles) with the PIL reference image processor."""
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    ip = Idefics3ImageProcessorPil(
+        size={"longest_edge": FULL_LONGEST}, max_image_size={"longest_edge": FULL_TILE}, do_image_splitting=True
+    )
+    return cls(image_processor=ip, tokenizer=tokenizer, image_seq_len=FULL_IMAGE_SEQ_LEN, chat_template=CHAT_TEMPLATE)
+
+
+def build_full(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Write ``out/encoder`` (ColIdefics3) and ``out/generator`` (Idefics3ForConditionalGeneration), full size."""
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+    from transformers import Idefics3ForConditionalGeneration, Idefics3Processor
+
+    _seed(seed)
+    tok = build_tokenizer()
+    cfg = full_config(tok)
+    enc = ColIdefics3(cfg)
+    enc.save_pretrained(out / "encoder")
+    full_processor(tok, ColIdefics3Processor).save_pretrained(out / "encoder")
+    del enc
+    gen = Idefics3ForConditionalGeneration(cfg)
+    gen.generation_config.eos_token_id = tok.eos_token_id
+    gen.generation_config.pad_token_id = tok.pad_token_id
+    gen.save_pretrained(out / "generator")
+    full_processor(tok, Idefics3Processor).save_pretrained(out / "generator")
+    return {"encoder": out / "encoder", "generator": out / "generator"}

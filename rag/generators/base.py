@@ -1,0 +1,58 @@
+"""What the RAG pipeline needs from an answer model: the ``Generator`` protocol.
+
+A backend is one module in this package implementing it (SmolVLM in process: :mod:`rag.generators.smolvlm`;
+any OpenAI-compatible vision-language server: :mod:`rag.generators.openai`), registered in
+:func:`rag.generators.make_generator`. Every backend takes the question and the page images
+already fitted to the page budget (:mod:`rag.generators.prompt`), builds its prompt from the same
+instruction, and stops early when ``stop`` is set (a client went away).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+class Generator(Protocol):
+    """Answers a question from page images."""
+
+    #: What produced the answer (a hub id, a local path, or a served model's name).
+    model_id: str
+
+    @property
+    def loaded(self) -> bool:
+        """True once ``load`` succeeded (the API reports readiness from it)."""
+        ...
+
+    def load(self) -> Generator:
+        """Load weights or check the backend is reachable; raises ``ModelUnavailable`` with the fix."""
+        ...
+
+    def generate(
+        self,
+        question: str,
+        pages: Sequence[Image.Image],
+        max_new_tokens: int = 256,
+        stop: threading.Event | None = None,
+    ) -> str:
+        """The whole answer text, whitespace trimmed."""
+        ...
+
+    def stream(
+        self,
+        question: str,
+        pages: Sequence[Image.Image],
+        max_new_tokens: int = 256,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Text pieces as they are decoded; joined, they equal ``generate``'s text. Setting ``stop`` ends
+        generation within one decode step; closing the iterator sets it."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (or the connection); ``load`` may be called again."""
+        ...
