@@ -189,8 +189,8 @@ def maxsim_torch(
             if scales is not None:
                 simt = simt * scales[t0:t1].to(cdt)[:, None]
             if device.type == "cpu":  # reduceat measured 4x faster than segment_reduce on an 8-page block
-                starts = offsets_cpu[p0:p1] - t0
-                best = torch.from_numpy(np.maximum.reduceat(simt.numpy(), starts, axis=0))  # (Pc, Q*nq)
+                page_starts = offsets_cpu[p0:p1] - t0
+                best = torch.from_numpy(np.maximum.reduceat(simt.numpy(), page_starts, axis=0))  # (Pc, Q*nq)
             else:
                 seg_lengths = torch.from_numpy(lengths).to(device)
                 best = torch.segment_reduce(simt, "max", lengths=seg_lengths, axis=0)
