@@ -133,16 +133,6 @@ def test_bad_input_raises_instead_of_reading_past_buffers():
         maxsim_cpu(q, quantize_int8(tokens)[0], off)
 
 
-@pytest.mark.parametrize("module", ["retriever.maxsim", "retriever.cpu_maxsim"])
-def test_hand_computed_doctests(module: str):
-    """The 2 x 3 examples in the modules' docstrings (pytest collects doctests only under tests/)."""
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_pack_query_rows_layout():
     q = torch.arange(2 * 3 * 8, dtype=torch.float32).reshape(2, 3, 8)
     m = torch.tensor([[True, False, True], [True, True, False]])
