@@ -58,15 +58,17 @@ class IndexCache:
     def load(self, device: str) -> TokenIndex:
         """The snapshot with the journal replayed; raises (OSError, ValueError, KeyError) when unusable."""
         index = TokenIndex.load(self.snapshot, device=device)
-        segments = self._segments()
-        for seg in segments:
-            self._replay(index, seg)
-        if segments:
-            log.info("token index cache: replayed %d journal segment(s) onto the snapshot", len(segments))
+        metas = [(seg, json.loads((seg / "meta.json").read_text())) for seg in self._segments()]
+        added = sum(sum(meta.get("lengths") or []) for _, meta in metas)
+        if added:
+            index.reserve(added)  # one copy of the mapped snapshot at its final size, not one per growth
+        for seg, meta in metas:
+            self._replay(index, seg, meta)
+        if metas:
+            log.info("token index cache: replayed %d journal segment(s) onto the snapshot", len(metas))
         return index
 
-    def _replay(self, index: TokenIndex, seg: Path) -> None:
-        meta = json.loads((seg / "meta.json").read_text())
+    def _replay(self, index: TokenIndex, seg: Path, meta: dict[str, Any]) -> None:
         if meta.get("deleted"):
             index.remove(meta["deleted"])
         ids: list[str] = meta.get("ids") or []

@@ -67,6 +67,24 @@ class _Snapshot:
     n_rows: int
 
 
+#: A snapshot's token file has room for 1/SNAPSHOT_ROOM more tokens after its data, as a sparse hole.
+SNAPSHOT_ROOM = 4
+
+
+def _save_with_room(path: Path, data: np.ndarray, room: int) -> None:
+    """``data`` as an ``.npy`` of ``len(data) + room`` rows whose extra rows are a hole: no disk blocks, read as
+    zeros, and a copy-on-write mapping of the file can take ``room`` more rows without moving."""
+    if data.shape[0] + room == 0:
+        np.save(path, data)  # an empty index (nothing to map)
+        return
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=data.dtype, shape=(data.shape[0] + room, *data.shape[1:]))
+    try:
+        out[: data.shape[0]] = data
+        out.flush()
+    finally:
+        del out
+
+
 class TokenIndex:
     """All page multivectors, resident on ``device``, scored exhaustively by MaxSim.
 
@@ -112,14 +130,23 @@ class TokenIndex:
         self._offsets_cache: torch.Tensor | None = None
         self._mask_cache: dict[Filter, tuple[list[dict[str, Any]], np.ndarray]] = {}
 
-    def _ensure_capacity(self, extra: int) -> None:
+    def reserve(self, extra_tokens: int) -> None:
+        """Make room for ``extra_tokens`` more tokens now, exactly (one copy), instead of growing while adding.
+
+        Replaying a cache journal onto a memory-mapped snapshot calls this once with the journal's size: the
+        snapshot is copied into memory once, at its final size, not grown by a quarter.
+        """
+        with self._lock:
+            self._ensure_capacity(extra_tokens, exact=True)
+
+    def _ensure_capacity(self, extra: int, exact: bool = False) -> None:
         need = self._n_tokens + extra
         cap = self._tokens.shape[0]
         if need <= cap:
             return
         # Grow by a quarter, not double: the index is most of a process's memory (a 10,000-page index is
         # 2.5 GB), and a snapshot loaded from the cache is mapped at exactly its size.
-        new_cap = max(need, cap + cap // 4)
+        new_cap = need if exact else max(need, cap + cap // 4)
         new = torch.empty(new_cap, DIM, dtype=self._tokens.dtype, device=self.device)
         new[: self._n_tokens] = self._tokens[: self._n_tokens]
         self._tokens = new
@@ -363,13 +390,15 @@ class TokenIndex:
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.compact()
-            np.save(path / "tokens.npy", self._tokens[: self._n_tokens].cpu().numpy())
+            n = self._n_tokens
+            _save_with_room(path / "tokens.npy", self._tokens[:n].cpu().numpy(), n // SNAPSHOT_ROOM)
             if self._scales is not None:
-                np.save(path / "scales.npy", self._scales[: self._n_tokens].cpu().numpy())
+                _save_with_room(path / "scales.npy", self._scales[:n].cpu().numpy(), n // SNAPSHOT_ROOM)
             meta = {
                 "format": 1,
                 "dtype": self.dtype,
                 "pool_factor": self.pool_factor,
+                "n_tokens": n,
                 "store_version": self._store_version,
                 "point_ids": self._point_ids,
                 "lengths": self._lengths,
@@ -388,7 +417,9 @@ class TokenIndex:
         """Read an index written by :meth:`save` onto ``device``; call :meth:`sync` with the store afterwards.
 
         On the CPU the token file is memory-mapped copy-on-write, not read: start-up costs no copy, pages are
-        read as the first searches touch them, and the first write past the mapping moves it to memory.
+        read as the first searches touch them. The file has room for a quarter more tokens (a sparse hole on
+        disk), so pages added after the load (a journal replay, the next ingest) are written into the private
+        mapping, costing memory for themselves only; a write past that room moves the index to memory.
         """
         import json
 
@@ -397,23 +428,30 @@ class TokenIndex:
         idx = cls(device=device, dtype=meta["dtype"], pool_factor=meta["pool_factor"], **kwargs)
         on_cpu = idx.device.type == "cpu"
         tokens = torch.from_numpy(np.load(path / "tokens.npy", mmap_mode="c" if on_cpu else None))
-        if sum(int(n) for n in meta["lengths"]) != tokens.shape[0] or len(meta["lengths"]) != len(meta["point_ids"]):
+        n = int(meta.get("n_tokens", tokens.shape[0]))  # snapshots before the spare room: exactly full
+        if (
+            sum(int(k) for k in meta["lengths"]) != n
+            or n > tokens.shape[0]
+            or len(meta["lengths"]) != len(meta["point_ids"])
+        ):
             raise ValueError(f"token index cache {path} is inconsistent (lengths do not match tokens)")
         with idx._lock:
             idx._reset(1)
-            if on_cpu and tokens.shape[0]:
-                idx._tokens = tokens  # exactly full: an append reallocates (and copies) before writing
+            if on_cpu and n:
+                idx._tokens = tokens  # the mapping, spare room included: appends write into it until it is full
             else:
-                idx._reset(max(1, tokens.shape[0]))
-                idx._tokens[: tokens.shape[0]] = tokens.to(idx.device)
+                idx._reset(max(1, n))
+                idx._tokens[:n] = tokens[:n].to(idx.device)
             if idx.dtype == "int8":
-                scales = torch.from_numpy(np.load(path / "scales.npy"))
-                if on_cpu and tokens.shape[0]:
-                    idx._scales = scales
+                scales = torch.from_numpy(np.load(path / "scales.npy", mmap_mode="c" if on_cpu else None))
+                if scales.shape[0] < n:
+                    raise ValueError(f"token index cache {path} is inconsistent (fewer scales than tokens)")
+                if on_cpu and n:
+                    idx._scales = scales[: tokens.shape[0]]
                 else:
                     assert idx._scales is not None
-                    idx._scales[: tokens.shape[0]] = scales.to(idx.device)
-            idx._n_tokens = int(tokens.shape[0])
+                    idx._scales[:n] = scales[:n].to(idx.device)
+            idx._n_tokens = n
             idx._lengths = [int(n) for n in meta["lengths"]]
             idx._starts = (
                 np.concatenate([[0], np.cumsum(idx._lengths)[:-1]]).astype(int).tolist() if idx._lengths else []
@@ -455,11 +493,7 @@ class TokenIndex:
             known = {pid: self._bits[row] for pid, row in self._row_of.items()}
         fresh = {page.point_id: page.payload for page in store.iter_pages(vectors=())}
         gone = set(known) - set(fresh)
-        changed = sorted(
-            pid
-            for pid, p in fresh.items()
-            if pid not in known or _content(known[pid]) != _content(p)
-        )
+        changed = sorted(pid for pid, p in fresh.items() if pid not in known or _content(known[pid]) != _content(p))
         # Same vectors, other payload (a document renamed or a copy gone): the bits change, not the tokens.
         moved = {
             pid: page_bits(p)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from indexer.errors import InvalidRequest, NotFound, StoreUnavailable
 from indexer.settings import Settings
@@ -308,17 +310,24 @@ def test_a_snapshot_is_memory_mapped_copy_on_write(tmp_path) -> None:
     from retriever.token_index import TokenIndex
     from testkit.corpus import random_pages
 
-    pages = random_pages(4, lo=20, hi=30)
+    pages = random_pages(4, lo=200, hi=300)
     index = TokenIndex(device="cpu")
     index.add([f"p{i}" for i in range(4)], pages)
     index.save(tmp_path / "snap")
     before = (tmp_path / "snap" / "tokens.npy").read_bytes()
     loaded = TokenIndex.load(tmp_path / "snap", device="cpu")
+    n = sum(len(p) for p in pages)
     base = loaded._tokens.untyped_storage()
-    assert base.nbytes() == sum(len(p) for p in pages) * 128 * 2  # exactly the file's fp16 data: mapped, not sized up
+    assert base.nbytes() == (n + n // 4) * 128 * 2  # the file's fp16 data and its room: mapped, not copied
     assert str((tmp_path / "snap" / "tokens.npy").resolve()) in Path("/proc/self/maps").read_text()  # mapped
-    loaded.add(["p9"], random_pages(1, seed=9, lo=20, hi=30))
-    loaded.remove(["p0", "p1", "p2"])  # compacts into new buffers
+    assert os.stat(tmp_path / "snap" / "tokens.npy").st_blocks * 512 <= n * 128 * 2 + 8192  # the room is a hole
+    small = random_pages(1, seed=8, lo=5, hi=6)
+    loaded.add(["p8"], small)  # fits the room: written into the private mapping, no copy of the index
+    assert loaded._tokens.untyped_storage().data_ptr() == base.data_ptr()
+    assert torch.equal(loaded.get_vectors(["p8"])["p8"].float(), torch.from_numpy(small[0]).half().float())
+    loaded.add(["p9"], random_pages(1, seed=9, lo=400, hi=500))  # past the room: moved to memory
+    assert loaded._tokens.untyped_storage().data_ptr() != base.data_ptr()
+    loaded.remove(["p0", "p1", "p2", "p8"])  # compacts into new buffers
     loaded.compact()
     assert (tmp_path / "snap" / "tokens.npy").read_bytes() == before
     assert sorted(loaded.point_ids()) == ["p3", "p9"]
