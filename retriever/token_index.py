@@ -158,7 +158,9 @@ class TokenIndex:
     def _prepare(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = []
         for v in vectors:
-            a = np.asarray(v, dtype=np.float32)
+            a = np.asarray(v)
+            if a.dtype != np.float16 or self.pool_factor > 1:  # fp16 (a cache journal) is stored as it is
+                a = np.asarray(a, dtype=np.float32)
             if a.ndim != 2 or a.shape[1] != DIM or a.shape[0] == 0:
                 raise ValueError(f"page vectors must be (n_tokens>0, {DIM}), got {a.shape}")
             if self.pool_factor > 1:
@@ -173,15 +175,17 @@ class TokenIndex:
         lengths = [int(v.shape[0]) for v in vectors]
         total = sum(lengths)
         self._ensure_capacity(total)
-        block = torch.from_numpy(np.concatenate(vectors, 0) if len(vectors) > 1 else vectors[0])
-        block = block.to(self.device, non_blocking=True)
+        arr = np.concatenate(vectors, 0) if len(vectors) > 1 else vectors[0]
         s0 = self._n_tokens
         if self._scales is not None:  # int8
-            q, sc = quantize_int8(block)
+            q, sc = quantize_int8(torch.from_numpy(arr).to(self.device, non_blocking=True))
             self._tokens[s0 : s0 + total] = q
             self._scales[s0 : s0 + total] = sc
+        elif self.device.type == "cpu":
+            # numpy's copy, not torch's: 3-4x faster into the copy-on-write mapping of a loaded snapshot (measured)
+            self._tokens[s0 : s0 + total].numpy()[...] = arr
         else:
-            self._tokens[s0 : s0 + total] = block.half()
+            self._tokens[s0 : s0 + total] = torch.from_numpy(arr).to(self.device, non_blocking=True).half()
         pos = s0
         r0 = len(self._point_ids)
         if r0 + len(point_ids) > len(self._alive):
