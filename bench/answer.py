@@ -34,6 +34,19 @@ On the GPU machine, with the full-size random checkpoint (bench/make_checkpoints
 
 ``--smoke`` runs tiny on CPU with whatever model is given, to check the script itself (static mode runs
 there without compilation, which is only enabled on CUDA).
+
+``--cpu`` (the CPU table): for each ``--decode`` entry, ``--reps`` generations with a per-token timestamping
+streamer, inputs built inside the timing, and nothing else (a CPU takes a minute per eager answer over 3
+pages). An entry is a decode mode, optionally ``@EDGE`` (the page budget in px, default 1,536) or
+``@regions`` (synthetic cited regions: each page as a 512 px overview plus one 512 x 512 crop of the fitted
+page at full resolution, one tile each; lean modes only). Lean rows report TTFT twice: cold (the page
+feature cache emptied before each rep: the question pays for the vision tower) and warm (the pages' features
+cached: what a question over pages seen before, or precomputed at ingest, pays). Decode tokens/s is
+(N - 1) / (last token - first token). ``same tokens`` compares the greedy ids with the first row's over the
+same input (only rows with the first row's page budget). Ratios are against the first row (eager)::
+
+    OMP_WAIT_POLICY=passive flock /work/bench.lock python bench/answer.py --model /tmp/ckpt/generator --device cpu \
+        --cpu --decode eager,lean,lean-fp16,lean-fp16@1024,lean-fp16@regions --new-tokens 32 --reps 2
 """
 
 from __future__ import annotations
@@ -282,6 +295,132 @@ def measure(args: argparse.Namespace, decode: str, pages: list, question: str, r
     return row
 
 
+def _views(pages: list, spec: str) -> tuple[list, list]:
+    """Images and per-image tiling sizes for a ``@regions`` entry: per page a 512 px overview and one cited region
+    (a 512 x 512 crop of the fitted page, below its top margin) at full resolution."""
+    views, sizes = [], []
+    for page in pages:
+        overview = page.copy()
+        overview.thumbnail((512, 512))
+        w, h = page.size
+        left, top = max(0, (w - 512) // 2), min(max(0, h - 512), h // 6)
+        views += [overview, page.crop((left, top, left + min(512, w), top + min(512, h)))]
+        sizes += [512, 512]
+    return views, sizes
+
+
+def measure_cpu(args: argparse.Namespace, entry: str, pages: list, question: str, reference: dict) -> dict:
+    """One CPU row (see ``--cpu`` in the module docstring)."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from rag.generators.smolvlm import SmolVLMGenerator
+
+    mode, _, variant = entry.partition("@")
+    edge = int(variant) if variant.isdigit() else None
+    kwargs = {"image_longest_edge": edge} if edge else {}
+    t_load = time.perf_counter()
+    gen = SmolVLMGenerator(args.model, device=args.device, decode=mode, **kwargs).load()
+    load_s = time.perf_counter() - t_load
+    n = args.new_tokens
+    limit = WordsOnly(gen.processor.tokenizer, gen.model.config.text_config.vocab_size, gen.device)
+    extra = {"min_new_tokens": n, "logits_processor": LogitsProcessorList([limit])}
+
+    def build():
+        if variant == "regions":
+            if not gen.lean:
+                raise SystemExit(f"{entry}: regions need a lean mode")
+            views, sizes = _views(pages, variant)
+            text = f"{gen.instruction}\nQuestion: {question}"
+            content = [{"type": "image"} for _ in views] + [{"type": "text", "text": text}]
+            messages = [{"role": "user", "content": content}]
+            prompt = gen.processor.apply_chat_template(messages, add_generation_prompt=True)
+            assert gen._lean is not None
+            return gen._lean.build_inputs(prompt, views, sizes=sizes)
+        return gen.build_inputs(question, pages)
+
+    def once(cold: bool) -> tuple[float, float, list, int]:
+        if cold:
+            gen.page_cache.clear_memory()
+        times = TokenTimes()
+        t0 = time.perf_counter()
+        inputs = build()
+        out = gen.run_generate(inputs, n, streamer=times, **extra)
+        prompt = int(inputs["input_ids"].shape[1])
+        ids = out[0, prompt:].tolist()
+        if len(ids) != n:
+            raise SystemExit(f"{entry}: {len(ids)} new tokens, expected {n}")
+        return times.times[0] - t0, (len(times.times) - 1) / (times.times[-1] - times.times[0]), ids, prompt
+
+    cold = [once(True) for _ in range(args.reps)]
+    warm = [once(False) for _ in range(args.reps)] if gen.lean else []
+    med = statistics.median
+    ids, prompt_tokens = cold[0][2], cold[0][3]
+    key = edge or "default"
+    same = None
+    if variant != "regions":
+        ref = reference.setdefault(key, ids)
+        same = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), len(ids))
+    row = {
+        "entry": entry,
+        "decode_mode": gen.decode_mode,
+        "load_s": load_s,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": n,
+        "reps": args.reps,
+        "ttft_cold_ms": [c[0] * 1e3 for c in cold],
+        "ttft_warm_ms": [w[0] * 1e3 for w in warm],
+        "decode_tok_s": [r[1] for r in cold + warm],
+        "ttft_cold_ms_median": med(c[0] for c in cold) * 1e3,
+        "ttft_warm_ms_median": med(w[0] for w in warm) * 1e3 if warm else None,
+        "decode_tok_s_median": med(r[1] for r in cold + warm),
+        "same_tokens_as_first_row": same,
+        "threads": torch.get_num_threads(),
+    }
+    gen.close()
+    return row
+
+
+def cpu_table(args: argparse.Namespace, pages: list, question: str) -> None:
+    import torch
+
+    entries = [m.strip() for m in args.decode.split(",") if m.strip()]
+    rows: list[dict] = []
+    reference: dict = {}
+    for entry in entries:
+        rows.append(measure_cpu(args, entry, pages, question, reference))
+        r = rows[-1]
+        print(
+            f"{r['entry']}: cold TTFT {[round(x) for x in r['ttft_cold_ms']]} ms, "
+            f"warm {[round(x) for x in r['ttft_warm_ms']]} ms, decode {[round(x, 1) for x in r['decode_tok_s']]} tok/s",
+            flush=True,
+        )
+    base = rows[0]
+    today = date.today().isoformat()
+    device = f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
+    print(
+        f"\n{args.pages} pages, {args.new_tokens} new tokens forced, median of {args.reps}, {device}, {today}\n"
+        "| decode | prompt tokens | TTFT cold ms | vs eager | TTFT warm ms | vs eager | decode tok/s | vs eager "
+        "| same greedy tokens |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        warm = r["ttft_warm_ms_median"]
+        cold_ratio = r["ttft_cold_ms_median"] / base["ttft_cold_ms_median"]
+        warm_s = "-" if warm is None else f"{warm:.0f}"
+        warm_ratio = "-" if warm is None else f"{warm / base['ttft_cold_ms_median']:.3f}x"
+        same = r["same_tokens_as_first_row"]
+        same_s = "n/a (other input)" if same is None else f"{same}/{r['new_tokens']}"
+        print(
+            f"| {r['entry']} ({r['decode_mode']}) | {r['prompt_tokens']} | {r['ttft_cold_ms_median']:.0f} "
+            f"| {cold_ratio:.2f}x | {warm_s} | {warm_ratio} "
+            f"| {r['decode_tok_s_median']:.1f} | {r['decode_tok_s_median'] / base['decode_tok_s_median']:.2f}x "
+            f"| {same_s} |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"device": device, "date": today, "pages": args.pages, "rows": rows}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="generator checkpoint directory")
@@ -296,10 +435,14 @@ def main() -> None:
         help="comma-separated SmolVLMGenerator decode modes, one row each (eager = plain generate, the baseline)",
     )
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="the CPU table (see the module docstring)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.smoke:
         args.new_tokens, args.reps = 16, 2
+    if args.cpu:
+        cpu_table(args, answer_pages(args.pages), QUESTIONS[0])
+        return
     from rag.generators.smolvlm import DECODE_MODES
 
     modes = [m.strip() for m in args.decode.split(",") if m.strip()]
