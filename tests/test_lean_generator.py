@@ -235,3 +235,14 @@ def test_fallbacks(tiny_models, tiny_generator: SmolVLMGenerator, monkeypatch) -
     assert "pixel_values" in gen.build_inputs(QUESTION, pages)
     assert isinstance(gen.generate(QUESTION, pages, max_new_tokens=4), str)
     gen.close()
+
+
+def test_concurrent_lean_generations_take_turns(lean: SmolVLMGenerator) -> None:
+    """One key/value cache per generator: answers on several threads equal the same answers one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(QUESTION, _pages(2)), ("hi?", []), ("Who signed?", _pages(1, seed=3))]
+    alone = [lean.generate(q, p, max_new_tokens=12) for q, p in jobs]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda job: lean.generate(job[0], job[1], max_new_tokens=12), jobs))
+    assert together == alone

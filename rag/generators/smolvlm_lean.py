@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +100,8 @@ class LeanRunner:
         self.cache = cache
         self.size = size
         self.decoder = LeanDecoder(model.model.text_model, model.lm_head, weights)
+        # One key/value cache: generations on several threads take turns (a CPU runs one at a time anyway).
+        self._generating = threading.Lock()
 
     # ------------------------------------------------------------------ inputs
     def page_features(self, image: Image.Image, page_id: str | None = None, size: int | None = None) -> PageFeatures:
@@ -194,7 +197,7 @@ class LeanRunner:
         if streamer is not None:
             streamer.put(input_ids.cpu())
         try:
-            with torch.inference_mode():
+            with self._generating, torch.inference_mode():
                 embeds = model.model.text_model.get_input_embeddings()(input_ids)
                 features = inputs.get(FEATURES)
                 if features is not None:
