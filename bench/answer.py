@@ -35,8 +35,9 @@ On the GPU machine, with the full-size random checkpoint (bench/make_checkpoints
 ``--smoke`` runs tiny on CPU with whatever model is given, to check the script itself (static mode runs
 there without compilation, which is only enabled on CUDA).
 
-``--cpu`` (the CPU table): for each ``--decode`` entry, ``--reps`` generations with a per-token timestamping
-streamer, inputs built inside the timing, and nothing else (a CPU takes a minute per eager answer over 3
+``--cpu`` (the CPU table): every ``--decode`` entry loaded once, then ``--reps`` rounds that each time every
+entry in turn (one generation with a per-token timestamping streamer, inputs built inside the timing), and
+nothing else (a CPU takes a minute per eager answer over 3
 pages). An entry is a decode mode, optionally ``@EDGE`` (the page budget in px, default 1,536) or
 ``@regions`` (synthetic cited regions: each page as a 512 px overview plus one 512 x 512 crop of the fitted
 page at full resolution, one tile each; lean modes only). Lean rows report TTFT twice: cold (the page
@@ -309,92 +310,105 @@ def _views(pages: list, spec: str) -> tuple[list, list]:
     return views, sizes
 
 
-def measure_cpu(args: argparse.Namespace, entry: str, pages: list, question: str, reference: dict) -> dict:
-    """One CPU row (see ``--cpu`` in the module docstring)."""
-    import torch
-    from transformers import LogitsProcessorList
+class CpuEntry:
+    """One ``--decode`` entry of the CPU table: its generator, loaded once, and its measurements so far."""
 
-    from rag.generators.smolvlm import SmolVLMGenerator
+    def __init__(self, args: argparse.Namespace, entry: str, pages: list, question: str) -> None:
+        from transformers import LogitsProcessorList
 
-    mode, _, variant = entry.partition("@")
-    edge = int(variant) if variant.isdigit() else None
-    kwargs = {"image_longest_edge": edge} if edge else {}
-    t_load = time.perf_counter()
-    gen = SmolVLMGenerator(args.model, device=args.device, decode=mode, **kwargs).load()
-    load_s = time.perf_counter() - t_load
-    n = args.new_tokens
-    limit = WordsOnly(gen.processor.tokenizer, gen.model.config.text_config.vocab_size, gen.device)
-    extra = {"min_new_tokens": n, "logits_processor": LogitsProcessorList([limit])}
+        from rag.generators.smolvlm import SmolVLMGenerator
 
-    def build():
-        if variant == "regions":
-            if not gen.lean:
-                raise SystemExit(f"{entry}: regions need a lean mode")
-            views, sizes = _views(pages, variant)
-            text = f"{gen.instruction}\nQuestion: {question}"
+        self.entry, self.pages, self.question, self.n = entry, pages, question, args.new_tokens
+        mode, _, self.variant = entry.partition("@")
+        self.edge = int(self.variant) if self.variant.isdigit() else None
+        kwargs = {"image_longest_edge": self.edge} if self.edge else {}
+        t_load = time.perf_counter()
+        self.gen = SmolVLMGenerator(args.model, device=args.device, decode=mode, **kwargs).load()
+        self.load_s = time.perf_counter() - t_load
+        if self.variant == "regions" and not self.gen.lean:
+            raise SystemExit(f"{entry}: regions need a lean mode")
+        limit = WordsOnly(self.gen.processor.tokenizer, self.gen.model.config.text_config.vocab_size, self.gen.device)
+        self.extra = {"min_new_tokens": self.n, "logits_processor": LogitsProcessorList([limit])}
+        self.cold: list[tuple[float, float]] = []
+        self.warm: list[tuple[float, float]] = []
+        self.ids: list[int] = []
+        self.prompt_tokens = 0
+
+    def _build(self):  # noqa: ANN202
+        gen = self.gen
+        if self.variant == "regions":
+            views, sizes = _views(self.pages, self.variant)
+            text = f"{gen.instruction}\nQuestion: {self.question}"
             content = [{"type": "image"} for _ in views] + [{"type": "text", "text": text}]
             messages = [{"role": "user", "content": content}]
             prompt = gen.processor.apply_chat_template(messages, add_generation_prompt=True)
             assert gen._lean is not None
             return gen._lean.build_inputs(prompt, views, sizes=sizes)
-        return gen.build_inputs(question, pages)
+        return gen.build_inputs(self.question, self.pages)
 
-    def once(cold: bool) -> tuple[float, float, list, int]:
-        if cold:
-            gen.page_cache.clear_memory()
-        times = TokenTimes()
-        t0 = time.perf_counter()
-        inputs = build()
-        out = gen.run_generate(inputs, n, streamer=times, **extra)
-        prompt = int(inputs["input_ids"].shape[1])
-        ids = out[0, prompt:].tolist()
-        if len(ids) != n:
-            raise SystemExit(f"{entry}: {len(ids)} new tokens, expected {n}")
-        return times.times[0] - t0, (len(times.times) - 1) / (times.times[-1] - times.times[0]), ids, prompt
+    def rep(self) -> None:
+        """One cold generation (the page-feature cache emptied first) and, in lean modes, one warm one."""
+        for cold in (True, False) if self.gen.lean else (True,):
+            if cold:
+                self.gen.page_cache.clear_memory()
+            times = TokenTimes()
+            t0 = time.perf_counter()
+            inputs = self._build()
+            out = self.gen.run_generate(inputs, self.n, streamer=times, **self.extra)
+            self.prompt_tokens = int(inputs["input_ids"].shape[1])
+            ids = out[0, self.prompt_tokens :].tolist()
+            if len(ids) != self.n:
+                raise SystemExit(f"{self.entry}: {len(ids)} new tokens, expected {self.n}")
+            self.ids = self.ids or ids
+            rate = (len(times.times) - 1) / (times.times[-1] - times.times[0])
+            (self.cold if cold else self.warm).append((times.times[0] - t0, rate))
 
-    cold = [once(True) for _ in range(args.reps)]
-    warm = [once(False) for _ in range(args.reps)] if gen.lean else []
-    med = statistics.median
-    ids, prompt_tokens = cold[0][2], cold[0][3]
-    key = edge or "default"
-    same = None
-    if variant != "regions":
-        ref = reference.setdefault(key, ids)
-        same = next((i for i, (a, b) in enumerate(zip(ids, ref, strict=False)) if a != b), len(ids))
-    row = {
-        "entry": entry,
-        "decode_mode": gen.decode_mode,
-        "load_s": load_s,
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": n,
-        "reps": args.reps,
-        "ttft_cold_ms": [c[0] * 1e3 for c in cold],
-        "ttft_warm_ms": [w[0] * 1e3 for w in warm],
-        "decode_tok_s": [r[1] for r in cold + warm],
-        "ttft_cold_ms_median": med(c[0] for c in cold) * 1e3,
-        "ttft_warm_ms_median": med(w[0] for w in warm) * 1e3 if warm else None,
-        "decode_tok_s_median": med(r[1] for r in cold + warm),
-        "same_tokens_as_first_row": same,
-        "threads": torch.get_num_threads(),
-    }
-    gen.close()
-    return row
+    def row(self, reference: dict) -> dict:
+        import torch
+
+        med = statistics.median
+        same = None
+        if self.variant != "regions":
+            ref = reference.setdefault(self.edge or "default", self.ids)
+            same = next((i for i, (a, b) in enumerate(zip(self.ids, ref, strict=False)) if a != b), len(self.ids))
+        both = self.cold + self.warm
+        return {
+            "entry": self.entry,
+            "decode_mode": self.gen.decode_mode,
+            "load_s": self.load_s,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.n,
+            "reps": len(self.cold),
+            "ttft_cold_ms": [c[0] * 1e3 for c in self.cold],
+            "ttft_warm_ms": [w[0] * 1e3 for w in self.warm],
+            "decode_tok_s": [r[1] for r in both],
+            "ttft_cold_ms_median": med(c[0] for c in self.cold) * 1e3,
+            "ttft_warm_ms_median": med(w[0] for w in self.warm) * 1e3 if self.warm else None,
+            "decode_tok_s_median": med(r[1] for r in both),
+            "same_tokens_as_first_row": same,
+            "threads": torch.get_num_threads(),
+        }
 
 
 def cpu_table(args: argparse.Namespace, pages: list, question: str) -> None:
+    """Every entry loaded once, then ``--reps`` rounds, each measuring every entry in turn: a change of load on a
+    shared machine hits all entries of a round, not one row."""
     import torch
 
-    entries = [m.strip() for m in args.decode.split(",") if m.strip()]
-    rows: list[dict] = []
+    entries = [CpuEntry(args, m.strip(), pages, question) for m in args.decode.split(",") if m.strip()]
+    for r in range(args.reps):
+        for e in entries:
+            e.rep()
+            print(
+                f"round {r + 1}: {e.entry}: cold TTFT {e.cold[-1][0] * 1e3:.0f} ms"
+                + (f", warm {e.warm[-1][0] * 1e3:.0f} ms" if e.warm else "")
+                + f", decode {e.cold[-1][1]:.1f}"
+                + (f" / {e.warm[-1][1]:.1f}" if e.warm else "")
+                + " tok/s",
+                flush=True,
+            )
     reference: dict = {}
-    for entry in entries:
-        rows.append(measure_cpu(args, entry, pages, question, reference))
-        r = rows[-1]
-        print(
-            f"{r['entry']}: cold TTFT {[round(x) for x in r['ttft_cold_ms']]} ms, "
-            f"warm {[round(x) for x in r['ttft_warm_ms']]} ms, decode {[round(x, 1) for x in r['decode_tok_s']]} tok/s",
-            flush=True,
-        )
+    rows = [e.row(reference) for e in entries]
     base = rows[0]
     today = date.today().isoformat()
     device = f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
