@@ -1,10 +1,11 @@
 """SmolVLM on llama.cpp for comparison with bench/answer.py --cpu: first token and decode rate over 3 pages.
 
 The generator checkpoint is converted with llama.cpp's own converter (``--outtype``: the text model's GGUF
-type; the vision projector in f16) and served by llama-cpp-python's OpenAI-compatible server, which is how
-colsmol's ``openai`` backend would use it. Each rep sends the pages ``OpenAIGenerator`` would send (JPEG
-``data:`` URLs fitted to the 1,536 px budget) for freshly rendered pages (so nothing is reused from a
-previous request), streamed, end-of-answer forbidden by ``logit_bias`` so that ``--new-tokens`` come back:
+type; ``--mmproj-outtype``: the vision projector's, f16 by default) and served by llama-cpp-python's
+OpenAI-compatible server, which is how colsmol's ``openai`` backend would use it. Each rep sends the pages
+``OpenAIGenerator`` would send (JPEG ``data:`` URLs fitted to the 1,536 px budget) for freshly rendered pages (so
+nothing is reused from a previous request), streamed, end-of-answer forbidden by ``logit_bias`` so that
+``--new-tokens`` come back:
 
 - TTFT: from the request (JPEG encoding included) to the first streamed chunk;
 - decode tokens/s: (chunks - 1) / (last chunk - first chunk), llama-cpp-python sending one chunk a token.
@@ -45,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--outtype", default="q8_0", help="comma-separated GGUF types of the text model")
+    ap.add_argument("--mmproj-outtype", default="f16", help="GGUF type of the vision projector (f16, f32)")
     ap.add_argument("--pages", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
@@ -65,7 +67,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for outtype in [t.strip() for t in args.outtype.split(",") if t.strip()]:
-            model, mmproj = convert_to_gguf(args.model, Path(tmp) / outtype, converter, outtype, "f16")
+            model, mmproj = convert_to_gguf(args.model, Path(tmp) / outtype, converter, outtype, args.mmproj_outtype)
             log = Path(tmp) / f"{outtype}.log"
             with LlamaCppServer(model, mmproj, "smolvlm", log, n_ctx=8192, n_threads=args.threads) as server:
                 gen = OpenAIGenerator(server.url, model="smolvlm", timeout_s=900, max_retries=0)
@@ -103,6 +105,7 @@ def main() -> None:
             rows.append(
                 {
                     "outtype": outtype,
+                    "mmproj_outtype": args.mmproj_outtype,
                     "prompt_tokens": prompt_tokens,
                     "ttft_s": ttft,
                     "decode_tok_s": rate,
@@ -114,7 +117,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for r in rows:
         ttft, rate = r["ttft_s_median"], r["decode_tok_s_median"]
-        print(f"| {r['outtype']} | {r['prompt_tokens']} | {ttft:.1f} s | {rate:.1f} |")
+        print(f"| {r['outtype']}, mmproj {r['mmproj_outtype']} | {r['prompt_tokens']} | {ttft:.1f} s | {rate:.1f} |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 
