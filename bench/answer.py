@@ -367,10 +367,11 @@ class CpuEntry:
         import torch
 
         med = statistics.median
+        # Only rows over the first row's input compare (another budget or regions is another prompt).
+        ref_variant, ref_ids = reference.setdefault("first", (self.variant, self.ids))
         same = None
-        if self.variant != "regions":
-            ref = reference.setdefault(self.edge or "default", self.ids)
-            same = next((i for i, (a, b) in enumerate(zip(self.ids, ref, strict=False)) if a != b), len(self.ids))
+        if self.variant == ref_variant:
+            same = next((i for i, (a, b) in enumerate(zip(self.ids, ref_ids, strict=False)) if a != b), len(self.ids))
         both = self.cold + self.warm
         return {
             "entry": self.entry,
