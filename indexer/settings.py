@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     )
     generator_precompute: bool = Field(
         False,
-        description="lean decoding: compute the answer model's page features at ingest (about 15-25 s a page on "
+        description="lean decoding: compute the answer model's page features at ingest (about 20-30 s a page on "
         "2 CPU cores) so questions pay for their text only; implies generator_page_features=disk.",
     )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
