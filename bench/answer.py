@@ -34,6 +34,20 @@ On the GPU machine, with the full-size random checkpoint (bench/make_checkpoints
 
 ``--smoke`` runs tiny on CPU with whatever model is given, to check the script itself (static mode runs
 there without compilation, which is only enabled on CUDA).
+
+``--cpu`` (the CPU table): every ``--decode`` entry loaded once, then ``--reps`` rounds that each time every
+entry in turn (one generation with a per-token timestamping streamer, inputs built inside the timing), and
+nothing else (a CPU takes a minute per eager answer over 3
+pages). An entry is a decode mode, optionally ``@EDGE`` (the page budget in px, default 1,536) or
+``@regions`` (synthetic cited regions: each page as a 512 px overview plus one 512 x 512 crop of the fitted
+page at full resolution, one tile each; lean modes only). Lean rows report TTFT twice: cold (the page
+feature cache emptied before each rep: the question pays for the vision tower) and warm (the pages' features
+cached: what a question over pages seen before, or precomputed at ingest, pays). Decode tokens/s is
+(N - 1) / (last token - first token). ``same tokens`` compares the greedy ids with the first row's over the
+same input (only rows with the first row's page budget). Ratios are against the first row (eager)::
+
+    OMP_WAIT_POLICY=passive flock /work/bench.lock python bench/answer.py --model /tmp/ckpt/generator --device cpu \
+        --cpu --decode eager,lean,lean-fp16,lean-fp16@1024,lean-fp16@regions --new-tokens 32 --reps 2
 """
 
 from __future__ import annotations
@@ -282,6 +296,146 @@ def measure(args: argparse.Namespace, decode: str, pages: list, question: str, r
     return row
 
 
+def _views(pages: list, spec: str) -> tuple[list, list]:
+    """Images and per-image tiling sizes for a ``@regions`` entry: per page a 512 px overview and one cited region
+    (a 512 x 512 crop of the fitted page, below its top margin) at full resolution."""
+    views, sizes = [], []
+    for page in pages:
+        overview = page.copy()
+        overview.thumbnail((512, 512))
+        w, h = page.size
+        left, top = max(0, (w - 512) // 2), min(max(0, h - 512), h // 6)
+        views += [overview, page.crop((left, top, left + min(512, w), top + min(512, h)))]
+        sizes += [512, 512]
+    return views, sizes
+
+
+class CpuEntry:
+    """One ``--decode`` entry of the CPU table: its generator, loaded once, and its measurements so far."""
+
+    def __init__(self, args: argparse.Namespace, entry: str, pages: list, question: str) -> None:
+        from transformers import LogitsProcessorList
+
+        from rag.generators.smolvlm import SmolVLMGenerator
+
+        self.entry, self.pages, self.question, self.n = entry, pages, question, args.new_tokens
+        mode, _, self.variant = entry.partition("@")
+        self.edge = int(self.variant) if self.variant.isdigit() else None
+        kwargs = {"image_longest_edge": self.edge} if self.edge else {}
+        t_load = time.perf_counter()
+        self.gen = SmolVLMGenerator(args.model, device=args.device, decode=mode, **kwargs).load()
+        self.load_s = time.perf_counter() - t_load
+        if self.variant == "regions" and not self.gen.lean:
+            raise SystemExit(f"{entry}: regions need a lean mode")
+        limit = WordsOnly(self.gen.processor.tokenizer, self.gen.model.config.text_config.vocab_size, self.gen.device)
+        self.extra = {"min_new_tokens": self.n, "logits_processor": LogitsProcessorList([limit])}
+        self.cold: list[tuple[float, float]] = []
+        self.warm: list[tuple[float, float]] = []
+        self.ids: list[int] = []
+        self.prompt_tokens = 0
+
+    def _build(self):  # noqa: ANN202
+        gen = self.gen
+        if self.variant == "regions":
+            views, sizes = _views(self.pages, self.variant)
+            text = f"{gen.instruction}\nQuestion: {self.question}"
+            content = [{"type": "image"} for _ in views] + [{"type": "text", "text": text}]
+            messages = [{"role": "user", "content": content}]
+            prompt = gen.processor.apply_chat_template(messages, add_generation_prompt=True)
+            assert gen._lean is not None
+            return gen._lean.build_inputs(prompt, views, sizes=sizes)
+        return gen.build_inputs(self.question, self.pages)
+
+    def rep(self) -> None:
+        """One cold generation (the page-feature cache emptied first) and, in lean modes, one warm one."""
+        for cold in (True, False) if self.gen.lean else (True,):
+            if cold:
+                self.gen.page_cache.clear_memory()
+            times = TokenTimes()
+            t0 = time.perf_counter()
+            inputs = self._build()
+            out = self.gen.run_generate(inputs, self.n, streamer=times, **self.extra)
+            self.prompt_tokens = int(inputs["input_ids"].shape[1])
+            ids = out[0, self.prompt_tokens :].tolist()
+            if len(ids) != self.n:
+                raise SystemExit(f"{self.entry}: {len(ids)} new tokens, expected {self.n}")
+            self.ids = self.ids or ids
+            rate = (len(times.times) - 1) / (times.times[-1] - times.times[0])
+            (self.cold if cold else self.warm).append((times.times[0] - t0, rate))
+
+    def row(self, reference: dict) -> dict:
+        import torch
+
+        med = statistics.median
+        # Only rows over the first row's input compare (another budget or regions is another prompt).
+        ref_variant, ref_ids = reference.setdefault("first", (self.variant, self.ids))
+        same = None
+        if self.variant == ref_variant:
+            same = next((i for i, (a, b) in enumerate(zip(self.ids, ref_ids, strict=False)) if a != b), len(self.ids))
+        both = self.cold + self.warm
+        return {
+            "entry": self.entry,
+            "decode_mode": self.gen.decode_mode,
+            "load_s": self.load_s,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.n,
+            "reps": len(self.cold),
+            "ttft_cold_ms": [c[0] * 1e3 for c in self.cold],
+            "ttft_warm_ms": [w[0] * 1e3 for w in self.warm],
+            "decode_tok_s": [r[1] for r in both],
+            "ttft_cold_ms_median": med(c[0] for c in self.cold) * 1e3,
+            "ttft_warm_ms_median": med(w[0] for w in self.warm) * 1e3 if self.warm else None,
+            "decode_tok_s_median": med(r[1] for r in both),
+            "same_tokens_as_first_row": same,
+            "threads": torch.get_num_threads(),
+        }
+
+
+def cpu_table(args: argparse.Namespace, pages: list, question: str) -> None:
+    """Every entry loaded once, then ``--reps`` rounds, each measuring every entry in turn: a change of load on a
+    shared machine hits all entries of a round, not one row."""
+    import torch
+
+    entries = [CpuEntry(args, m.strip(), pages, question) for m in args.decode.split(",") if m.strip()]
+    for r in range(args.reps):
+        for e in entries:
+            e.rep()
+            print(
+                f"round {r + 1}: {e.entry}: cold TTFT {e.cold[-1][0] * 1e3:.0f} ms"
+                + (f", warm {e.warm[-1][0] * 1e3:.0f} ms" if e.warm else "")
+                + f", decode {e.cold[-1][1]:.1f}"
+                + (f" / {e.warm[-1][1]:.1f}" if e.warm else "")
+                + " tok/s",
+                flush=True,
+            )
+    reference: dict = {}
+    rows = [e.row(reference) for e in entries]
+    base = rows[0]
+    today = date.today().isoformat()
+    device = f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
+    print(
+        f"\n{args.pages} pages, {args.new_tokens} new tokens forced, median of {args.reps}, {device}, {today}\n"
+        "| decode | prompt tokens | TTFT cold ms | vs eager | TTFT warm ms | vs eager | decode tok/s | vs eager "
+        "| same greedy tokens |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        warm = r["ttft_warm_ms_median"]
+        cold_ratio = r["ttft_cold_ms_median"] / base["ttft_cold_ms_median"]
+        warm_s = "-" if warm is None else f"{warm:.0f}"
+        warm_ratio = "-" if warm is None else f"{warm / base['ttft_cold_ms_median']:.3f}x"
+        same = r["same_tokens_as_first_row"]
+        same_s = "n/a (other input)" if same is None else f"{same}/{r['new_tokens']}"
+        print(
+            f"| {r['entry']} ({r['decode_mode']}) | {r['prompt_tokens']} | {r['ttft_cold_ms_median']:.0f} "
+            f"| {cold_ratio:.2f}x | {warm_s} | {warm_ratio} "
+            f"| {r['decode_tok_s_median']:.1f} | {r['decode_tok_s_median'] / base['decode_tok_s_median']:.2f}x "
+            f"| {same_s} |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps({"device": device, "date": today, "pages": args.pages, "rows": rows}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="generator checkpoint directory")
@@ -296,10 +450,14 @@ def main() -> None:
         help="comma-separated SmolVLMGenerator decode modes, one row each (eager = plain generate, the baseline)",
     )
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="the CPU table (see the module docstring)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     if args.smoke:
         args.new_tokens, args.reps = 16, 2
+    if args.cpu:
+        cpu_table(args, answer_pages(args.pages), QUESTIONS[0])
+        return
     from rag.generators.smolvlm import DECODE_MODES
 
     modes = [m.strip() for m in args.decode.split(",") if m.strip()]

@@ -37,6 +37,9 @@ _WEBP_MAX_SIDE = 16_383  # the WebP format's limit
 TMP_DIR = ".tmp"
 STALE_TMP_S = 3600.0
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,127}$")
+#: Files other stages keep beside a page image, ``<id>.<name>``, removed with it: the answer model's page
+#: features (``rag.generators.page_features``).
+SIDECARS = ("features.safetensors",)
 
 
 class PageImageStore:
@@ -68,6 +71,12 @@ class PageImageStore:
     def path(self, point_id: str, size: Size = "full") -> Path:
         """Where the image of ``point_id`` lives (whether or not it exists)."""
         return self.root / self.relative_path(point_id, size)
+
+    def sidecar_path(self, point_id: str, name: str) -> Path:
+        """Where a file derived from the page (one of ``SIDECARS``) lives, beside its image; deleted with it."""
+        if name not in SIDECARS:
+            raise ValueError(f"unknown page sidecar {name!r}; known: {', '.join(SIDECARS)}")
+        return self.path(point_id).with_name(f"{point_id}.{name}")
 
     def save(self, point_id: str, image: Image.Image) -> Path:
         """Store ``image`` (any mode; saved as RGB) and its thumbnail; return the full image's path."""
@@ -134,7 +143,8 @@ class PageImageStore:
         return self.path(point_id, size).is_file()
 
     def delete(self, point_ids: Iterable[str]) -> int:
-        """Remove the images of these points (missing ones are skipped); return how many pages had one."""
+        """Remove the images of these points and their sidecars (missing ones are skipped); return how many
+        pages had an image."""
         removed = 0
         for pid in point_ids:
             found = False
@@ -142,6 +152,11 @@ class PageImageStore:
                 try:
                     self.path(pid, size).unlink()
                     found = True
+                except FileNotFoundError:
+                    pass
+            for name in SIDECARS:
+                try:
+                    self.sidecar_path(pid, name).unlink()
                 except FileNotFoundError:
                     pass
             removed += found

@@ -101,10 +101,28 @@ class Settings(BaseSettings):
         le=3600,
         description="How often searches check the store for writes by other processes (server backend); 0: always.",
     )
-    generator_decode: Literal["auto", "eager", "static"] = Field(
+    generator_decode: Literal["auto", "eager", "static", "lean", "lean-fp16"] = Field(
         "auto",
-        description="SmolVLM decoding: eager generate, or a static KV cache compiled into CUDA graphs on CUDA; "
-        "auto = eager until the static path is verified on a GPU.",
+        description="SmolVLM decoding: eager generate; static (a static KV cache, CUDA graphs on CUDA); lean "
+        "(colsmol's CPU loop: cached page features, preallocated KV cache, eager's tokens) or lean-fp16 (the same "
+        "with fp16 decoder weights); auto = lean-fp16 on a CPU, eager on a GPU until static is verified there.",
+    )
+    generator_page_edge: int = Field(
+        1536,
+        ge=512,
+        le=4096,
+        description="Longest edge (px) of each page shown to the answer model: 1536 is 3 x 3 tiles of 512 px plus "
+        "a global view; 1024 is 2 x 2 + 1 (about half the vision work on a CPU, smaller text harder to read).",
+    )
+    generator_page_features: Literal["memory", "disk"] = Field(
+        "memory",
+        description="lean decoding: keep each page's vision features in memory only, or also on disk beside the "
+        "page image (about 1.5 MB a page, kept across restarts, deleted with the page).",
+    )
+    generator_precompute: bool = Field(
+        False,
+        description="lean decoding: compute the answer model's page features at ingest (about 20-30 s a page on "
+        "2 CPU cores) so questions pay for their text only; implies generator_page_features=disk.",
     )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
     api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")

@@ -31,7 +31,7 @@ from indexer.store import open_store
 from indexer.store.base import VectorStore
 from indexer.types import DocumentInfo
 from rag.generators import make_generator
-from rag.generators.base import Generator
+from rag.generators.base import Generator, PrecomputesPages
 from rag.types import Answer
 from retriever.live_index import LiveIndex
 from retriever.pooling import prefetch_vectors
@@ -84,6 +84,7 @@ class RAGPipeline:
         searcher: Searcher | None = None,
         renderer: RendererName = "pdfium",
         dpi: int = 150,
+        precompute_pages: bool = False,
     ) -> None:
         self.store = store
         self.images = images
@@ -96,6 +97,8 @@ class RAGPipeline:
         self.searcher = searcher
         self.renderer: RendererName = renderer
         self.dpi = dpi
+        #: After an ingest, let the generator do its per-page work for the new pages (``PrecomputesPages``).
+        self.precompute_pages = precompute_pages
         self._write_lock = threading.Lock()
         self._closed = False
 
@@ -135,6 +138,7 @@ class RAGPipeline:
                 searcher=searcher,
                 renderer=s.renderer,
                 dpi=s.dpi,
+                precompute_pages=s.generator_precompute,
             )
         except BaseException:
             store.close()
@@ -202,9 +206,29 @@ class RAGPipeline:
         if isinstance(paths, str | Path):
             paths = [paths]
         with self._write_lock:
-            return self.ingestor(password, renderer, dpi).ingest(
+            report = self.ingestor(password, renderer, dpi).ingest(
                 paths, metadata, prune=prune, progress=progress, source_names=source_names
             )
+        if self.precompute_pages:
+            self.precompute_page_features([f.doc_id for f in report.files if f.status == "indexed" and f.doc_id])
+        return report
+
+    def precompute_page_features(self, doc_ids: Sequence[str]) -> int:
+        """Have the generator do its per-page work for these documents' pages now (SmolVLM's lean path: the
+        vision features, kept beside the page images), so questions over them pay for their text only.
+        Returns how many pages were computed; 0 for a generator without per-page work."""
+        gen = self.generator
+        if not isinstance(gen, PrecomputesPages):
+            return 0
+        done = 0
+        for doc_id in doc_ids:
+            for pid in self.store.page_ids(doc_id):
+                try:
+                    image = self.images.load(pid)
+                except (FileNotFoundError, OSError):
+                    continue
+                done += gen.precompute([image], [pid])
+        return done
 
     def delete(self, doc_id: str) -> int:
         """Remove one document (pages, marker and page images); NotFound if it is not indexed."""
@@ -287,7 +311,8 @@ class RAGPipeline:
         if not sources:
             return Answer(NO_MATCH, [], timings, warnings)
         t = time.perf_counter()
-        text = self._generator().generate(question, pages, max_new_tokens=max_new_tokens, stop=stop)
+        ids = [hit.point_id for hit in sources]
+        text = self._generator().generate(question, pages, max_new_tokens=max_new_tokens, stop=stop, page_ids=ids)
         timings["generate"] = time.perf_counter() - t
         return Answer(text, sources, timings, warnings)
 
@@ -315,7 +340,8 @@ class RAGPipeline:
         t = time.perf_counter()
         first: float | None = None
         parts: list[str] = []
-        for piece in self._generator().stream(question, pages, max_new_tokens=max_new_tokens, stop=stop):
+        ids = [hit.point_id for hit in sources]
+        for piece in self._generator().stream(question, pages, max_new_tokens=max_new_tokens, stop=stop, page_ids=ids):
             if first is None:
                 first = time.perf_counter() - t
             parts.append(piece)

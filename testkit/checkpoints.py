@@ -280,9 +280,12 @@ def build_full(out: Path, seed: int = 0) -> dict[str, Path]:
     enc.save_pretrained(out / "encoder")
     full_processor(tok, ColIdefics3Processor).save_pretrained(out / "encoder")
     del enc
+    # The generator's vocabulary has "\n\n" as one token, as SmolVLM's (llama.cpp's Idefics3 prompt builder looks
+    # it up: bench/answer_llamacpp.py serves this checkpoint); the special tokens keep their ids.
+    gen_tok = build_tokenizer(blank_line_token=True)
     gen = Idefics3ForConditionalGeneration(cfg)
-    gen.generation_config.eos_token_id = tok.eos_token_id
-    gen.generation_config.pad_token_id = tok.pad_token_id
+    gen.generation_config.eos_token_id = gen_tok.eos_token_id
+    gen.generation_config.pad_token_id = gen_tok.pad_token_id
     gen.save_pretrained(out / "generator")
-    full_processor(tok, Idefics3Processor).save_pretrained(out / "generator")
+    full_processor(gen_tok, Idefics3Processor).save_pretrained(out / "generator")
     return {"encoder": out / "encoder", "generator": out / "generator"}

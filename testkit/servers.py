@@ -197,8 +197,12 @@ runpy.run_path(str(script), run_name="__main__")
 """
 
 
-def convert_to_gguf(model_dir: Path, out_dir: Path, converter: Path) -> tuple[Path, Path]:
-    """The tiny SmolVLM checkpoint as llama.cpp files: ``(model.gguf, mmproj.gguf)`` (about a second each).
+def convert_to_gguf(
+    model_dir: Path, out_dir: Path, converter: Path, outtype: str = "f32", mmproj_outtype: str | None = None
+) -> tuple[Path, Path]:
+    """A SmolVLM checkpoint as llama.cpp files: ``(model.gguf, mmproj.gguf)`` (about a second each for the tiny one);
+    ``outtype`` is the converter's (f32, f16, q8_0...) for the text model, ``mmproj_outtype`` (default the same)
+    for the vision projector.
 
     A copy of the config names the text model's architecture as SmolVLM's published config does
     (``VLlama3ForCausalLM``), which is how the converter tells SmolVLM's text half from other Idefics3 models.
@@ -212,9 +216,9 @@ def convert_to_gguf(model_dir: Path, out_dir: Path, converter: Path) -> tuple[Pa
     config["text_config"]["architectures"] = ["VLlama3ForCausalLM"]
     (src / "config.json").write_text(json.dumps(config))
     model, mmproj = out_dir / "model.gguf", out_dir / "mmproj.gguf"
-    for out, extra in ((model, []), (mmproj, ["--mmproj"])):
-        cmd = [sys.executable, "-c", _CONVERT, str(converter), str(src), "--outfile", str(out), "--outtype", "f32"]
-        res = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300)
+    for out, extra, kind in ((model, [], outtype), (mmproj, ["--mmproj"], mmproj_outtype or outtype)):
+        cmd = [sys.executable, "-c", _CONVERT, str(converter), str(src), "--outfile", str(out), "--outtype", kind]
+        res = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=600)
         if res.returncode != 0 or not out.is_file():
             raise RuntimeError(f"GGUF conversion failed:\n{res.stderr[-3000:]}")
     return model, mmproj
@@ -227,12 +231,14 @@ class LlamaCppServer:
     own chat template, images where the messages have them); without, it is a text-only server.
     """
 
-    def __init__(self, model: Path, mmproj: Path | None, alias: str, log: Path) -> None:
+    def __init__(
+        self, model: Path, mmproj: Path | None, alias: str, log: Path, n_ctx: int = 2048, n_threads: int = 1
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.cmd = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
-            "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048", "--n_threads", "1",
+            "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads),
         ]  # fmt: skip
         if mmproj is not None:
             self.cmd += ["--clip_model_path", str(mmproj), "--chat_format", "mtmd"]

@@ -45,4 +45,5 @@ def tiny_encoder(tiny_models: dict[str, Path]):
 def tiny_generator(tiny_models: dict[str, Path]):
     from rag.generators.smolvlm import SmolVLMGenerator
 
-    return SmolVLMGenerator(tiny_models["generator"], device="cpu").load()
+    # The eager reference (transformers' generate); on a CPU ``auto`` would pick the lean path.
+    return SmolVLMGenerator(tiny_models["generator"], device="cpu", decode="eager").load()

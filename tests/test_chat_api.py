@@ -196,10 +196,14 @@ class _SlowRecorder:
     def close(self) -> None:
         pass
 
-    def generate(self, question: str, pages: Sequence[Any], max_new_tokens: int = 256, stop: Any = None) -> str:
+    def generate(
+        self, question: str, pages: Sequence[Any], max_new_tokens: int = 256, stop: Any = None, page_ids: Any = None
+    ) -> str:
         return "".join(self.stream(question, pages, max_new_tokens, stop))
 
-    def stream(self, question: str, pages: Sequence[Any], max_new_tokens: int = 256, stop: Any = None):
+    def stream(
+        self, question: str, pages: Sequence[Any], max_new_tokens: int = 256, stop: Any = None, page_ids: Any = None
+    ):
         try:
             for i in range(max_new_tokens):
                 if stop is not None and stop.is_set():

@@ -141,10 +141,10 @@ def test_warmup_static_on_cpu(tiny_models) -> None:
     gen.close()
 
 
-def test_auto_decode_is_eager_until_verified(tiny_models, monkeypatch) -> None:
-    assert SmolVLMGenerator(tiny_models["generator"], device="cpu").decode_mode == "eager"
+def test_auto_decode_is_the_cpu_path_on_cpu_and_static_only_when_verified(tiny_models, monkeypatch) -> None:
+    assert SmolVLMGenerator(tiny_models["generator"], device="cpu").decode_mode == SmolVLMGenerator.CPU_DECODE
     monkeypatch.setattr(SmolVLMGenerator, "STATIC_DECODE_VERIFIED", True)
-    assert SmolVLMGenerator(tiny_models["generator"], device="cpu").decode_mode == "eager"  # CUDA only
+    assert SmolVLMGenerator(tiny_models["generator"], device="cpu").decode_mode != "static"  # CUDA only
 
 
 @pytest.mark.parametrize("decode", ["compiled", "", "STATIC", None])

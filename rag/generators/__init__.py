@@ -7,6 +7,7 @@ A new backend is one new module here plus one line in :func:`make_generator`.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from indexer.errors import ConfigError
@@ -16,13 +17,30 @@ if TYPE_CHECKING:
     from rag.generators.base import Generator
 
 
+#: The page-image sidecar (``indexer.images.SIDECARS``) holding a page's answer-model features.
+FEATURES_SIDECAR = "features.safetensors"
+
+
 def make_generator(settings: Settings) -> Generator:
     """The generator ``settings.generator_backend`` names, configured from ``settings`` (not loaded yet)."""
     backend = settings.generator_backend
     if backend == "smolvlm":
+        from rag.generators.page_features import PageFeatureCache
         from rag.generators.smolvlm import SmolVLMGenerator
 
-        return SmolVLMGenerator(settings.generator_model, device=settings.device, decode=settings.generator_decode)
+        path_of = None
+        if settings.generator_page_features == "disk" or settings.generator_precompute:
+            from indexer.images import PageImageStore
+
+            images = PageImageStore(settings.images_dir / settings.collection)
+            path_of = functools.partial(images.sidecar_path, name=FEATURES_SIDECAR)
+        return SmolVLMGenerator(
+            settings.generator_model,
+            device=settings.device,
+            decode=settings.generator_decode,
+            image_longest_edge=settings.generator_page_edge,
+            page_cache=PageFeatureCache(path_of=path_of),
+        )
     if backend == "openai":
         from rag.generators.openai import from_settings
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,8 +38,10 @@ class Generator(Protocol):
         pages: Sequence[Image.Image],
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        page_ids: Sequence[str] | None = None,
     ) -> str:
-        """The whole answer text, whitespace trimmed."""
+        """The whole answer text, whitespace trimmed. ``page_ids`` name the pages (their point ids) for backends
+        that keep per-page work between questions; others ignore them."""
         ...
 
     def stream(
@@ -48,6 +50,7 @@ class Generator(Protocol):
         pages: Sequence[Image.Image],
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        page_ids: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Text pieces as they are decoded; joined, they equal ``generate``'s text. Setting ``stop`` ends
         generation within one decode step; closing the iterator sets it."""
@@ -55,4 +58,13 @@ class Generator(Protocol):
 
     def close(self) -> None:
         """Free the model (or the connection); ``load`` may be called again."""
+        ...
+
+
+@runtime_checkable
+class PrecomputesPages(Protocol):
+    """A backend that can do its per-page work ahead of questions (SmolVLM's lean path: page features)."""
+
+    def precompute(self, pages: Sequence[Image.Image], page_ids: Sequence[str]) -> int:
+        """Compute and keep what ``pages`` cost a question; returns how many were computed (not already kept)."""
         ...

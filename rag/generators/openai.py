@@ -262,8 +262,9 @@ class OpenAIGenerator:
         pages: Sequence[Image.Image],
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        page_ids: Sequence[str] | None = None,
     ) -> str:
-        """The whole answer text: the streamed pieces joined, whitespace trimmed."""
+        """The whole answer text: the streamed pieces joined, whitespace trimmed (``page_ids`` are not needed)."""
         return "".join(self.stream(question, pages, max_new_tokens, stop)).strip()
 
     def stream(
@@ -272,6 +273,7 @@ class OpenAIGenerator:
         pages: Sequence[Image.Image],
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        page_ids: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Text pieces as the server sends them. Setting ``stop`` (or closing this iterator) closes the response."""
         import openai
@@ -354,4 +356,5 @@ def from_settings(settings: Settings) -> OpenAIGenerator:
         timeout_s=settings.generator_timeout_s,
         connect_timeout_s=min(5.0, settings.generator_timeout_s),
         max_retries=settings.generator_max_retries,
+        image_longest_edge=settings.generator_page_edge,
     )

@@ -18,8 +18,13 @@ Two decode modes (``decode=``):
   tokens (at least ``static_cache_tokens``) and only ever grows, so shapes - and recompilations - stay
   bounded. All static-mode generations run on one long-lived worker thread: the cache is shared, and
   CUDA graph trees keep per-thread state. On CPU/MPS the static cache is used without compilation.
-- ``"auto"`` (default): ``"static"`` only on CUDA and only once ``STATIC_DECODE_VERIFIED`` is set, else
-  ``"eager"``.
+- ``"lean"`` / ``"lean-fp16"``: colsmol's CPU path (:mod:`rag.generators.smolvlm_lean`): page features
+  computed once per page and cached (``page_cache``; on disk beside the page images when the pipeline gives
+  page ids), the prompt prefilled by the model's forward, tokens decoded over a preallocated key/value cache
+  with fp32 weights (``lean``: eager's tokens) or fp16 copies of the decoder's weights (``lean-fp16``: half
+  the bytes a token; agreement with eager measured in BENCHMARKS.md). Batch 1; anything else goes to ``generate``.
+- ``"auto"`` (default): on CUDA ``"static"`` once ``STATIC_DECODE_VERIFIED`` is set, else ``"eager"``; on a
+  CPU ``CPU_DECODE`` (the path BENCHMARKS.md measured fastest here); on MPS ``"eager"``.
 """
 
 from __future__ import annotations
@@ -37,17 +42,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest
 from indexer.models import LazyWeights, from_pretrained_kwargs
+from rag.generators.page_features import PageFeatureCache
 from rag.generators.prompt import PAGE_LONGEST_EDGE, SYSTEM_INSTRUCTION, fit_pages, question_text
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from rag.generators.smolvlm_lean import LeanRunner
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "COLSMOL_GENERATOR_MODEL"
 
-Decode = Literal["auto", "eager", "static"]
+Decode = Literal["auto", "eager", "static", "lean", "lean-fp16"]
 DECODE_MODES: tuple[str, ...] = get_args(Decode)
+LEAN_MODES = ("lean", "lean-fp16")
 
 
 class SmolVLMGenerator:
@@ -71,6 +80,8 @@ class SmolVLMGenerator:
     STATIC_CACHE_BUCKET: ClassVar[int] = 256
     #: Ask torch.compile for one graph per decode step; if that fails at warm-up, it is retried without.
     COMPILE_FULLGRAPH: ClassVar[bool] = True
+    #: What ``decode="auto"`` means on a CPU: the path ``bench/answer.py --device cpu`` measured fastest there.
+    CPU_DECODE: ClassVar[str] = "lean-fp16"
 
     def __init__(
         self,
@@ -80,6 +91,7 @@ class SmolVLMGenerator:
         image_longest_edge: int | None = PAGE_LONGEST_EDGE,
         decode: Decode = "auto",
         static_cache_tokens: int = 3072,
+        page_cache: PageFeatureCache | None = None,
     ) -> None:
         if decode not in DECODE_MODES:
             raise ConfigError(f"unknown decode mode {decode!r}; use one of {', '.join(DECODE_MODES)}")
@@ -101,11 +113,22 @@ class SmolVLMGenerator:
         self._lock = threading.Lock()
         self._caches: dict[int, Any] = {}  # batch size -> StaticCache, reused (reset) across calls
         self._decode_thread: ThreadPoolExecutor | None = None
+        #: Page features of the lean modes; its fingerprint is set from the model at load.
+        self.page_cache = page_cache if page_cache is not None else PageFeatureCache()
+        self._lean: LeanRunner | None = None
+        self._lean_unsupported: list[str] = []
 
     def _resolve_decode(self, decode: str) -> str:
         if decode == "auto":
-            return "static" if self.device.type == "cuda" and self.STATIC_DECODE_VERIFIED else "eager"
+            if self.device.type == "cuda":
+                return "static" if self.STATIC_DECODE_VERIFIED else "eager"
+            return self.CPU_DECODE if self.device.type == "cpu" else "eager"
         return decode
+
+    @property
+    def lean(self) -> bool:
+        """True when this generator answers through the lean CPU path (``decode_mode`` lean or lean-fp16)."""
+        return self.decode_mode in LEAN_MODES
 
     def _bucket(self, tokens: int) -> int:
         return math.ceil(tokens / self.STATIC_CACHE_BUCKET) * self.STATIC_CACHE_BUCKET
@@ -125,6 +148,41 @@ class SmolVLMGenerator:
 
     def _ensure_loaded(self) -> None:
         self._weights.get()
+        if self.lean and self._lean is None:
+            with self._lock:
+                if self._lean is None:
+                    self._lean = self._make_lean_runner()
+
+    def _make_lean_runner(self) -> LeanRunner:
+        import torch
+
+        from rag.generators.smolvlm_lean import (
+            LeanRunner,
+            fp16_matmul_works,
+            model_fingerprint,
+            unsupported_generation_config,
+        )
+
+        processor, model = self._weights.get()
+        weights: Literal["fp32", "fp16"] = "fp16" if self.decode_mode == "lean-fp16" else "fp32"
+        if weights == "fp16" and (model.dtype != torch.float32 or not fp16_matmul_works()):
+            log.warning("fp16 decode weights are unavailable here (dtype %s); decoding with fp32 weights", model.dtype)
+            self.decode_mode, weights = "lean", "fp32"
+        self._lean_unsupported = unsupported_generation_config(model)
+        if self._lean_unsupported:
+            log.warning(
+                "the generator's generation config sets %s, which the lean path does not apply; answers go "
+                "through generate", ", ".join(self._lean_unsupported)
+            )
+        ip = processor.image_processor
+        geometry = {
+            "size": dict(ip.size),
+            "max_image_size": dict(ip.max_image_size),
+            "page_size": self.page_size(),
+            "longest_edge": self.image_longest_edge,
+        }
+        self.page_cache.fingerprint = model_fingerprint(self.model_id, model, geometry)
+        return LeanRunner(processor, model, self.page_cache, weights, self.page_size())
 
     @property
     def loaded(self) -> bool:
@@ -155,13 +213,22 @@ class SmolVLMGenerator:
         return model.to(self.device).eval()
 
     # ------------------------------------------------------------------ prompting
-    def build_inputs(self, question: str, images: Sequence[Image.Image]) -> Any:
-        """Chat-formatted inputs: every page image (fitted to the page budget), then the instruction and question."""
+    def build_inputs(
+        self, question: str, images: Sequence[Image.Image], page_ids: Sequence[str] | None = None
+    ) -> Any:
+        """Chat-formatted inputs: every page image (fitted to the page budget), then the instruction and question.
+
+        In the lean modes the pages come as their features (``image_features``, cached per page; ``page_ids``
+        name the pages' files), not ``pixel_values``.
+        """
         text = question_text(question, self.instruction)
         content: list[dict[str, str]] = [{"type": "image"} for _ in images]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        self._ensure_loaded()
+        if self._lean is not None and not self._lean_unsupported:
+            return self._lean.build_inputs(prompt, fit_pages(images, self.image_longest_edge), page_ids)
         kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
         if images:
             kwargs["images"] = [fit_pages(images, self.image_longest_edge)]
@@ -239,6 +306,15 @@ class SmolVLMGenerator:
         import torch
 
         kwargs = {**self._gen_kwargs(max_new_tokens), **extra}
+        if (
+            self._lean is not None
+            and not self._lean_unsupported
+            and "pixel_values" not in inputs
+            and int(inputs["input_ids"].shape[0]) == 1
+        ):
+            kwargs.pop("do_sample", None)
+            kwargs.pop("pad_token_id", None)
+            return self._lean.generate(inputs, **kwargs)
         with torch.inference_mode():
             if self.decode_mode == "static":
                 ids = inputs["input_ids"]
@@ -327,6 +403,17 @@ class SmolVLMGenerator:
         )
         return self.warmup_s
 
+    def precompute(self, pages: Sequence[Image.Image], page_ids: Sequence[str]) -> int:
+        """Compute and keep the lean path's features of ``pages`` (e.g. at ingest), so questions over them pay for
+        their text only; returns how many were computed. A no-op outside the lean modes."""
+        self._ensure_loaded()
+        if self._lean is None or self._lean_unsupported:
+            return 0
+        before = self.page_cache.misses
+        for page, pid in zip(fit_pages(pages, self.image_longest_edge), page_ids, strict=True):
+            self._lean.page_features(page, pid)
+        return self.page_cache.misses - before
+
     # ------------------------------------------------------------------ generation
     def _stopping(self, stop: threading.Event | None) -> dict[str, Any]:
         """``generate`` kwargs that end decoding within one step once ``stop`` is set."""
@@ -350,9 +437,10 @@ class SmolVLMGenerator:
         images: Sequence[Image.Image],
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        page_ids: Sequence[str] | None = None,
     ) -> str:
         """The answer text (special tokens removed, whitespace trimmed)."""
-        inputs = self.build_inputs(question, images)
+        inputs = self.build_inputs(question, images, page_ids)
         out = self.run_generate(inputs, max_new_tokens, **self._stopping(stop))
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return str(self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
@@ -363,6 +451,7 @@ class SmolVLMGenerator:
         images: Sequence[Image.Image],
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        page_ids: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Yield text pieces as they are decoded; joined, they equal ``generate``'s text.
 
@@ -371,7 +460,7 @@ class SmolVLMGenerator:
         """
         from transformers import TextIteratorStreamer
 
-        inputs = self.build_inputs(question, images)
+        inputs = self.build_inputs(question, images, page_ids)
         stop = stop or threading.Event()
         streamer = TextIteratorStreamer(
             self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600.0
@@ -410,4 +499,6 @@ class SmolVLMGenerator:
                 self._decode_thread = None
             self._caches.clear()
             self.warmed_up = False
+            self._lean = None
+        self.page_cache.clear_memory()
         self._weights.clear()
