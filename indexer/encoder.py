@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, InvalidRequest
 from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain
+from indexer.runtimes import AUTO, Choice
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +42,15 @@ class ColSmolEncoder:
     (:mod:`indexer.preprocess`: same tiles and tokens as the reference; pixels equal on CUDA, at
     most two 8-bit levels off elsewhere, one on real pages); ``"reference"`` runs colpali-engine's
     PIL processor.
+
+    ``longest_edge`` (pixels) is the page resolution: Idefics3 scales a page to it before cutting
+    512 px tiles, so it sets the tiles and tokens per page (2048, the model's own: 17 tiles a Letter
+    page; 1024: 5). None keeps the model's; other values are rounded to whole tiles.
+
+    ``runtime`` picks what runs the vision tower on a CPU (:mod:`indexer.vision_runtimes`): a name,
+    or ``"auto"`` to time each candidate once on one tile, check it against fp32, and keep the fastest
+    (:mod:`indexer.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
+    the model runs in bf16 and ``runtime`` is not used.
     """
 
     def __init__(
@@ -50,16 +60,33 @@ class ColSmolEncoder:
         batch_size: int = 8,
         query_batch_size: int = 32,
         preprocess: Literal["tensor", "reference"] = "tensor",
+        longest_edge: int | None = None,
+        runtime: str = "fp32",
+        runtime_cache: Path | None = None,
     ) -> None:
+        from indexer.settings import EncoderRuntime
+
+        runtimes = [r for r in get_args(EncoderRuntime) if r != AUTO]
         if batch_size < 1 or query_batch_size < 1:
             raise InvalidRequest("batch sizes must be at least 1")
         if preprocess not in ("tensor", "reference"):
             raise InvalidRequest(f"preprocess must be 'tensor' or 'reference', got {preprocess!r}")
+        if runtime != AUTO and runtime not in runtimes:
+            raise InvalidRequest(f"encoder runtime must be auto or one of {', '.join(runtimes)}, got {runtime!r}")
+        if longest_edge is not None and longest_edge < 1:
+            raise InvalidRequest(f"the page longest edge must be a positive number of pixels, got {longest_edge}")
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
         self.preprocess = preprocess
+        self.requested_longest_edge = longest_edge
+        self.runtime = runtime
+        self.runtime_cache = None if runtime_cache is None else Path(runtime_cache)
+        #: How the vision tower runs, once the model is loaded (name, reason, the probe's trials).
+        self.runtime_choice: Choice[Any] | None = None
+        self._model_longest_edge: int | None = None
+        self._processor_for_probe: Any = None
         self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
         self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
 
@@ -86,8 +113,28 @@ class ColSmolEncoder:
         # The PIL backend is the reference the checkpoint was trained with (LANCZOS resampling);
         # torchvision < 0.27 would approximate it with BICUBIC.
         processor = ColIdefics3Processor.from_pretrained(self.model_id, **from_pretrained_kwargs())
+        ip = processor.image_processor
+        self._model_longest_edge = int(ip.size["longest_edge"])
+        if self.requested_longest_edge is not None:
+            # Both preprocessing paths read the image processor's settings, so this one change covers them.
+            # ``size`` is a dict or transformers' SizeDict dataclass, depending on the processor class.
+            size = {**dict(ip.size), "longest_edge": whole_tiles(self.requested_longest_edge, ip)}
+            ip.size = size if isinstance(ip.size, dict) else type(ip.size)(**size)
         self._tensor_preprocessor = self._make_tensor_preprocessor(processor)
+        self._processor_for_probe = processor
         return processor
+
+    @property
+    def page_longest_edge(self) -> int:
+        """The longest edge pages are scaled to (pixels, whole tiles); loads the processor."""
+        return int(self.processor.image_processor.size["longest_edge"])
+
+    @property
+    def model_longest_edge(self) -> int:
+        """The checkpoint's own page longest edge (what a collection without a record was indexed at)."""
+        self.processor  # noqa: B018 - loads it, which reads the value
+        assert self._model_longest_edge is not None
+        return self._model_longest_edge
 
     def _make_tensor_preprocessor(self, processor: Any) -> Any:
         if self.preprocess != "tensor":
@@ -117,7 +164,47 @@ class ColSmolEncoder:
                 lambda: ColIdefics3.from_pretrained(base, **kwargs), base, "encoder base", ENV_VAR
             )
             model = PeftModel.from_pretrained(base_model, self.model_id).merge_and_unload()
-        return model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self._choose_runtime(model)
+        elif self.runtime not in (AUTO, "fp32"):
+            log.info("encoder runtime %s applies to CPUs only; %s runs the model in %s", self.runtime, self.device,
+                     model_dtype(self.device))
+        return model
+
+    def _choose_runtime(self, model: Any) -> None:
+        """Put the fastest faithful vision tower for this CPU into ``model`` (:mod:`indexer.runtimes`)."""
+        import torch
+
+        from indexer.runtimes import ChoiceCache, choose, machine_key, token_cosine_min
+        from indexer.vision_runtimes import set_vision_tower, tower_candidates, vision_tower
+
+        batch = probe_batch(self._processor_for_probe)
+        cache_dir = self.runtime_cache
+
+        def probe(tower: Any) -> torch.Tensor:
+            set_vision_tower(model, tower)
+            with torch.inference_mode():
+                out: torch.Tensor = model(**batch)
+            return out
+
+        def fidelity(ref: torch.Tensor, out: torch.Tensor) -> float:
+            return token_cosine_min(ref, out, batch["attention_mask"])
+
+        tower = vision_tower(model)
+        choice = choose(
+            tower_candidates(tower, self.model_id, cache_dir),
+            probe,
+            fidelity,
+            requested=self.runtime,
+            cache=ChoiceCache(cache_dir / "choices.json") if cache_dir is not None else None,
+            key=machine_key(what="colsmol-encoder", model=self.model_id, **_library_versions()),
+            what="encoder",
+        )
+        set_vision_tower(model, choice.value)
+        self.runtime_choice = choice
+        if choice.name != "fp32":
+            log.info("encoder %s: vision tower runs on %s (%s)", self.model_id, choice.name, choice.reason)
 
     # ------------------------------------------------------------------ pages
     def tile_count(self, image: Image.Image) -> int:
@@ -221,6 +308,66 @@ class ColSmolEncoder:
             import torch
 
             torch.cuda.empty_cache()
+
+
+def whole_tiles(longest_edge: int, image_processor: Any) -> int:
+    """``longest_edge`` rounded to whole tiles (at least one, at most Idefics3's 4096 px).
+
+    >>> from types import SimpleNamespace
+    >>> ip = SimpleNamespace(max_image_size={"longest_edge": 512})
+    >>> whole_tiles(1536, ip), whole_tiles(1000, ip), whole_tiles(100, ip), whole_tiles(9000, ip)
+    (1536, 1024, 512, 4096)
+    """
+    from indexer.preprocess import MAX_IMAGE_SIZE
+
+    tile = int(image_processor.max_image_size["longest_edge"])
+    rounded = min(max(tile, round(longest_edge / tile) * tile), MAX_IMAGE_SIZE // tile * tile)
+    if rounded != longest_edge:
+        log.info("page longest edge %d px rounded to %d (whole %d px tiles)", longest_edge, rounded, tile)
+    return rounded
+
+
+def probe_batch(processor: Any) -> dict[str, Any]:
+    """One tile of a synthetic text page (the global view alone) with its prompt: the runtime probe's input."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from indexer.preprocess import prompt_ids
+
+    ip = processor.image_processor
+    tile = int(ip.max_image_size["longest_edge"])
+    img = Image.new("RGB", (tile, tile), "white")
+    draw = ImageDraw.Draw(img)
+    rng = np.random.default_rng(0)
+    step = max(2, tile // 32)
+    for y in range(step, tile - step, step):  # lines of "text": dark runs of random lengths
+        x = step
+        while x < tile - step:
+            w = int(rng.integers(step, 6 * step))
+            draw.rectangle([x, y, min(x + w, tile - step), y + step // 2], fill=(20, 20, 30))
+            x += w + step
+    draw.rectangle([tile // 2, tile // 3, tile - step, tile // 2], fill=(70, 120, 200))  # a figure
+    pixels = np.asarray(img, dtype=np.float32) * float(ip.rescale_factor)
+    pixels = (pixels - np.broadcast_to(ip.image_mean, 3)) / np.broadcast_to(ip.image_std, 3)
+    ids = prompt_ids(processor, (0, 0))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.int64),
+        "attention_mask": torch.ones((1, len(ids)), dtype=torch.int64),
+        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None, None],
+        "pixel_attention_mask": torch.ones((1, 1, tile, tile), dtype=torch.int64),
+    }
+
+
+def _library_versions() -> dict[str, str | None]:
+    import transformers
+
+    try:
+        import openvino
+
+        ov: str | None = openvino.__version__
+    except Exception:  # noqa: BLE001 - not installed, or broken: then it is no candidate anyway
+        ov = None
+    return {"transformers": transformers.__version__, "openvino": ov}
 
 
 def _strip_padding(emb: torch.Tensor, mask: torch.Tensor, what: str) -> list[np.ndarray]:

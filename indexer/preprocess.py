@@ -286,15 +286,19 @@ class TensorPreprocessor:
         return ids.to(self.device), mask.to(self.device)
 
     def _prompt_ids(self, layout: tuple[int, int]) -> list[int]:
-        p = self.processor
-        key = (*layout, p.image_seq_len)
+        key = (*layout, self.processor.image_seq_len)
         with self._lock:
             if key not in self._ids:
-                rows, cols = layout
-                expansion = p.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
-                before, after = p.visual_prompt_prefix.split(p.image_token, 1)
-                self._ids[key] = list(p.tokenizer(before + expansion + after)["input_ids"])
+                self._ids[key] = prompt_ids(self.processor, layout)
             return self._ids[key]
+
+
+def prompt_ids(processor: Any, layout: tuple[int, int]) -> list[int]:
+    """Token ids of colpali's page prompt for a page of ``(rows, cols)`` tiles (``(0, 0)``: the global view only)."""
+    rows, cols = layout
+    expansion = processor.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
+    before, after = processor.visual_prompt_prefix.split(processor.image_token, 1)
+    return list(processor.tokenizer(before + expansion + after)["input_ids"])
 
 
 def _check_supported(image_processor: Any) -> None:
