@@ -197,6 +197,17 @@ def main() -> None:
             write_pps = len(images) / (time.perf_counter() - t)
         finally:
             scratch.close()
+        # 1d. page images alone (WebP + thumbnail) on the Ingestor's image threads: what the writer sustains in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        image_workers = Ingestor(scratch, enc, scratch_images).image_workers
+        with ThreadPoolExecutor(image_workers) as image_pool:
+            t = time.perf_counter()
+            save = scratch_images.save
+            saves = [image_pool.submit(save, page_point_id("par", j + 1), im) for j, im in enumerate(images)]
+            for fut in saves:
+                fut.result()
+            images_parallel_pps = len(images) / (time.perf_counter() - t)
         n_baseline = len(images)
         del images, vectors
 
@@ -264,6 +275,8 @@ def main() -> None:
         "render_scan_pages_per_s_1thread": render_n["scan"] / render_s["scan"] if render_n["scan"] else None,
         "preprocess_pages_per_s_1thread": preprocess_pps,
         "write_pages_per_s_1thread": write_pps,
+        "image_workers": image_workers,
+        "images_pages_per_s_parallel": images_parallel_pps,
     }
     result = {
         "device": device_name,
@@ -298,7 +311,8 @@ def main() -> None:
         "\nstage breakdown, seconds a page, each stage alone on one thread: "
         f"render {f(render_text and 1 / render_text)} (text) / {f(render_scan and 1 / render_scan)} (scan), "
         f"preprocess {1 / preprocess_pps:.3f}, encode {1 / encoder_pps:.3f} ({runtime}, batch {args.batch}), "
-        f"write {1 / write_pps:.3f}; the writer alone sustains {write_pps / encoder_pps:.1f}x the encoder's pages/s"
+        f"write {1 / write_pps:.3f}; the writer alone sustains {write_pps / encoder_pps:.1f}x the encoder's pages/s; "
+        f"page images on {image_workers} threads: {images_parallel_pps:.1f} pages/s"
     )
     if reference_pps:
         print(
