@@ -192,13 +192,14 @@ class ColSmolEncoder:
             return token_cosine_min(ref, out, batch["attention_mask"])
 
         tower = vision_tower(model)
+        ident = weights_identity(self.model_id)
         choice = choose(
-            tower_candidates(tower, self.model_id, cache_dir),
+            tower_candidates(tower, ident, cache_dir),
             probe,
             fidelity,
             requested=self.runtime,
             cache=ChoiceCache(cache_dir / "choices.json") if cache_dir is not None else None,
-            key=machine_key(what="colsmol-encoder", model=self.model_id, **_library_versions()),
+            key=machine_key(what="colsmol-encoder", model=self.model_id, weights=ident, **_library_versions()),
             what="encoder",
         )
         set_vision_tower(model, choice.value)
@@ -356,6 +357,26 @@ def probe_batch(processor: Any) -> dict[str, Any]:
         "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None, None],
         "pixel_attention_mask": torch.ones((1, 1, tile, tile), dtype=torch.int64),
     }
+
+
+def weights_identity(model_id: str) -> str:
+    """The model id, plus the size and mtime of each file in a local checkpoint directory (and its adapter's base):
+    new weights at the same path must not reuse a converted graph or a choice measured on the old ones."""
+    import hashlib
+
+    parts = [model_id]
+    dirs = [Path(model_id).expanduser()]
+    base = adapter_base(model_id) if dirs[0].is_dir() else None
+    if base is not None:
+        parts.append(base)
+        dirs.append(Path(base).expanduser())
+    for d in dirs:
+        if d.is_dir():
+            for f in sorted(d.iterdir()):
+                if f.is_file():
+                    st = f.stat()
+                    parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _library_versions() -> dict[str, str | None]:

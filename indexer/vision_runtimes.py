@@ -13,8 +13,8 @@ runs the pages. Each candidate returns a module that replaces ``model.model.visi
 - ``openvino``: the tower converted to OpenVINO, fp32 precision;
 - ``openvino-bf16``: the same graph with OpenVINO's bf16 inference precision (only on CPUs with native bf16).
 
-The converted OpenVINO graph is saved under the cache directory (keyed by model, OpenVINO, torch and
-transformers versions): converting takes tens of seconds, loading it a second or two.
+The converted OpenVINO graph is saved under the cache directory (keyed by the weights' identity and the
+OpenVINO, torch and transformers versions): converting takes tens of seconds, loading it a second or two.
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ def set_vision_tower(model: Any, tower: Any) -> None:
     model.model.vision_model = tower
 
 
-def tower_candidates(tower: Any, model_id: str, cache_dir: Path | None = None) -> list[Candidate[Any]]:
-    """The candidates for ``tower`` (fp32, loaded), in :data:`RUNTIMES` order. Building one never changes ``tower``."""
-    converted = _Converted(tower, model_id, cache_dir)
+def tower_candidates(tower: Any, weights: str, cache_dir: Path | None = None) -> list[Candidate[Any]]:
+    """The candidates for ``tower`` (fp32, loaded), in :data:`RUNTIMES` order. Building one never changes ``tower``.
+
+    ``weights`` names the weights (e.g. ``encoder.weights_identity``): the converted graph is saved under it."""
+    converted = _Converted(tower, weights, cache_dir)
     return [
         Candidate("fp32", lambda: tower, "torch eager, fp32"),
         Candidate("int8", lambda: _int8(tower), "torch dynamic int8 on the vision tower's linear layers"),
@@ -93,9 +95,9 @@ class _Bf16Tower(torch.nn.Module):
 class _Converted:
     """The tower converted to OpenVINO once per process (and once per cache directory), compiled per precision."""
 
-    def __init__(self, tower: Any, model_id: str, cache_dir: Path | None) -> None:
+    def __init__(self, tower: Any, weights: str, cache_dir: Path | None) -> None:
         self.tower = tower
-        self.model_id = model_id
+        self.weights = weights
         self.cache_dir = cache_dir
         self._graph: Any = None
         self._lock = threading.Lock()
@@ -106,7 +108,7 @@ class _Converted:
         import openvino
         import transformers
 
-        ident = f"{self.model_id}|{openvino.__version__}|{torch.__version__}|{transformers.__version__}"
+        ident = f"{self.weights}|{openvino.__version__}|{torch.__version__}|{transformers.__version__}"
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         return self.cache_dir / "openvino" / digest / "vision.xml"
 

@@ -174,6 +174,19 @@ def test_auto_picks_caches_and_embeds_within_fidelity(tiny_models, tiny_encoder,
     assert second.runtime_choice.name == choice.name
 
 
+def test_new_weights_at_the_same_path_are_measured_again(tiny_models, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from indexer.encoder import weights_identity
+
+    model = shutil.copytree(tiny_models["encoder"], tmp_path / "model")
+    before = weights_identity(str(model))
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "retrained"
+    assert weights_identity(str(model)) != before  # part of the choice's cache key and of the converted graph's path
+
+
 def test_unknown_runtime_is_refused(tiny_models) -> None:
     with pytest.raises(InvalidRequest, match="openvino-bf16"):
         ColSmolEncoder(tiny_models["encoder"], runtime="tensorrt")
