@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--runtime", default="auto", help="encoder runtime on a CPU (COLSMOL_ENCODER_RUNTIME)")
     ap.add_argument("--longest-edge", type=int, default=None, help="page longest edge (COLSMOL_PAGE_LONGEST_EDGE)")
     ap.add_argument(
+        "--runtime-cache", type=Path, default=None, help="runtime choices, converted graphs (default: new temp dir)"
+    )
+    ap.add_argument(
         "--reference-pages", type=int, default=None, help="pages of the colpali README loop (default: all on a CPU)"
     )
     ap.add_argument("--tmp", type=Path, default=None, help="where the corpus and the stores go (default: system temp)")
@@ -124,7 +127,7 @@ def main() -> None:
         batch_size=args.batch,
         longest_edge=args.longest_edge,
         runtime=args.runtime,
-        runtime_cache=Path(tempfile.mkdtemp(prefix="colsmol-bench-rt-", dir=args.tmp)),
+        runtime_cache=args.runtime_cache or Path(tempfile.mkdtemp(prefix="colsmol-bench-rt-", dir=args.tmp)),
     ).load()
     load_s = time.perf_counter() - t
     runtime = enc.runtime_choice.name if enc.runtime_choice is not None else "cuda"
