@@ -41,7 +41,8 @@ class ColSmolEncoder:
     ``preprocess="tensor"`` splits pages into tiles with torch ops on the encoder's device
     (:mod:`indexer.preprocess`: same tiles and tokens as the reference; pixels equal on CUDA, at
     most two 8-bit levels off elsewhere, one on real pages); ``"reference"`` runs colpali-engine's
-    PIL processor.
+    PIL processor; ``"fast"`` approximates the tensor path with one antialiased bicubic resize per view (same
+    tiles and tokens, pixels only close: opt-in, see BENCHMARKS.md).
 
     ``longest_edge`` (pixels) is the page resolution: Idefics3 scales a page to it before cutting
     512 px tiles, so it sets the tiles and tokens per page (2048, the model's own: 17 tiles a Letter
@@ -59,7 +60,7 @@ class ColSmolEncoder:
         device: str = "auto",
         batch_size: int = 8,
         query_batch_size: int = 32,
-        preprocess: Literal["tensor", "reference"] = "tensor",
+        preprocess: Literal["tensor", "reference", "fast"] = "tensor",
         longest_edge: int | None = None,
         runtime: str = "fp32",
         runtime_cache: Path | None = None,
@@ -69,8 +70,8 @@ class ColSmolEncoder:
         runtimes = [r for r in get_args(EncoderRuntime) if r != AUTO]
         if batch_size < 1 or query_batch_size < 1:
             raise InvalidRequest("batch sizes must be at least 1")
-        if preprocess not in ("tensor", "reference"):
-            raise InvalidRequest(f"preprocess must be 'tensor' or 'reference', got {preprocess!r}")
+        if preprocess not in ("tensor", "reference", "fast"):
+            raise InvalidRequest(f"preprocess must be 'tensor', 'reference' or 'fast', got {preprocess!r}")
         if runtime != AUTO and runtime not in runtimes:
             raise InvalidRequest(f"encoder runtime must be auto or one of {', '.join(runtimes)}, got {runtime!r}")
         if longest_edge is not None and longest_edge < 1:
@@ -137,12 +138,12 @@ class ColSmolEncoder:
         return self._model_longest_edge
 
     def _make_tensor_preprocessor(self, processor: Any) -> Any:
-        if self.preprocess != "tensor":
+        if self.preprocess == "reference":
             return None
         from indexer.preprocess import TensorPreprocessor
 
         try:
-            return TensorPreprocessor(processor, device=self.device)
+            return TensorPreprocessor(processor, device=self.device, exact=self.preprocess == "tensor")
         except ValueError as exc:  # an image processor setting the tensor path does not mirror
             log.warning("encoder %s: %s; preprocessing with the reference processor", self.model_id, exc)
             return None

@@ -117,10 +117,14 @@ class TensorPreprocessor:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         chunk: int | None = None,
+        exact: bool = True,
     ) -> None:
         import torch
 
         self.processor = processor
+        #: False: one antialiased bicubic resize per view straight from the page (torch's uint8 kernels) instead of
+        #: the reference's two LANCZOS passes; same tiles and tokens, pixels only close (``COLSMOL_PREPROCESS=fast``).
+        self.exact = exact
         _check_supported(processor.image_processor)
         self.device = torch.device(device)
         # float64 sums of 8-bit values times 22-bit weights are exact; CPUs run float32 twice as fast.
@@ -213,6 +217,8 @@ class TensorPreprocessor:
         from indexer.resample import resize
 
         n, h, w, t = len(images), images[0].height, images[0].width, self.tile
+        if not self.exact:
+            return self._fast_views(images)
         new = self._scratch_buffers()
         hwc = torch.from_numpy(np.stack([np.asarray(im) for im in images])).to(self.device)
         x = new((n * 3, h, w))
@@ -226,6 +232,24 @@ class TensorPreprocessor:
             return [(None, g) for g in x.view(n, 3, t, t)]
         tiles = x.view(n, 3, rows, t, cols, t).permute(0, 2, 4, 1, 3, 5)
         glob = resize(x, t, t, self.resample, new).view(n, 3, t, t)
+        return list(zip(tiles, glob, strict=True))
+
+    def _fast_views(self, images: list[Image.Image]) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
+        """``_views`` approximated: each view resized once from the page (uint8, antialiased bicubic)."""
+        import torch
+        from torch.nn.functional import interpolate
+
+        h, w, t = images[0].height, images[0].width, self.tile
+        # NHWC memory seen as NCHW: torch's fast uint8 resampling kernels work on channels-last images.
+        x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).to(self.device).permute(0, 3, 1, 2)
+        glob = interpolate(x, size=(t, t), mode="bicubic", antialias=True)
+        if not self.splitting:
+            return [(None, g) for g in glob]
+        hs, ws = split_size(*resize_output_size(h, w, self.longest_edge), t)
+        if hs == ws == t:
+            return [(None, g) for g in glob]
+        big = interpolate(x, size=(hs, ws), mode="bicubic", antialias=True)  # channels-last: split, do not copy
+        tiles = big.unflatten(2, (hs // t, t)).unflatten(4, (ws // t, t)).permute(0, 2, 4, 1, 3, 5)
         return list(zip(tiles, glob, strict=True))
 
     def _scratch_buffers(self) -> Callable[[tuple[int, ...]], torch.Tensor]:
@@ -334,9 +358,11 @@ def _normalizer(
         d, e = float(div * std[0]), float(mean[0] / std[0])
 
         def normalize(x: torch.Tensor, out: torch.Tensor) -> None:
-            # -e + x / d in one pass: addcdiv divides, then adds (same float32 steps as div, sub).
-            # float32 inputs, so the steps round like the reference's (the integers convert exactly).
-            torch.addcdiv(torch.tensor(-e), x.float(), torch.tensor(d), out=out)
+            # x / d - e: the same float32 steps as the reference (the integers convert exactly). Three passes over
+            # the contiguous output beat one fused addcdiv reading the strided tile views: measured 12 ms against
+            # 140-160 ms for a Letter page's 16 tiles on one core.
+            out.copy_(x)
+            out.div_(d).sub_(e)
 
         return normalize
     m = torch.from_numpy(mean.copy()).view(3, 1, 1)

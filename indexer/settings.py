@@ -80,10 +80,11 @@ class Settings(BaseSettings):
     )
     device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu.")
     page_batch_size: int = Field(8, ge=1, description="Pages per encoder forward pass.")
-    preprocess: Literal["tensor", "reference"] = Field(
+    preprocess: Literal["tensor", "reference", "fast"] = Field(
         "tensor",
         description="Page tiling: torch ops on the encoder's device (same tiles and tokens as the reference, "
-        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), or colpali-engine's PIL processor.",
+        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), colpali-engine's PIL processor, or fast "
+        "(one antialiased bicubic resize per view: same tiles and tokens, pixels only close).",
     )
     query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
     page_longest_edge: int | None = Field(
