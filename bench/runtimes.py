@@ -66,10 +66,10 @@ def main() -> None:
             got = enc.runtime_choice.name if enc.runtime_choice else "?"
             batches = [enc.preprocess_pages([p]) for p in pages]
             tiles = enc.tile_count(pages[0])
-            from indexer.encoder import probe_batch
+            from indexer.preprocess import probe_page_inputs
 
             with torch.inference_mode():
-                enc.model(**probe_batch(enc.processor))  # warm-up on one tile
+                enc.model(**probe_page_inputs(enc.processor))  # warm-up on one tile
             t = time.perf_counter()
             vecs = [v for b in batches for v in enc.embed_preprocessed(b)]
             dt = time.perf_counter() - t

@@ -16,7 +16,7 @@ import numpy as np
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, InvalidRequest
-from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain
+from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain, weights_identity
 from indexer.runtimes import AUTO, Choice
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class ColSmolEncoder:
 
     ``runtime`` picks what runs the vision tower on a CPU (:mod:`indexer.vision_runtimes`): a name,
     or ``"auto"`` to time each candidate once on one tile, check it against fp32, and keep the fastest
-    (:mod:`indexer.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
+    faithful one (:mod:`indexer.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
     the model runs in bf16 and ``runtime`` is not used.
     """
 
@@ -111,6 +111,8 @@ class ColSmolEncoder:
     def _load_processor(self) -> Any:
         from colpali_engine.models import ColIdefics3Processor
 
+        from indexer.preprocess import whole_tiles
+
         # The PIL backend is the reference the checkpoint was trained with (LANCZOS resampling);
         # torchvision < 0.27 would approximate it with BICUBIC.
         processor = ColIdefics3Processor.from_pretrained(self.model_id, **from_pretrained_kwargs())
@@ -119,7 +121,10 @@ class ColSmolEncoder:
         if self.requested_longest_edge is not None:
             # Both preprocessing paths read the image processor's settings, so this one change covers them.
             # ``size`` is a dict or transformers' SizeDict dataclass, depending on the processor class.
-            size = {**dict(ip.size), "longest_edge": whole_tiles(self.requested_longest_edge, ip)}
+            edge = whole_tiles(self.requested_longest_edge, int(ip.max_image_size["longest_edge"]))
+            if edge != self.requested_longest_edge:
+                log.info("page longest edge %d px rounded to %d (whole tiles)", self.requested_longest_edge, edge)
+            size = {**dict(ip.size), "longest_edge": edge}
             ip.size = size if isinstance(ip.size, dict) else type(ip.size)(**size)
         self._tensor_preprocessor = self._make_tensor_preprocessor(processor)
         self._processor_for_probe = processor
@@ -174,36 +179,19 @@ class ColSmolEncoder:
         return model
 
     def _choose_runtime(self, model: Any) -> None:
-        """Put the fastest faithful vision tower for this CPU into ``model`` (:mod:`indexer.runtimes`)."""
-        import torch
+        """Put the vision tower runtime chosen for this CPU into ``model`` (``vision_runtimes.choose_tower``)."""
+        from indexer.preprocess import probe_page_inputs
+        from indexer.vision_runtimes import choose_tower
 
-        from indexer.runtimes import ChoiceCache, choose, machine_key, token_cosine_min
-        from indexer.vision_runtimes import set_vision_tower, tower_candidates, vision_tower
-
-        batch = probe_batch(self._processor_for_probe)
-        cache_dir = self.runtime_cache
-
-        def probe(tower: Any) -> torch.Tensor:
-            set_vision_tower(model, tower)
-            with torch.inference_mode():
-                out: torch.Tensor = model(**batch)
-            return out
-
-        def fidelity(ref: torch.Tensor, out: torch.Tensor) -> float:
-            return token_cosine_min(ref, out, batch["attention_mask"])
-
-        tower = vision_tower(model)
-        ident = weights_identity(self.model_id)
-        choice = choose(
-            tower_candidates(tower, ident, cache_dir),
-            probe,
-            fidelity,
+        choice = choose_tower(
+            model,
+            probe_page_inputs(self._processor_for_probe),
+            weights=weights_identity(self.model_id),
             requested=self.runtime,
-            cache=ChoiceCache(cache_dir / "choices.json") if cache_dir is not None else None,
-            key=machine_key(what="colsmol-encoder", model=self.model_id, weights=ident, **_library_versions()),
+            cache_dir=self.runtime_cache,
             what="encoder",
+            key={"model": self.model_id},
         )
-        set_vision_tower(model, choice.value)
         self.runtime_choice = choice
         if choice.name != "fp32":
             log.info("encoder %s: vision tower runs on %s (%s)", self.model_id, choice.name, choice.reason)
@@ -310,86 +298,6 @@ class ColSmolEncoder:
             import torch
 
             torch.cuda.empty_cache()
-
-
-def whole_tiles(longest_edge: int, image_processor: Any) -> int:
-    """``longest_edge`` rounded to whole tiles (at least one, at most Idefics3's 4096 px).
-
-    >>> from types import SimpleNamespace
-    >>> ip = SimpleNamespace(max_image_size={"longest_edge": 512})
-    >>> whole_tiles(1536, ip), whole_tiles(1000, ip), whole_tiles(100, ip), whole_tiles(9000, ip)
-    (1536, 1024, 512, 4096)
-    """
-    from indexer.preprocess import MAX_IMAGE_SIZE
-
-    tile = int(image_processor.max_image_size["longest_edge"])
-    rounded = min(max(tile, round(longest_edge / tile) * tile), MAX_IMAGE_SIZE // tile * tile)
-    if rounded != longest_edge:
-        log.info("page longest edge %d px rounded to %d (whole %d px tiles)", longest_edge, rounded, tile)
-    return rounded
-
-
-def probe_batch(processor: Any) -> dict[str, Any]:
-    """One tile of a synthetic text page (the global view alone) with its prompt: the runtime probe's input."""
-    import torch
-    from PIL import Image, ImageDraw
-
-    from indexer.preprocess import prompt_ids
-
-    ip = processor.image_processor
-    tile = int(ip.max_image_size["longest_edge"])
-    img = Image.new("RGB", (tile, tile), "white")
-    draw = ImageDraw.Draw(img)
-    rng = np.random.default_rng(0)
-    step = max(2, tile // 32)
-    for y in range(step, tile - step, step):  # lines of "text": dark runs of random lengths
-        x = step
-        while x < tile - step:
-            w = int(rng.integers(step, 6 * step))
-            draw.rectangle([x, y, min(x + w, tile - step), y + step // 2], fill=(20, 20, 30))
-            x += w + step
-    draw.rectangle([tile // 2, tile // 3, tile - step, tile // 2], fill=(70, 120, 200))  # a figure
-    pixels = np.asarray(img, dtype=np.float32) * float(ip.rescale_factor)
-    pixels = (pixels - np.broadcast_to(ip.image_mean, 3)) / np.broadcast_to(ip.image_std, 3)
-    ids = prompt_ids(processor, (0, 0))
-    return {
-        "input_ids": torch.tensor([ids], dtype=torch.int64),
-        "attention_mask": torch.ones((1, len(ids)), dtype=torch.int64),
-        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None, None],
-        "pixel_attention_mask": torch.ones((1, 1, tile, tile), dtype=torch.int64),
-    }
-
-
-def weights_identity(model_id: str) -> str:
-    """The model id, plus the size and mtime of each file in a local checkpoint directory (and its adapter's base):
-    new weights at the same path must not reuse a converted graph or a choice measured on the old ones."""
-    import hashlib
-
-    parts = [model_id]
-    dirs = [Path(model_id).expanduser()]
-    base = adapter_base(model_id) if dirs[0].is_dir() else None
-    if base is not None:
-        parts.append(base)
-        dirs.append(Path(base).expanduser())
-    for d in dirs:
-        if d.is_dir():
-            for f in sorted(d.iterdir()):
-                if f.is_file():
-                    st = f.stat()
-                    parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-
-def _library_versions() -> dict[str, str | None]:
-    import transformers
-
-    try:
-        import openvino
-
-        ov: str | None = openvino.__version__
-    except Exception:  # noqa: BLE001 - not installed, or broken: then it is no candidate anyway
-        ov = None
-    return {"transformers": transformers.__version__, "openvino": ov}
 
 
 def _strip_padding(emb: torch.Tensor, mask: torch.Tensor, what: str) -> list[np.ndarray]:

@@ -94,6 +94,15 @@ def tile_layout(height: int, width: int, longest_edge: int, tile: int) -> tuple[
     return 0, 0
 
 
+def whole_tiles(longest_edge: int, tile: int) -> int:
+    """A page longest edge rounded to whole tiles (at least one, at most Idefics3's 4096 px).
+
+    >>> whole_tiles(1536, 512), whole_tiles(1000, 512), whole_tiles(100, 512), whole_tiles(9000, 512)
+    (1536, 1024, 512, 4096)
+    """
+    return min(max(tile, round(longest_edge / tile) * tile), MAX_IMAGE_SIZE // tile * tile)
+
+
 def view_count(height: int, width: int, image_processor: Any) -> int:
     """Images the model sees for one page: ``rows * cols`` tiles plus the global view, or 1 unsplit."""
     if not image_processor.do_image_splitting:
@@ -378,3 +387,33 @@ def _normalizer(
         out.sub_(m.to(out.device)).div_(s.to(out.device))
 
     return reference_steps
+
+
+def probe_page_inputs(processor: Any) -> dict[str, Any]:
+    """One tile of a synthetic text page (the global view alone) with its colpali prompt, as model inputs: what
+    the encoder runtime probe (:mod:`indexer.runtimes`) times and compares."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    ip = processor.image_processor
+    tile = int(ip.max_image_size["longest_edge"])
+    img = Image.new("RGB", (tile, tile), "white")
+    draw = ImageDraw.Draw(img)
+    rng = np.random.default_rng(0)
+    step = max(2, tile // 32)
+    for y in range(step, tile - step, step):  # lines of "text": dark runs of random lengths
+        x = step
+        while x < tile - step:
+            w = int(rng.integers(step, 6 * step))
+            draw.rectangle([x, y, min(x + w, tile - step), y + step // 2], fill=(20, 20, 30))
+            x += w + step
+    draw.rectangle([tile // 2, tile // 3, tile - step, tile // 2], fill=(70, 120, 200))  # a figure
+    pixels = np.asarray(img, dtype=np.float32) * float(ip.rescale_factor)
+    pixels = (pixels - np.broadcast_to(ip.image_mean, 3)) / np.broadcast_to(ip.image_std, 3)
+    ids = prompt_ids(processor, (0, 0))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.int64),
+        "attention_mask": torch.ones((1, len(ids)), dtype=torch.int64),
+        "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None, None],
+        "pixel_attention_mask": torch.ones((1, 1, tile, tile), dtype=torch.int64),
+    }

@@ -29,7 +29,7 @@ from typing import Any, get_args
 
 import torch
 
-from indexer.runtimes import AUTO, Candidate
+from indexer.runtimes import AUTO, Candidate, Choice
 from indexer.settings import EncoderRuntime
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def set_vision_tower(model: Any, tower: Any) -> None:
 def tower_candidates(tower: Any, weights: str, cache_dir: Path | None = None) -> list[Candidate[Any]]:
     """The candidates for ``tower`` (fp32, loaded), in :data:`RUNTIMES` order. Building one never changes ``tower``.
 
-    ``weights`` names the weights (e.g. ``encoder.weights_identity``): the converted graph is saved under it."""
+    ``weights`` names the weights (``models.weights_identity``): the converted graph is saved under it."""
     converted = _Converted(tower, weights, cache_dir)
     return [
         Candidate("fp32", lambda: tower, "torch eager, fp32"),
@@ -201,3 +201,58 @@ class _OpenVINOTower(torch.nn.Module):
         with self._lock:
             result = self._compiled([pixel_values.float().contiguous().numpy()])[0]
         return _output(torch.from_numpy(result.copy()))
+
+
+def choose_tower(
+    model: Any,
+    inputs: dict[str, Any],
+    *,
+    weights: str,
+    requested: str = AUTO,
+    cache_dir: Path | None = None,
+    what: str = "model",
+    key: dict[str, Any] | None = None,
+) -> Choice[Any]:
+    """Put into the Idefics3 ``model`` (fp32, on the CPU) the vision tower runtime ``requested``, or with ``auto``
+    the one :func:`indexer.runtimes.choose` measures fastest and faithful on ``inputs`` (one tile through the whole
+    model: the parts left in fp32 are in the timing). ``weights`` names the weights (``models.weights_identity``);
+    ``cache_dir`` keeps ``choices.json`` and the converted graphs. Fidelity: the smallest per-token cosine of the
+    output (a ColIdefics3's embeddings, or a generator's logits) over the positions ``inputs["attention_mask"]`` sets.
+    """
+    from indexer.runtimes import ChoiceCache, choose, machine_key, token_cosine_min
+
+    mask = inputs.get("attention_mask")
+
+    def probe(tower: Any) -> torch.Tensor:
+        set_vision_tower(model, tower)
+        with torch.inference_mode():
+            out = model(**inputs)
+        return out if isinstance(out, torch.Tensor) else out.logits
+
+    def fidelity(ref: torch.Tensor, out: torch.Tensor) -> float:
+        return token_cosine_min(ref, out, mask)
+
+    cache = ChoiceCache(cache_dir / "choices.json") if cache_dir is not None else None
+    choice = choose(
+        tower_candidates(vision_tower(model), weights, cache_dir),
+        probe,
+        fidelity,
+        requested=requested,
+        cache=cache,
+        key=machine_key(what=what, weights=weights, **library_versions(), **(key or {})),
+        what=what,
+    )
+    set_vision_tower(model, choice.value)
+    return choice
+
+
+def library_versions() -> dict[str, str | None]:
+    import transformers
+
+    try:
+        import openvino
+
+        ov: str | None = openvino.__version__
+    except Exception:  # noqa: BLE001 - not installed, or broken: then it is no candidate anyway
+        ov = None
+    return {"transformers": transformers.__version__, "openvino": ov}

@@ -178,7 +178,7 @@ def test_new_weights_at_the_same_path_are_measured_again(tiny_models, tmp_path: 
     import os
     import shutil
 
-    from indexer.encoder import weights_identity
+    from indexer.models import weights_identity
 
     model = shutil.copytree(tiny_models["encoder"], tmp_path / "model")
     before = weights_identity(str(model))
