@@ -1,20 +1,21 @@
 """CPU runtimes for the Idefics3 vision tower (SigLIP), the part of ColSmolVLM and SmolVLM that costs the most.
 
 A Letter page is 17 tiles of 1,024 patches through 12 SigLIP-base layers, about 90% of the encoder's
-FLOPs; the rest (pixel-shuffle connector, ~1,100 tokens through the SmolLM2-135M text model, the 128-d
+FLOPs (by a parameter-count estimate); the rest (pixel-shuffle connector, ~1,100 tokens through the SmolLM2-135M text model, the 128-d
 projection) stays in torch fp32 in every runtime, so query embeddings (text only) are the same whatever
 runs the pages. Each candidate returns a module that replaces ``model.model.vision_model`` (the same for
 ``ColIdefics3`` and ``Idefics3ForConditionalGeneration``) and is called the way Idefics3 calls its tower:
 
 - ``fp32``: the tower as loaded (the reference);
 - ``int8``: torch dynamic int8 on the tower's linear layers (weights int8, activations quantized per call);
-  int8 on the text model too was measured below the fidelity bar (token cosine 0.9935 on a Letter page);
+  int8 on the text model too was measured below the fidelity bar (token cosine 0.9935 on a 17-tile page);
 - ``bf16``: the tower's weights and activations in bf16 (pays where the CPU has AMX or AVX512-BF16 kernels);
 - ``openvino``: the tower converted to OpenVINO, fp32 precision;
 - ``openvino-bf16``: the same graph with OpenVINO's bf16 inference precision (only on CPUs with native bf16).
 
 The converted OpenVINO graph is saved under the cache directory (keyed by the weights' identity and the
 OpenVINO, torch and transformers versions): converting takes tens of seconds, loading it a second or two.
+:func:`choose_tower` picks among them for a loaded model (:mod:`indexer.runtimes` does the measuring).
 """
 
 from __future__ import annotations
