@@ -43,7 +43,9 @@ def _print_table(report: EvalReport) -> None:
     d = report.dataset
     console.print(
         f"[bold]{d['name']}[/] ({d['layout']}): {report.pages} pages, {report.queries} queries; model "
-        f"{report.model} on {report.device}\n"
+        f"{report.model} on {report.device}"
+        + (f" (vision tower: {report.encoder_runtime})" if report.encoder_runtime else "")
+        + "\n"
         f"embedding: {report.embed_pages_per_s:.1f} pages/s ({report.tokens_per_page:.0f} tokens/page); "
         f"query encode p50 {report.query_encode_ms_p50:.1f} ms, p99 {report.query_encode_ms_p99:.1f} ms\n"
         "R@k = recall@k; agree@10 = share of exact's top 10 also in this configuration's top 10"
@@ -89,8 +91,9 @@ def eval_command(
         str,
         typer.Option(
             "--config",
-            help="Configurations, comma-separated: exact, int8, pool2, pool3 (any poolN), int8-poolN, two-stage. "
-            "exact always runs: the others are reported relative to it.",
+            help="Configurations, comma-separated: exact, int8, pool2, pool3 (any poolN), int8-poolN, two-stage, "
+            "runtime:NAME (the corpus re-embedded with encoder runtime NAME: fp32, int8, bf16, openvino, "
+            "openvino-bf16). exact always runs: the others are reported relative to it.",
         ),
     ] = "exact",
     max_queries: Annotated[
@@ -128,14 +131,25 @@ def eval_command(
     if candidates < 1 or prefetch_pool < 1:
         raise InvalidRequest("--candidates and --prefetch-pool must be at least 1")
     data = load_dataset(dataset, split=split).head(max_queries)
-    encoder = ColSmolEncoder(
-        s.encoder_model, device=s.device, batch_size=s.page_batch_size, query_batch_size=s.query_batch_size
-    )
+    def make_encoder(runtime: str) -> ColSmolEncoder:
+        return ColSmolEncoder(
+            s.encoder_model,
+            device=s.device,
+            batch_size=s.page_batch_size,
+            query_batch_size=s.query_batch_size,
+            preprocess=s.preprocess,
+            longest_edge=s.page_longest_edge,
+            runtime=runtime,
+            runtime_cache=s.runtimes_dir,
+        )
+
+    encoder = make_encoder(s.encoder_runtime)
     kwargs: dict[str, Any] = {
         "device": str(encoder.device),
         "candidates": candidates,
         "prefetch_pool_factor": prefetch_pool,
         "embed_chunk": max(4 * s.page_batch_size, 16),
+        "encoder_for_runtime": lambda name: make_encoder(name).load(),
     }
     try:
         if json_out or not sys.stderr.isatty():

@@ -13,11 +13,23 @@ text and scanned documents interleaved. Measured, in this order, with one loaded
    corpus into a fresh EdgeStore + PageImageStore in a temporary directory, with the production
    prefetch pooling callback. pages/s = pages embedded / ``IngestReport.seconds``.
 
-The ratio (3) / (2) is the target (at least 0.90, BENCHMARKS.md). On the GPU machine, with the full-size
-random checkpoint (bench/make_checkpoints.py):
+4. ``--reference-pages N`` (on a CPU, default: the whole corpus): the loop from colpali-engine's README over
+   the same PDFs, ``ColIdefics3.from_pretrained`` (fp32 eager on a CPU, bf16 on CUDA) and
+   ``ColIdefics3Processor.process_images`` on ``--batch`` rendered pages, ``model(**batch)`` under
+   ``torch.no_grad()``; nothing stored. pages/s = pages / wall seconds including rendering.
+
+The ratio (3) / (2) is the target (at least 0.90, BENCHMARKS.md); on a CPU also (3) / (4) (at least 1.2).
+``--runtime`` (default ``auto``) and ``--longest-edge`` set the encoder as ``COLSMOL_ENCODER_RUNTIME`` and
+``COLSMOL_PAGE_LONGEST_EDGE`` do (the reference loop gets the same longest edge). On the GPU machine, with
+the full-size random checkpoint (bench/make_checkpoints.py):
 
     python bench/make_checkpoints.py /tmp/ckpt
     python bench/ingest.py --model /tmp/ckpt/encoder --out ingest.json
+
+On a 2-core CPU a full-size page takes seconds to tens of seconds: use a few pages, e.g.
+
+    flock /work/bench.lock python bench/ingest.py --model /tmp/ckpt/encoder --device cpu --text-pages 4 \
+        --scan-pages 2 --doc-pages 3 --batch 2 --baseline-pages 4 --longest-edge 1024
 
 ``--smoke`` runs a few pages on CPU with whatever model is given, to check the script itself.
 """
@@ -82,6 +94,14 @@ def main() -> None:
     ap.add_argument("--dpi", type=int, default=150)
     ap.add_argument("--prefetch-pool", type=int, default=16, help="pool factor of the stored prefetch vectors")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--runtime", default="auto", help="encoder runtime on a CPU (COLSMOL_ENCODER_RUNTIME)")
+    ap.add_argument("--longest-edge", type=int, default=None, help="page longest edge (COLSMOL_PAGE_LONGEST_EDGE)")
+    ap.add_argument(
+        "--runtime-cache", type=Path, default=None, help="runtime choices, converted graphs (default: new temp dir)"
+    )
+    ap.add_argument(
+        "--reference-pages", type=int, default=None, help="pages of the colpali README loop (default: all on a CPU)"
+    )
     ap.add_argument("--tmp", type=Path, default=None, help="where the corpus and the stores go (default: system temp)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", type=Path)
@@ -100,7 +120,18 @@ def main() -> None:
     from indexer.types import PageRecord
     from retriever.pooling import prefetch_vectors
 
-    enc = ColSmolEncoder(args.model, device=args.device, batch_size=args.batch).load()
+    t = time.perf_counter()
+    enc = ColSmolEncoder(
+        args.model,
+        device=args.device,
+        batch_size=args.batch,
+        longest_edge=args.longest_edge,
+        runtime=args.runtime,
+        runtime_cache=args.runtime_cache or Path(tempfile.mkdtemp(prefix="colsmol-bench-rt-", dir=args.tmp)),
+    ).load()
+    load_s = time.perf_counter() - t
+    runtime = enc.runtime_choice.name if enc.runtime_choice is not None else "cuda"
+    print(f"encoder loaded in {load_s:.1f}s (runtime {runtime}: {enc.runtime_choice and enc.runtime_choice.reason})")
     cuda = enc.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     device_name = (
@@ -169,6 +200,17 @@ def main() -> None:
             write_pps = len(images) / (time.perf_counter() - t)
         finally:
             scratch.close()
+        # 1d. page images alone (WebP + thumbnail) on the Ingestor's image threads: what the writer sustains in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        image_workers = Ingestor(scratch, enc, scratch_images).image_workers
+        with ThreadPoolExecutor(image_workers) as image_pool:
+            t = time.perf_counter()
+            save = scratch_images.save
+            saves = [image_pool.submit(save, page_point_id("par", j + 1), im) for j, im in enumerate(images)]
+            for fut in saves:
+                fut.result()
+            images_parallel_pps = len(images) / (time.perf_counter() - t)
         n_baseline = len(images)
         del images, vectors
 
@@ -207,6 +249,10 @@ def main() -> None:
             )
         ingest_pps = report.pages_per_second
 
+        # 4. the colpali-engine README loop over the same PDFs
+        ref_pages = args.reference_pages if args.reference_pages is not None else (0 if cuda else n_pages)
+        reference_pps = reference_loop(args, corpus, ref_pages, enc.device) if ref_pages else None
+
     row = {
         "pages": n_pages,
         "text_pages": args.text_pages,
@@ -218,7 +264,12 @@ def main() -> None:
         "batch": args.batch,
         "preprocess_workers": ing.preprocess_workers,
         "baseline_pages": n_baseline,
+        "runtime": runtime,
+        "longest_edge": enc.page_longest_edge,
+        "encoder_load_s": load_s,
         "ingest_pages_per_s": ingest_pps,
+        "reference_loop_pages_per_s": reference_pps,
+        "ingest_vs_reference": ingest_pps / reference_pps if reference_pps else None,
         "ingest_seconds": report.seconds,
         "ingest_encoder_busy_fraction": busy[0] / report.seconds,
         "encoder_only_pages_per_s": encoder_pps,
@@ -227,6 +278,8 @@ def main() -> None:
         "render_scan_pages_per_s_1thread": render_n["scan"] / render_s["scan"] if render_n["scan"] else None,
         "preprocess_pages_per_s_1thread": preprocess_pps,
         "write_pages_per_s_1thread": write_pps,
+        "image_workers": image_workers,
+        "images_pages_per_s_parallel": images_parallel_pps,
     }
     result = {
         "device": device_name,
@@ -237,11 +290,12 @@ def main() -> None:
         "smoke": args.smoke,
         "rows": [row],
     }
-    f = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     print(
         f"\ningest: {n_pages} pages ({args.text_pages} text + {args.scan_pages} scanned Letter, {args.dpi} dpi, "
         f"{tiles} tiles, {tokens} tokens), batch {args.batch}, {row['preprocess_workers']} preprocess workers; "
-        f"encoder busy {100 * row['ingest_encoder_busy_fraction']:.0f}% of the ingest wall time"
+        f"encoder busy {100 * row['ingest_encoder_busy_fraction']:.0f}% of the ingest wall time; runtime {runtime}, "
+        f"longest edge {row['longest_edge']} px"
     )
     print(
         "\n| pages (text + scan) | batch | ingest pages/s | encoder-only pages/s | ratio "
@@ -250,13 +304,72 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {n_pages} ({args.text_pages} + {args.scan_pages}) | {args.batch} | {ingest_pps:.1f} | {encoder_pps:.1f} "
+        f"| {n_pages} ({args.text_pages} + {args.scan_pages}) | {args.batch} | {ingest_pps:.3g} | {encoder_pps:.3g} "
         f"| {row['ratio']:.2f} "
         f"| {f(row['render_text_pages_per_s_1thread'])} / {f(row['render_scan_pages_per_s_1thread'])} "
-        f"| {preprocess_pps:.1f} | {write_pps:.1f} | {device_name} | {result['date']} |"
+        f"| {preprocess_pps:.3g} | {write_pps:.3g} | {device_name} | {result['date']} |"
     )
+    render_text, render_scan = row["render_text_pages_per_s_1thread"], row["render_scan_pages_per_s_1thread"]
+    print(
+        "\nstage breakdown, seconds a page, each stage alone on one thread: "
+        f"render {f(render_text and 1 / render_text)} (text) / {f(render_scan and 1 / render_scan)} (scan), "
+        f"preprocess {1 / preprocess_pps:.3f}, encode {1 / encoder_pps:.3f} ({runtime}, batch {args.batch}), "
+        f"write {1 / write_pps:.3f}; the writer alone sustains {write_pps / encoder_pps:.1f}x the encoder's pages/s; "
+        f"page images on {image_workers} threads: {images_parallel_pps:.1f} pages/s"
+    )
+    if reference_pps:
+        print(
+            f"colpali README loop: {reference_pps:.3f} pages/s; colsmol ingest {ingest_pps:.3f} pages/s = "
+            f"{ingest_pps / reference_pps:.2f}x"
+        )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
+
+
+def reference_loop(args: argparse.Namespace, corpus: list, pages: int, device) -> float:
+    """colpali-engine's README usage over the PDFs: render, ``process_images``, ``model(**batch)``; pages/s."""
+    import torch
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+
+    from indexer.render import iter_file_pages, make_renderer
+
+    cuda = device.type == "cuda"
+    model = ColIdefics3.from_pretrained(
+        args.model, dtype=torch.bfloat16 if cuda else torch.float32, device_map=str(device)
+    ).eval()
+    processor = ColIdefics3Processor.from_pretrained(args.model)
+    if args.longest_edge:
+        ip = processor.image_processor
+        size = {**dict(ip.size), "longest_edge": args.longest_edge}
+        ip.size = size if isinstance(ip.size, dict) else type(ip.size)(**size)
+    renderer = make_renderer("pdfium")
+    embeddings = []
+    done = 0
+    t = time.perf_counter()
+    batch = []
+
+    def flush() -> None:
+        inputs = processor.process_images(batch).to(model.device)
+        with torch.no_grad():
+            out = model(**inputs)
+        embeddings.extend(out.float().cpu().unbind(0))
+        batch.clear()
+
+    for path, _, _ in corpus:
+        for page in iter_file_pages(path, renderer, args.dpi):
+            if done >= pages:
+                break
+            batch.append(page.image)
+            done += 1
+            if len(batch) == args.batch:
+                flush()
+        if batch:
+            flush()
+        if done >= pages:
+            break
+    if cuda:
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - t)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--embed-pages", type=int, default=2)
     ap.add_argument("--dpi", type=int, default=150)
     ap.add_argument("--fast", action="store_true", help="also time transformers' torchvision image processor")
+    ap.add_argument("--approx", action="store_true",
+                    help="also the opt-in fast path (COLSMOL_PREPROCESS=fast): one antialiased bicubic resize per view")
     ap.add_argument("--smoke", action="store_true", help="3 pages, 1 rep, no embeddings")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -120,6 +122,7 @@ def main() -> None:
     proc = ColIdefics3Processor.from_pretrained(args.model)
     device = torch.device(args.device)
     tensor = TensorPreprocessor(proc, device=device)
+    approx = TensorPreprocessor(proc, device=device, exact=False)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pages = render_pages(args.dpi)
     if args.smoke:
@@ -131,12 +134,16 @@ def main() -> None:
     for name, im in pages:
         ref = proc.process_images([im])
         rows.append({"page": name, "size": list(im.size), **fidelity(tensor([im]), ref)})
+        if args.approx:
+            rows[-1]["fast"] = fidelity(approx([im]), ref)
         r = rows[-1]
         print(f"{name:40s} {im.size!s:14s} views={r['views']:2d} tokens_identical={r['tokens_identical']} "
               f"max_abs={r['max_abs']:.4f} psnr={r['psnr_db']:.1f} dB", flush=True)
 
     # ---- speed, interleaved
     paths = {"reference (PIL)": proc.process_images, "tensor": tensor}
+    if args.approx:
+        paths["fast (one bicubic resize a view, opt-in)"] = approx
     if args.fast:
         from transformers.models.idefics3.image_processing_idefics3 import Idefics3ImageProcessor
 
@@ -197,6 +204,11 @@ def main() -> None:
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
             embed.append({"page": name, "tokens": int(a.shape[0]), "cos_min": float(cos.min()),
                           "cos_mean": float(cos.mean()), "seconds": time.perf_counter() - t})
+            if args.approx:
+                c = enc.embed_preprocessed(approx([im]))[0]
+                cos = (c * b).sum(1) / (np.linalg.norm(c, axis=1) * np.linalg.norm(b, axis=1))
+                embed[-1].update(fast_cos_min=float(cos.min()), fast_cos_mean=float(cos.mean()))
+                print(f"embeddings {name}, fast path: cosine min {cos.min():.6f} mean {cos.mean():.6f}", flush=True)
             print(f"embeddings {name}: {a.shape[0]} tokens, cosine min {cos.min():.6f} mean {cos.mean():.6f}",
                   flush=True)
 
@@ -219,6 +231,11 @@ def main() -> None:
                 "torchvision_psnr_db_min": min(r["torchvision_psnr_db"] for r in rows),
                 "torchvision_psnr_db_median": statistics.median(r["torchvision_psnr_db"] for r in rows)}
                if args.fast else {}),
+            **({"fast_tokens_identical_all": all(r["fast"]["tokens_identical"] for r in rows),
+                "fast_max_abs": max(r["fast"]["max_abs"] for r in rows),
+                "fast_psnr_db_min": min(r["fast"]["psnr_db"] for r in rows),
+                "fast_psnr_db_median": statistics.median(r["fast"]["psnr_db"] for r in rows)}
+               if args.approx else {}),
         },
     }
     _print_tables(result)
@@ -256,9 +273,17 @@ def _print_tables(r: dict) -> None:
         print(f"| for context, transformers' torchvision processor (BICUBIC): max abs / PSNR worst, median | "
               f"{s['torchvision_max_abs']:.4f} ({s['torchvision_max_abs'] * 127.5:.0f} levels) / "
               f"{s['torchvision_psnr_db_min']:.1f}, {s['torchvision_psnr_db_median']:.1f} dB |")
+    if "fast_max_abs" in s:
+        print(f"| fast path (opt-in): tokens identical | {s['fast_tokens_identical_all']} |")
+        print(f"| fast path: max abs / PSNR worst, median | {s['fast_max_abs']:.4f} "
+              f"({s['fast_max_abs'] * 127.5:.0f} levels) / {s['fast_psnr_db_min']:.1f}, "
+              f"{s['fast_psnr_db_median']:.1f} dB |")
     for e in r["embeddings"]:
         print(f"| embedding token cosine, {e['page']} ({e['tokens']} tokens), min / mean | "
               f"{e['cos_min']:.6f} / {e['cos_mean']:.6f} |")
+        if "fast_cos_min" in e:
+            print(f"| fast path embedding token cosine, {e['page']}, min / mean | "
+                  f"{e['fast_cos_min']:.6f} / {e['fast_cos_mean']:.6f} |")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
 from indexer.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, InvalidRequest
-from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain
+from indexer.models import LazyWeights, adapter_base, from_pretrained_kwargs, load_or_explain, weights_identity
+from indexer.runtimes import AUTO, Choice
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,17 @@ class ColSmolEncoder:
     ``preprocess="tensor"`` splits pages into tiles with torch ops on the encoder's device
     (:mod:`indexer.preprocess`: same tiles and tokens as the reference; pixels equal on CUDA, at
     most two 8-bit levels off elsewhere, one on real pages); ``"reference"`` runs colpali-engine's
-    PIL processor.
+    PIL processor; ``"fast"`` approximates the tensor path with one antialiased bicubic resize per view (same
+    tiles and tokens, pixels only close: opt-in, see BENCHMARKS.md).
+
+    ``longest_edge`` (pixels) is the page resolution: Idefics3 scales a page to it before cutting
+    512 px tiles, so it sets the tiles and tokens per page (2048, the model's own: 17 tiles a Letter
+    page; 1024: 5). None keeps the model's; other values are rounded to whole tiles.
+
+    ``runtime`` picks what runs the vision tower on a CPU (:mod:`indexer.vision_runtimes`): a name,
+    or ``"auto"`` to time each candidate once on one tile, check it against fp32, and keep the fastest
+    faithful one (:mod:`indexer.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
+    the model runs in bf16 and ``runtime`` is not used.
     """
 
     def __init__(
@@ -49,17 +60,34 @@ class ColSmolEncoder:
         device: str = "auto",
         batch_size: int = 8,
         query_batch_size: int = 32,
-        preprocess: Literal["tensor", "reference"] = "tensor",
+        preprocess: Literal["tensor", "reference", "fast"] = "tensor",
+        longest_edge: int | None = None,
+        runtime: str = "fp32",
+        runtime_cache: Path | None = None,
     ) -> None:
+        from indexer.settings import EncoderRuntime
+
+        runtimes = [r for r in get_args(EncoderRuntime) if r != AUTO]
         if batch_size < 1 or query_batch_size < 1:
             raise InvalidRequest("batch sizes must be at least 1")
-        if preprocess not in ("tensor", "reference"):
-            raise InvalidRequest(f"preprocess must be 'tensor' or 'reference', got {preprocess!r}")
+        if preprocess not in ("tensor", "reference", "fast"):
+            raise InvalidRequest(f"preprocess must be 'tensor', 'reference' or 'fast', got {preprocess!r}")
+        if runtime != AUTO and runtime not in runtimes:
+            raise InvalidRequest(f"encoder runtime must be auto or one of {', '.join(runtimes)}, got {runtime!r}")
+        if longest_edge is not None and longest_edge < 1:
+            raise InvalidRequest(f"the page longest edge must be a positive number of pixels, got {longest_edge}")
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
         self.preprocess = preprocess
+        self.requested_longest_edge = longest_edge
+        self.runtime = runtime
+        self.runtime_cache = None if runtime_cache is None else Path(runtime_cache)
+        #: How the vision tower runs, once the model is loaded (name, reason, the probe's trials).
+        self.runtime_choice: Choice[Any] | None = None
+        self._model_longest_edge: int | None = None
+        self._processor_for_probe: Any = None
         self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
         self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
 
@@ -83,19 +111,44 @@ class ColSmolEncoder:
     def _load_processor(self) -> Any:
         from colpali_engine.models import ColIdefics3Processor
 
+        from indexer.preprocess import whole_tiles
+
         # The PIL backend is the reference the checkpoint was trained with (LANCZOS resampling);
         # torchvision < 0.27 would approximate it with BICUBIC.
         processor = ColIdefics3Processor.from_pretrained(self.model_id, **from_pretrained_kwargs())
+        ip = processor.image_processor
+        self._model_longest_edge = int(ip.size["longest_edge"])
+        if self.requested_longest_edge is not None:
+            # Both preprocessing paths read the image processor's settings, so this one change covers them.
+            # ``size`` is a dict or transformers' SizeDict dataclass, depending on the processor class.
+            edge = whole_tiles(self.requested_longest_edge, int(ip.max_image_size["longest_edge"]))
+            if edge != self.requested_longest_edge:
+                log.info("page longest edge %d px rounded to %d (whole tiles)", self.requested_longest_edge, edge)
+            size = {**dict(ip.size), "longest_edge": edge}
+            ip.size = size if isinstance(ip.size, dict) else type(ip.size)(**size)
         self._tensor_preprocessor = self._make_tensor_preprocessor(processor)
+        self._processor_for_probe = processor
         return processor
 
+    @property
+    def page_longest_edge(self) -> int:
+        """The longest edge pages are scaled to (pixels, whole tiles); loads the processor."""
+        return int(self.processor.image_processor.size["longest_edge"])
+
+    @property
+    def model_longest_edge(self) -> int:
+        """The checkpoint's own page longest edge (what a collection without a record was indexed at)."""
+        self.processor  # noqa: B018 - loads it, which reads the value
+        assert self._model_longest_edge is not None
+        return self._model_longest_edge
+
     def _make_tensor_preprocessor(self, processor: Any) -> Any:
-        if self.preprocess != "tensor":
+        if self.preprocess == "reference":
             return None
         from indexer.preprocess import TensorPreprocessor
 
         try:
-            return TensorPreprocessor(processor, device=self.device)
+            return TensorPreprocessor(processor, device=self.device, exact=self.preprocess == "tensor")
         except ValueError as exc:  # an image processor setting the tensor path does not mirror
             log.warning("encoder %s: %s; preprocessing with the reference processor", self.model_id, exc)
             return None
@@ -117,7 +170,31 @@ class ColSmolEncoder:
                 lambda: ColIdefics3.from_pretrained(base, **kwargs), base, "encoder base", ENV_VAR
             )
             model = PeftModel.from_pretrained(base_model, self.model_id).merge_and_unload()
-        return model.to(self.device).eval()
+        model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self._choose_runtime(model)
+        elif self.runtime not in (AUTO, "fp32"):
+            log.info("encoder runtime %s applies to CPUs only; %s runs the model in %s", self.runtime, self.device,
+                     model_dtype(self.device))
+        return model
+
+    def _choose_runtime(self, model: Any) -> None:
+        """Put the vision tower runtime chosen for this CPU into ``model`` (``vision_runtimes.choose_tower``)."""
+        from indexer.preprocess import probe_page_inputs
+        from indexer.vision_runtimes import choose_tower
+
+        choice = choose_tower(
+            model,
+            probe_page_inputs(self._processor_for_probe),
+            weights=weights_identity(self.model_id),
+            requested=self.runtime,
+            cache_dir=self.runtime_cache,
+            what="encoder",
+            key={"model": self.model_id},
+        )
+        self.runtime_choice = choice
+        if choice.name != "fp32":
+            log.info("encoder %s: vision tower runs on %s (%s)", self.model_id, choice.name, choice.reason)
 
     # ------------------------------------------------------------------ pages
     def tile_count(self, image: Image.Image) -> int:

@@ -247,6 +247,8 @@ class Ingestor:
         pool: Callable[[np.ndarray], np.ndarray] | None = None,
         queue_pages: int | None = None,
         hooks: WriteHooks | None = None,
+        on_encoder_load: Callable[[], None] | None = None,
+        image_workers: int | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -258,8 +260,10 @@ class Ingestor:
         # Idefics3 preprocessing is ~0.4 s a Letter page on one core (PIL releases the GIL while
         # resizing), and a GPU encodes ~60 pages/s: use most cores, leave some to render and write.
         self.preprocess_workers = preprocess_workers or max(1, min(12, (os.cpu_count() or 2) - 2))
-        # Page images are WebP-encoded on threads too (libwebp releases the GIL; ~40 ms a page).
-        self.image_workers = max(1, min(8, (os.cpu_count() or 2) // 2))
+        # Page images are WebP-encoded on threads too (libwebp releases the GIL): at least two, so that one
+        # large page never holds up the rest of its batch.
+        self.image_workers = image_workers or max(2, min(8, (os.cpu_count() or 2) // 2))
+        self.on_encoder_load = on_encoder_load
         self._image_pool: ThreadPoolExecutor | None = None
         self.pool = pool
         # Bounded: at most this many rendered pages wait for the encoder.
@@ -267,6 +271,7 @@ class Ingestor:
         self._embedded = 0
         self.hooks: WriteHooks = hooks or _NoHooks()
         self._load_seconds = 0.0
+        self._encoder_checked = False
         self._source_names: dict[Path, str] = {}
         self._walked: set[str] = set()
 
@@ -289,6 +294,7 @@ class Ingestor:
         emit: Progress = progress or (lambda _e: None)
         self._embedded = 0
         self._load_seconds = 0.0
+        self._encoder_checked = False
         self._source_names = {Path(k): v for k, v in (source_names or {}).items()}
         paths = [Path(p) for p in paths]
         walk = walk_inputs(paths, exclude=[self.images.root])
@@ -461,6 +467,9 @@ class Ingestor:
         t = time.perf_counter()
         self.encoder.load()
         self._load_seconds += time.perf_counter() - t
+        if self.on_encoder_load is not None and not self._encoder_checked:
+            self.on_encoder_load()  # e.g. refuse a page resolution the collection was not indexed at
+            self._encoder_checked = True
 
     def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
         require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored

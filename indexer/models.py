@@ -7,6 +7,7 @@ traceback from deep inside huggingface_hub.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -180,3 +181,21 @@ class LazyWeights:
     def clear(self) -> None:
         with self._lock:
             self._pair = None
+
+
+def weights_identity(model_id: str) -> str:
+    """The model id, plus the size and mtime of each file in a local checkpoint directory (and its adapter's base):
+    new weights at the same path must not reuse a converted graph or a choice measured on the old ones."""
+    parts = [model_id]
+    dirs = [Path(model_id).expanduser()]
+    base = adapter_base(model_id) if dirs[0].is_dir() else None
+    if base is not None:
+        parts.append(base)
+        dirs.append(Path(base).expanduser())
+    for d in dirs:
+        if d.is_dir():
+            for f in sorted(d.iterdir()):
+                if f.is_file():
+                    st = f.stat()
+                    parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DeviceName = Literal["auto", "cuda", "cpu", "mps"]
+EncoderRuntime = Literal["auto", "fp32", "int8", "bf16", "openvino", "openvino-bf16"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -79,12 +80,28 @@ class Settings(BaseSettings):
     )
     device: DeviceName = Field("auto", description="auto picks cuda, then mps, then cpu.")
     page_batch_size: int = Field(8, ge=1, description="Pages per encoder forward pass.")
-    preprocess: Literal["tensor", "reference"] = Field(
+    preprocess: Literal["tensor", "reference", "fast"] = Field(
         "tensor",
         description="Page tiling: torch ops on the encoder's device (same tiles and tokens as the reference, "
-        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), or colpali-engine's PIL processor.",
+        "pixels equal on CUDA, at most two 8-bit levels off on a CPU), colpali-engine's PIL processor, or fast "
+        "(one antialiased bicubic resize per view: same tiles and tokens, pixels only close).",
     )
     query_batch_size: int = Field(32, ge=1, description="Queries per encoder forward pass.")
+    page_longest_edge: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Page resolution: the longest edge, in pixels, pages are scaled to before Idefics3 cuts them "
+        "into 512 px tiles (rounded to whole tiles). Unset: the model's own (2048 for ColSmol: 17 tiles a Letter "
+        "page; 1536: 10; 1024: 5). Fewer tiles embed faster and store fewer vectors, at some retrieval quality. "
+        "A collection remembers the value it was indexed with, and refuses another.",
+    )
+    encoder_runtime: EncoderRuntime = Field(
+        "auto",
+        description="What runs the encoder's vision tower on a CPU: auto (each runtime timed once on one tile and "
+        "checked against fp32, the fastest kept; remembered in the data dir per machine), fp32, int8, bf16, "
+        "openvino or openvino-bf16. Not used on CUDA (bf16).",
+    )
     dpi: int = Field(150, ge=36, le=600, description="Rendering resolution for PDF pages.")
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
     index_dtype: Literal["fp16", "int8"] = Field("fp16", description="Token index precision on the device.")
@@ -163,6 +180,7 @@ class Settings(BaseSettings):
         "qdrant_shard_number",
         "qdrant_replication_factor",
         "qdrant_write_consistency_factor",
+        "page_longest_edge",
         mode="before",
     )
     @classmethod
@@ -188,3 +206,8 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "pages"
+
+    @property
+    def runtimes_dir(self) -> Path:
+        """Measured encoder runtime choices (``choices.json``) and converted models, per machine."""
+        return self.data_dir / "runtimes"

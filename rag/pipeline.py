@@ -26,6 +26,7 @@ from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
+from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
 from indexer.store import open_store
 from indexer.store.base import VectorStore
@@ -101,6 +102,7 @@ class RAGPipeline:
         self.precompute_pages = precompute_pages
         self._write_lock = threading.Lock()
         self._closed = False
+        self._resolution_checked = False
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> RAGPipeline:
@@ -113,6 +115,9 @@ class RAGPipeline:
                 batch_size=s.page_batch_size,
                 query_batch_size=s.query_batch_size,
                 preprocess=s.preprocess,
+                longest_edge=s.page_longest_edge,
+                runtime=s.encoder_runtime,
+                runtime_cache=s.runtimes_dir,
             )
             live: LiveIndex | None = None
             searcher: Searcher
@@ -186,7 +191,17 @@ class RAGPipeline:
             batch_size=self.encoder.batch_size,
             pool=prefetch_vectors,
             hooks=self.live_index,
+            on_encoder_load=lambda: self._check_resolution(record=True),
         )
+
+    def _check_resolution(self, record: bool = False) -> None:
+        """Refuse an encoder set to another page resolution than the collection's (:mod:`indexer.resolution`)."""
+        if self._resolution_checked and not record:
+            return
+        edge, default = self.encoder.page_longest_edge, self.encoder.model_longest_edge
+        check_longest_edge(self.store, edge, default, record=record)
+        # Once the collection has its record, it cannot change under us: later searches skip the store reads.
+        self._resolution_checked = recorded_longest_edge(self.store, default) is not None
 
     def ingest(
         self,
@@ -260,6 +275,7 @@ class RAGPipeline:
             _check_text(q, "query")
         if not queries:
             return []
+        self._check_resolution()
         return self.searcher.search_batch(list(queries), k=k, filter=flt)
 
     # ------------------------------------------------------------------ answer

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `auto` times five encoder runtimes (one converts the tower to OpenVINO) for every new data dir: seconds per test
+# that builds a pipeline. The selection itself is tested in tests/test_runtimes.py; everything else runs fp32.
+os.environ.setdefault("COLSMOL_ENCODER_RUNTIME", "fp32")
 
 
 def tiny_settings(tiny_models: dict[str, Path], data_dir: Path, **overrides: object):

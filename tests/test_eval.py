@@ -136,6 +136,9 @@ def test_parse_configs_rejects_unknown_names() -> None:
     from indexer.errors import ConfigError
 
     assert [c.name for c in parse_configs("two-stage,exact,pool2,fp16")] == ["exact", "two-stage", "pool2"]
+    assert parse_configs("runtime:openvino")[1].runtime == "openvino"
+    with pytest.raises(ConfigError, match="fp32, int8"):
+        parse_configs("runtime:tensorrt")
     with pytest.raises(ConfigError, match="pool-two"):
         parse_configs("pool-two")
 
@@ -172,12 +175,15 @@ def test_end_to_end_with_tiny_checkpoint(tmp_path: Path, tiny_models: dict[str, 
     assert report.config("two-stage").agreement_at_10 == 1.0  # 4 pages < 200 candidates: rerank sees them all
 
     out = tmp_path / "reports" / "report.json"
-    cmd = ["eval", str(root), "--model", str(tiny_models["encoder"]), "--device", "cpu", "--config", "exact,int8"]
+    configs = "exact,int8,runtime:int8"  # runtime:int8 embeds the corpus again with the int8 vision tower
+    cmd = ["eval", str(root), "--model", str(tiny_models["encoder"]), "--device", "cpu", "--config", configs]
     res = CliRunner().invoke(_eval_app(), [*cmd, "--k", "1,5", "--out", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "nDCG@5" in res.output and "int8" in res.output  # the table
     saved = json.loads(out.read_text())
-    assert [c["name"] for c in saved["configs"]] == ["exact", "int8"]
+    assert [c["name"] for c in saved["configs"]] == ["exact", "int8", "runtime:int8"]
+    assert saved["configs"][2]["params"] == {"runtime": "int8", "ran": "int8"} and saved["encoder_runtime"] == "fp32"
+    assert saved["configs"][2]["agreement_at_10"] == 1.0  # 4 pages: every ranking holds them all
     assert saved["dataset"]["pages"] == 4 and saved["metric_names"][-1] == "mrr@10"
     exact = saved["configs"][0]
     assert all(r is None or r == pytest.approx(1.0) for r in exact["relative"].values())

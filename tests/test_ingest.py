@@ -423,3 +423,29 @@ def test_model_load_time_is_not_counted_in_pages_per_second(tiny_models, store, 
     report = ing.ingest([write_pdf(tmp_path / "a.pdf", [PageSpec(*LETTER)] * 3)])
     assert report.load_seconds > 0 and report.pages_embedded == 3
     assert report.pages_per_second == pytest.approx(3 / (report.seconds - report.load_seconds))
+
+
+def test_page_images_encoded_in_parallel_each_land_with_their_own_point(tiny_encoder, tmp_path) -> None:
+    """Four image threads, pages of different sizes in one batch: every point has its own image and thumbnail."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    sizes = [(200, 260), (260, 200), (120, 400), (333, 111), (90, 90), (400, 120), (150, 150)]
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (30 * i, 255 - 30 * i, 128)).save(docs / f"p{i}.png")
+    store = EdgeStore(tmp_path / "qdrant", "test")
+    try:
+        ing, _ = _ingestor(store, tiny_encoder, tmp_path, image_workers=4)
+        assert ing.image_workers == 4
+        assert ing.ingest([docs]).pages_embedded == len(sizes)
+        for doc in store.list_documents():
+            pid = page_point_id(doc.doc_id, 1)
+            payload = store.get_payloads([pid])[pid]
+            full = ing.images.load(pid)
+            assert full.size == (payload["width"], payload["height"])
+            i = int(doc.file_name[1:-4])
+            assert full.size == sizes[i] and full.getpixel((0, 0))[0] in range(30 * i - 3, 30 * i + 4)
+            thumb = ing.images.load(pid, "thumb")
+            assert max(thumb.size) <= 256 and abs(thumb.size[0] / thumb.size[1] - sizes[i][0] / sizes[i][1]) < 0.1
+        assert not list((ing.images.root / ".tmp").glob("*"))
+    finally:
+        store.close()

@@ -137,6 +137,20 @@ def test_odd_sizes_equal_the_reference(geometry, tiny_processor, full_processor)
         assert_same_batch(ours([img]), proc.process_images([img]))
 
 
+def test_fast_path_keeps_tiles_and_tokens_and_stays_close(real_pages, full_processor) -> None:
+    """COLSMOL_PREPROCESS=fast: one bicubic resize a view, so pixels only close; layout and tokens identical."""
+    fast = TensorPreprocessor(full_processor, exact=False)
+    pages = [*real_pages[:3], _noise(700, 1500), _noise(10000, 50), _noise(1, 1)]
+    for i, page in enumerate(pages):
+        ours, ref = fast([page]), full_processor.process_images([page])
+        for key in ("input_ids", "attention_mask", "pixel_attention_mask"):
+            assert torch.equal(ours[key], ref[key]), key
+        assert ours["pixel_values"].shape == ref["pixel_values"].shape
+        if i < 3:  # rendered pages (on pixel noise the two filters differ a lot, as they should)
+            diff = (ours["pixel_values"] - ref["pixel_values"]).abs()
+            assert float(diff.mean()) < 2 * LEVEL, "within two 8-bit levels on average"
+
+
 def test_float64_is_bit_identical(real_pages, full_processor) -> None:
     ours = TensorPreprocessor(full_processor, dtype=torch.float64)
     for img in [real_pages[1], _noise(700, 1500), _noise(10000, 50)]:  # A4 landscape, VH global, strip
@@ -214,6 +228,9 @@ def test_encoder_options(tiny_models, real_pages) -> None:
         assert tensor.tile_count(_noise(w, h)) == view_count(h, w, reference.processor.image_processor)
     with pytest.raises(InvalidRequest, match="preprocess"):
         ColSmolEncoder(tiny_models["encoder"], preprocess="pil")  # type: ignore[arg-type]
+    fast = ColSmolEncoder(tiny_models["encoder"], device="cpu", preprocess="fast")
+    for key in ("input_ids", "attention_mask", "pixel_attention_mask"):
+        assert torch.equal(fast.preprocess_pages([page])[key], batch[key]), key
 
 
 def test_setting_reaches_the_encoder(tiny_models, tmp_path, monkeypatch) -> None:

@@ -6,6 +6,10 @@ Configurations (``parse_configs``):
 - ``int8``: the same tokens quantized per token to int8;
 - ``poolN`` (``pool2``, ``pool3``...): tokens hierarchically pooled by a factor N at index time (fp16);
   ``int8-poolN`` combines both;
+- ``runtime:NAME`` (``runtime:int8``, ``runtime:openvino-bf16``...): the corpus and the queries embedded again with
+  the encoder's vision tower on that CPU runtime (:mod:`indexer.vision_runtimes`), then ranked like ``exact``: what
+  a runtime costs in ranking quality on real data (``exact`` uses the encoder as configured,
+  ``COLSMOL_ENCODER_RUNTIME``);
 - ``two-stage``: pages written to an ephemeral Qdrant Edge shard with their pooled prefetch vectors
   (``prefetch_pool_factor``, 16 as ``colsmol ingest`` writes them); Qdrant prefetches ``candidates`` pages per query,
   which are reranked by exact MaxSim (:class:`~retriever.search.TwoStageSearcher`).
@@ -27,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import numpy as np
 
@@ -53,9 +57,10 @@ class EvalConfig:
     """One way of indexing and searching the same page vectors."""
 
     name: str
-    kind: str = "index"  # "index" (exhaustive MaxSim over a TokenIndex) or "two-stage"
+    kind: str = "index"  # "index" (exhaustive MaxSim over a TokenIndex), "runtime" (re-embedded) or "two-stage"
     dtype: str = "fp16"
     pool_factor: int = 1
+    runtime: str = ""  # kind "runtime": the encoder runtime the corpus is embedded with
 
 
 EXACT = EvalConfig("exact")
@@ -74,11 +79,20 @@ def parse_configs(spec: str | Sequence[str]) -> list[EvalConfig]:
     for item in items:
         if item in ("two-stage", "two_stage", "twostage"):
             cfg = EvalConfig("two-stage", kind="two-stage")
+        elif item.startswith("runtime:"):
+            from indexer.settings import EncoderRuntime
+
+            name = item.split(":", 1)[1].strip()
+            known = [r for r in get_args(EncoderRuntime) if r != "auto"]
+            if name not in known:
+                raise ConfigError(f"--config {item!r}: the runtime must be one of {', '.join(known)}")
+            cfg = EvalConfig(f"runtime:{name}", kind="runtime", runtime=name)
         else:
             m = _CONFIG_RE.match(item)
             if not m:
                 raise ConfigError(
-                    f"--config {item!r} is not one of exact, int8, poolN (pool2, pool3...), int8-poolN, two-stage"
+                    f"--config {item!r} is not one of exact, int8, poolN (pool2, pool3...), int8-poolN, two-stage, "
+                    "runtime:NAME"
                 )
             dtype = "int8" if m.group(1) == "int8" else "fp16"
             factor = int(m.group(2) or m.group(3) or 1)
@@ -147,6 +161,8 @@ class EvalReport:
     query_encode_ms_p99: float
     configs: list[ConfigResult]
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    #: What ran the encoder's vision tower for ``exact`` and the index configurations (a CPU runtime), if known.
+    encoder_runtime: str | None = None
 
     @property
     def metric_names(self) -> list[str]:
@@ -235,12 +251,14 @@ def run_eval(
     prefetch_pool_factor: int = 16,
     embed_chunk: int = 64,
     progress: Progress | None = None,
+    encoder_for_runtime: Callable[[str], Encoder] | None = None,
 ) -> EvalReport:
     """Evaluate ``encoder`` on ``dataset`` under each configuration; see the module docstring.
 
     ``encoder`` needs ``embed_pages(images)`` and ``embed_queries(texts)`` (a :class:`~indexer.encoder.ColSmolEncoder`).
     ``device`` is where the token indexes live and MaxSim runs. ``workdir`` keeps the two-stage Qdrant shard (in a
     fresh ``eval-*`` collection) instead of a temporary directory that is removed afterwards.
+    ``encoder_for_runtime(name)`` builds the encoder of a ``runtime:NAME`` configuration (closed after use).
     """
     import torch
 
@@ -267,7 +285,7 @@ def run_eval(
     qids = list(dataset.queries)
     qvecs, qtimes = _embed_queries([dataset.queries[q] for q in qids], encoder, progress)
 
-    def build_index(cfg: EvalConfig) -> tuple[TokenIndex, float]:
+    def build_index(cfg: EvalConfig, vectors: list[np.ndarray] = vectors) -> tuple[TokenIndex, float]:
         t = time.perf_counter()
         idx = TokenIndex(device=dev, dtype=cfg.dtype, pool_factor=cfg.pool_factor)
         for s in range(0, len(pids), 256):
@@ -283,13 +301,34 @@ def run_eval(
     try:
         for cfg in cfgs:
             params: dict[str, Any] = {"dtype": cfg.dtype, "pool_factor": cfg.pool_factor}
-            if cfg.kind == "index":
+            if cfg.kind == "runtime":
+                if encoder_for_runtime is None:
+                    raise ConfigError(f"--config {cfg.name}: this evaluation cannot build encoders for other runtimes")
+                other = encoder_for_runtime(cfg.runtime)
+                try:
+                    rt_vectors, rt_embed_s = _embed_corpus(dataset, other, max(1, embed_chunk), progress)
+                    rt_queries, _ = _embed_queries([dataset.queries[q] for q in qids], other, progress)
+                    choice = getattr(other, "runtime_choice", None)
+                    params = {"runtime": cfg.runtime, "ran": getattr(choice, "name", cfg.runtime)}
+                finally:
+                    close = getattr(other, "close", None)
+                    if callable(close):
+                        close()
+                idx, build_s = build_index(EXACT, rt_vectors)
+                build_s += rt_embed_s  # the runtime's cost is its embedding time
+
+                def search_rt(q: np.ndarray, idx: TokenIndex = idx) -> list[str]:
+                    return [cid_of[h.point_id] for h in idx.score([q], k=depth)[0]]
+
+                index_mb: float | None = idx.nbytes() / 2**20
+                ranked, times = _search_all(search_rt, rt_queries, progress, f"search {cfg.name}")
+            elif cfg.kind == "index":
                 idx, build_s = build_index(cfg)
 
                 def search_index(q: np.ndarray, idx: TokenIndex = idx) -> list[str]:
                     return [cid_of[h.point_id] for h in idx.score([q], k=depth)[0]]
 
-                index_mb: float | None = idx.nbytes() / 2**20
+                index_mb = idx.nbytes() / 2**20
                 ranked, times = _search_all(search_index, qvecs, progress, f"search {cfg.name}")
             else:
                 from indexer.store.edge import EdgeStore
@@ -370,4 +409,5 @@ def run_eval(
         query_encode_ms_p50=_percentile_ms(qtimes, 50),
         query_encode_ms_p99=_percentile_ms(qtimes, 99),
         configs=results,
+        encoder_runtime=getattr(getattr(encoder, "runtime_choice", None), "name", None),
     )
