@@ -1,10 +1,10 @@
 """CPU runtimes for the Idefics3 vision tower (SigLIP), the part of ColSmolVLM and SmolVLM that costs the most.
 
-A Letter page is 17 tiles of 1,024 patches through 12 SigLIP-base layers, about 90% of the encoder's
-FLOPs (by a parameter-count estimate); the rest (pixel-shuffle connector, ~1,100 tokens through the SmolLM2-135M text model, the 128-d
-projection) stays in torch fp32 in every runtime, so query embeddings (text only) are the same whatever
-runs the pages. Each candidate returns a module that replaces ``model.model.vision_model`` (the same for
-``ColIdefics3`` and ``Idefics3ForConditionalGeneration``) and is called the way Idefics3 calls its tower:
+A Letter page is 17 tiles of 1,024 patches through 12 SigLIP-base layers, about 90% of the encoder's FLOPs (by a
+parameter-count estimate); the rest (pixel-shuffle connector, ~1,100 tokens through the SmolLM2-135M text model, the
+128-d projection) stays in torch fp32 in every runtime, so query embeddings (text only) are the same whatever runs
+the pages. Each candidate returns a module that replaces ``model.model.vision_model`` (the same for ``ColIdefics3``
+and ``Idefics3ForConditionalGeneration``) and is called the way Idefics3 calls its tower:
 
 - ``fp32``: the tower as loaded (the reference);
 - ``int8``: torch dynamic int8 on the tower's linear layers (weights int8, activations quantized per call);
