@@ -72,7 +72,7 @@ def parse_configs(spec: str | Sequence[str]) -> list[EvalConfig]:
     >>> [c.name for c in parse_configs("int8, pool2")]
     ['exact', 'int8', 'pool2']
     >>> parse_configs("int8-pool3")[1]
-    EvalConfig(name='int8-pool3', kind='index', dtype='int8', pool_factor=3)
+    EvalConfig(name='int8-pool3', kind='index', dtype='int8', pool_factor=3, runtime='')
     """
     items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     out: list[EvalConfig] = []
