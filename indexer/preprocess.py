@@ -290,11 +290,16 @@ class TensorPreprocessor:
         key = (*layout, p.image_seq_len)
         with self._lock:
             if key not in self._ids:
-                rows, cols = layout
-                expansion = p.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
-                before, after = p.visual_prompt_prefix.split(p.image_token, 1)
-                self._ids[key] = list(p.tokenizer(before + expansion + after)["input_ids"])
+                self._ids[key] = page_prompt_ids(p, *layout)
             return self._ids[key]
+
+
+def page_prompt_ids(processor: Any, rows: int, cols: int) -> list[int]:
+    """A page's prompt token ids for a ``rows x cols`` tile layout (``0, 0``: unsplit), unpadded: the processor's
+    own ``<image>`` expansion inside its visual prompt. One stored page vector per id (indexer.token_layout)."""
+    expansion = processor.replace_image_token({"rows": [[rows]], "cols": [[cols]]}, 0)
+    before, after = processor.visual_prompt_prefix.split(processor.image_token, 1)
+    return list(processor.tokenizer(before + expansion + after)["input_ids"])
 
 
 def _check_supported(image_processor: Any) -> None:
