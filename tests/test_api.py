@@ -148,6 +148,46 @@ def test_end_to_end_over_http(live: httpx.Client) -> None:
     assert live.get(hits[0]["image_url"]).status_code in (200, 404)  # cached bytes may be gone with the doc
 
 
+def test_hits_and_sources_carry_regions_and_facets_list_filters(live: httpx.Client) -> None:
+    """Search hits, answer sources (JSON and SSE) and chat citations carry the same cited regions; /v1/facets
+    offers the documents and metadata values a filter can name."""
+    meta = {"team": "regions", "year": 2023, "flag": True}
+    r = upload(live, [("regions.pdf", _pdf("revenue 2023 was 12 million", "costs"))], meta)
+    doc_id = wait_job(live, r.json()["job_id"])["report"]["files"][0]["doc_id"]
+    question, flt = "What was the revenue in 2023?", {"doc_id": doc_id}
+
+    hits = live.post("/v1/search", json={"query": question, "k": 2, "filter": flt}).json()["hits"]
+    assert len(hits) == 2 and any(h["regions"] for h in hits), hits  # with random weights, not every hit has one
+    for h in hits:
+        assert len(h["regions"]) <= 3
+        for reg in h["regions"]:
+            assert set(reg) == {"x0", "y0", "x1", "y1", "score"}
+            assert 0 <= reg["x0"] < reg["x1"] <= 1 and 0 <= reg["y0"] < reg["y1"] <= 1
+    by_page = {h["point_id"]: h["regions"] for h in hits}
+
+    body = {"question": question, "k": 2, "filter": flt, "max_new_tokens": 2}
+    sources = live.post("/v1/answer", json=body).json()["sources"]
+    assert {s["point_id"]: s["regions"] for s in sources} == by_page
+    with live.stream("POST", "/v1/answer", json={**body, "stream": True}) as s:
+        events = dict(sse_events(s.read().decode()))
+    assert {s["point_id"]: s["regions"] for s in events["sources"]["sources"]} == by_page
+    chat = {"model": "colsmol", "messages": [{"role": "user", "content": question}], "k": 2, "filter": flt,
+            "max_tokens": 2}  # fmt: skip
+    citations = live.post("/v1/chat/completions", json=chat).json()["citations"]
+    assert {c["point_id"]: c["regions"] for c in citations} == by_page
+
+    facets = live.get("/v1/facets").json()
+    assert facets["documents_total"] >= 1 and facets["pages"] >= 2
+    assert {"doc_id": doc_id, "file_name": "regions.pdf", "page_count": 2, "complete": True} in facets["documents"]
+    keys = {m["key"]: m for m in facets["metadata"]}
+    assert {"value": "regions", "documents": 1} in keys["team"]["values"]
+    assert {"value": 2023, "documents": 1} in keys["year"]["values"]
+    assert "flag" not in keys  # booleans cannot be filtered on
+    narrowed = {"doc_id": doc_id, "metadata.team": "regions", "metadata.year": 2023}
+    assert len(live.post("/v1/search", json={"query": "x", "k": 5, "filter": narrowed}).json()["hits"]) == 2
+    assert live.get("/v1/facets", params={"limit": 0}).json()["documents"] == []
+
+
 def test_parallel_searches_during_ingest_match_serial(live: httpx.Client) -> None:
     r = upload(live, [("base.pdf", _pdf("alpha", "beta", "gamma", "delta"))])
     base = wait_job(live, r.json()["job_id"])["report"]["files"][0]["doc_id"]
