@@ -77,10 +77,13 @@ def merge_cells(
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if boxes.shape[0] == 0 or max_regions <= 0:
         return ()
-    # Several query tokens often win the same cell: one box each, their terms added.
-    uniq, inv = np.unique(boxes, axis=0, return_inverse=True)
+    # Several query tokens often win the same cell: one box each, their terms added (boxes keyed as one integer).
+    side = int(boxes.max()) + 1
+    keys = ((boxes[:, 0] * side + boxes[:, 1]) * side + boxes[:, 2]) * side + boxes[:, 3]
+    _, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    uniq = boxes[first]
     won = np.bincount(inv.reshape(-1), weights=scores, minlength=len(uniq))
-    y0, x0, y1, x1 = (uniq[:, i] for i in range(4))
+    y0, x0, y1, x1 = uniq[:, 0], uniq[:, 1], uniq[:, 2], uniq[:, 3]
     # Empty cells between two boxes along each axis (negative when they overlap).
     sep_y = np.maximum(y0[:, None] - y1[None, :], y0[None, :] - y1[:, None])
     sep_x = np.maximum(x0[:, None] - x1[None, :], x0[None, :] - x1[:, None])
@@ -122,25 +125,22 @@ def maxsim_winners(query: Any, pages: Sequence[Any]) -> list[tuple[np.ndarray, n
     """``query (n_q, dim)``, ``pages`` of ``(n_tokens, dim)`` (numpy or torch, any float dtype) -> per page the
     argmax token of each query token and its dot product, ``(n_q,)`` int64 and ``(n_q,)`` float32.
 
-    One product for all pages, on the pages' device, in float32.
+    Page by page, on the page's device, in float32: the tall ``tokens @ q.T`` product and a max over its
+    contiguous rows (no copy of all the pages into one buffer, no strided reduction).
     """
     import torch
 
-    if not pages:
-        return []
-    tensors = [p if isinstance(p, torch.Tensor) else torch.from_numpy(np.asarray(p)) for p in pages]
-    device = tensors[0].device
-    q = (query if isinstance(query, torch.Tensor) else torch.from_numpy(np.asarray(query))).to(device, torch.float32)
+    out = []
+    q32: dict[torch.device, torch.Tensor] = {}
     with torch.inference_mode():
-        tokens = torch.cat([t.to(device, torch.float32) for t in tensors])
-        sims = q @ tokens.T
-        out = []
-        start = 0
-        for t in tensors:
-            n = t.shape[0]
-            vals, idx = sims[:, start : start + n].max(dim=1)
-            out.append((idx.cpu().numpy(), vals.float().cpu().numpy()))
-            start += n
+        for page in pages:
+            t = page if isinstance(page, torch.Tensor) else torch.from_numpy(np.asarray(page))
+            q = q32.get(t.device)
+            if q is None:
+                base = query if isinstance(query, torch.Tensor) else torch.from_numpy(np.asarray(query))
+                q = q32[t.device] = base.to(t.device, torch.float32).T.contiguous()
+            vals, idx = (t.to(torch.float32) @ q).max(dim=0)
+            out.append((idx.cpu().numpy(), vals.cpu().numpy()))
     return out
 
 
