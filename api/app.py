@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -119,7 +119,13 @@ def app_from_env() -> FastAPI:
     return create_app()
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Run the API under uvicorn. Several workers need the Qdrant server backend (``COLSMOL_QDRANT_URL``)."""
     import uvicorn
 
@@ -130,6 +136,8 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers
         # another process is one clear line from the CLI, not a traceback from the lifespan.
         rag = RAGPipeline.from_settings(settings)
         try:
+            if rag.live_index is not None:
+                rag.live_index.progress = progress  # a first start builds the search index: say so
             rag.warm_up()
             # Tell colsmol commands on this machine that this process owns the data dir (api.advert).
             advert = advertise(settings.data_dir, settings.collection, host, port, auth=settings.api_key is not None)

@@ -342,7 +342,10 @@ def serve(
         from api.app import serve as run_server
     except ImportError as exc:  # pragma: no cover - the API module ships with the package
         raise ColsmolError(f"the HTTP API is not available in this build: {exc}") from exc
-    run_server(settings_from(collection=collection, data_dir=data_dir, device=device), host, port, workers)
+    from api.cli_backends import build_progress
+
+    s = settings_from(collection=collection, data_dir=data_dir, device=device)
+    run_server(s, host, port, workers, progress=build_progress())
 
 
 # ---------------------------------------------------------------------------------------------- mcp

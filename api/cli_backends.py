@@ -54,6 +54,39 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def build_progress() -> Callable[[int, int], None]:
+    """How a first search shows the search index being built from the store (no cache yet): a bar on a
+    terminal, a line every tenth otherwise. Silent when there is nothing to build."""
+    import sys
+
+    from rich.progress import Progress, TaskID
+
+    bars: list[tuple[Progress, TaskID]] = []
+    shown = [-1]
+
+    def show(done: int, total: int) -> None:
+        if total <= 0:
+            return
+        if sys.stderr.isatty():
+            from api.cli_common import progress_bar
+
+            if not bars:
+                bar = progress_bar()
+                bar.start()
+                bars.append((bar, bar.add_task("building the search index (once)", total=total)))
+            bar, task = bars[0]
+            bar.update(task, completed=done)
+            if done >= total:
+                bar.stop()
+            return
+        tenth = 10 * done // total
+        if tenth > shown[0]:
+            shown[0] = tenth
+            sys.stderr.write(f"colsmol: building the search index (once): {done}/{total} pages\n")
+
+    return show
+
+
 def hit_dict(h: Hit) -> dict[str, Any]:
     return {
         "point_id": h.point_id,
@@ -98,6 +131,8 @@ class LocalBackend:
             from rag.pipeline import RAGPipeline
 
             self._rag = RAGPipeline.from_settings(self.settings)
+            if self._rag.live_index is not None:
+                self._rag.live_index.progress = build_progress()
         return self._rag
 
     def close(self) -> None:

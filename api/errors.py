@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from itertools import islice
 from typing import Any
 
@@ -61,6 +62,9 @@ class SafeJSONResponse(JSONResponse):
         return text.encode("utf-8", "backslashreplace")
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def status_for(exc: ColsmolError) -> int:
     for cls, code in ERROR_STATUS:
         if isinstance(exc, cls):
@@ -71,13 +75,13 @@ def status_for(exc: ColsmolError) -> int:
 def clean(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     """``text`` cut to ``limit`` characters (saying how long it was), lone surrogates replaced by U+FFFD.
 
-    >>> clean("x" * 500)[-30:]
+    >>> clean("x" * 500)[-25:]
     'xxxxxxx… (500 characters)'
     >>> clean("\\ud800ok")
     '\\ufffdok'
     """
     cut = text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
-    return cut.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogate(cut) else cut
+    return _SURROGATES.sub("\ufffd", cut) if _has_surrogate(cut) else cut
 
 
 def _has_surrogate(text: str) -> bool:

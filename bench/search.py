@@ -12,7 +12,11 @@ Measures, in one run, and prints only what it measured (a markdown table, plus J
   two-stage (Qdrant Edge prefetch on pooled vectors + exact rerank), pooling ms/page, and Qdrant Edge's own MaxSim
   on CPU (ms per page per query) compared to ours.
 
-CPU smoke test: ``python bench/search.py --pages 300 --recall-pages 120 --colpali-pages 100 --iters 5``.
+On the CPU (``--device cpu``, or ``auto`` without a GPU) the script instead prints a side-by-side table of colsmol,
+maxsim-cpu, colpali-engine, Qdrant Edge and an fp32 torch reference on the same vectors (``bench/search_cpu.py``);
+defaults there: ``--pages 2000 10000``, ``--batch 16``, no recall section unless ``--recall-pages`` is given.
+
+CPU smoke test: ``python bench/search.py --device cpu --pages 300 --colpali-pages 100 --edge-pages 100 --reps 2``.
 """
 
 from __future__ import annotations
@@ -317,15 +321,20 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pages", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--pages", type=int, nargs="+", default=None, help="default 10000 100000 (GPU), 2000 10000 (CPU)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="default 64 (GPU), 16 (CPU)")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--chunk", type=int, default=2048)
     ap.add_argument("--peak-bw", type=float, default=3.35e12, help="bytes/s; H100 SXM HBM3 = 3.35e12")
-    ap.add_argument("--colpali-pages", type=int, default=2000)
-    ap.add_argument("--recall-pages", type=int, default=1000)
+    ap.add_argument("--colpali-pages", type=int, default=None, help="default 2000 (GPU), 1000 (CPU)")
+    ap.add_argument("--recall-pages", type=int, default=None, help="default 1000 (GPU), 0 = skipped (CPU)")
+    cpu = ap.add_argument_group("CPU side by side (bench/search_cpu.py)")
+    cpu.add_argument("--page-tokens", type=int, nargs="+", default=[1000], help="LO [HI]: tokens a page")
+    cpu.add_argument("--query-tokens", type=int, default=20)
+    cpu.add_argument("--edge-pages", type=int, default=2000, help="pages upserted into Qdrant Edge (0: skip it)")
+    cpu.add_argument("--reps", type=int, default=5, help="interleaved timing rounds (slow methods: at most 3)")
     ap.add_argument("--recall-queries", type=int, default=50)
     ap.add_argument("--prefetch-pool", type=int, default=16, help="pool factor of the prefetch vectors")
     ap.add_argument("--candidates", type=int, default=100)
@@ -343,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda"
         else f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
     )
+    on_cpu = device.type == "cpu"
+    args.pages = args.pages or ([2_000, 10_000] if on_cpu else [10_000, 100_000])
+    args.batch = args.batch or (16 if on_cpu else 64)
+    args.colpali_pages = args.colpali_pages if args.colpali_pages is not None else (1000 if on_cpu else 2000)
+    args.recall_pages = args.recall_pages if args.recall_pages is not None else (0 if on_cpu else 1000)
+    if on_cpu:
+        return main_cpu(args)
     report: dict = {"device": name, "torch": torch.__version__, "backend": args.backend, "sizes": []}
     for n in args.pages:
         r = bench_size(n, args, device)
@@ -353,6 +369,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.recall_pages > 0:
         report["recall"] = bench_recall(args, device, per_page)
     print(markdown(report))
+    print(json.dumps(report, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def main_cpu(args: argparse.Namespace) -> int:
+    from bench.search_cpu import bench_cpu, markdown_cpu
+
+    report = bench_cpu(args)
+    report["command"] = " ".join(["python bench/search.py", *sys.argv[1:]])
+    table = markdown_cpu(report)
+    if args.recall_pages > 0:
+        report["recall"] = bench_recall(args, torch.device("cpu"), None)
+        table += "\n\n| recall@10 vs exact fp16 | value |\n|---|---|\n" + "\n".join(
+            f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in report["recall"].items()
+        )
+    print(table)
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

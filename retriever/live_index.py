@@ -1,19 +1,24 @@
-"""The token index that follows the store: the one owner of loading, write hooks, sync and the cache file.
+"""The token index that follows the store: the one owner of loading, write hooks, sync and the on-disk cache.
 
 Qdrant stays the source of truth; the :class:`~retriever.token_index.TokenIndex` is a device-resident copy of
 its page vectors. :class:`LiveIndex` keeps the copy current:
 
-- **Load** (first use): from the cache file under ``cache_dir`` when there is one (then one payload-only
-  ``sync`` reconciles it with the store), else built from the store's vectors.
+- **Load** (first use): from the cache (:mod:`retriever.index_cache`: a memory-mapped snapshot plus a journal of
+  the writes since), else built from the store's vectors. A cache that reflects the store's current version is
+  used as it is; one that missed writes is reconciled with one payload-only ``sync`` (recovery, not a rebuild).
 - **Writes in this process** go through :meth:`apply` (the ingest and delete paths call it): the store write
-  runs under the sync lock, the same pages are added to / removed from the index, and the store version the
-  index reflects is recorded, all before the lock is released. A search therefore never sees a version it
-  does not know because of our own writes, and never rescans the store for them.
+  runs under the sync lock, the same pages are added to / removed from the index, the write is appended to the
+  cache's journal, and the store version the index reflects is recorded, all before the lock is released. A
+  search therefore never rescans the store because of our own writes, and a restart finds the cache current.
+  The journal is written even when no search has loaded the index yet (``colsmol ingest`` on its own): the
+  next process loads the snapshot, replays the journal, and reads no vector from the store.
 - **Writes by other processes** (several ``colsmol`` processes on one Qdrant server) are found by comparing
   ``store.version()`` with the recorded one, at most once per ``sync_interval_s`` and under the same lock;
   only a changed version costs a payload-only scan and a fetch of the changed pages. Embedded Qdrant Edge
   belongs to one process, so there the check never finds anything foreign.
-- **The cache file** is written on :meth:`close` when the index changed since it was loaded.
+- **The snapshot** is rewritten (the journal compacted into it) on :meth:`close` when the index changed outside
+  the journal (a build, a sync) or the journal has outgrown half the snapshot; a short-lived process with a
+  small journal leaves both as they are.
 
 A write by another process that lands between our write and our version read is recorded as ours; the next
 version change (any later write) reconciles it, since ``sync`` diffs by point id.
@@ -30,18 +35,24 @@ from typing import Any, TypeVar
 
 from indexer.store.base import VectorStore
 from indexer.types import PageRecord
+from retriever.index_cache import IndexCache
 from retriever.token_index import TokenIndex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: The journal is compacted into a new snapshot once it is larger than this share of the snapshot.
+COMPACT_RATIO = 0.5
+COMPACT_MIN_BYTES = 64 << 20
 
 
 class LiveIndex:
     """A :class:`TokenIndex` kept in step with ``store``; see the module docstring.
 
     ``device``, ``dtype`` and ``pool_factor`` configure the index; ``cache_dir`` (optional) is where its cache
-    file lives; ``sync_interval_s`` bounds how often searches look for foreign writes (0: on every search).
+    lives; ``sync_interval_s`` bounds how often searches look for foreign writes (0: on every search).
     ``index`` adopts an index already built from this store (benchmarks, tests) instead of loading one.
+    ``progress(done, total)``, when set, is told how a build from the store goes (the CLI draws a bar).
     """
 
     def __init__(
@@ -60,14 +71,15 @@ class LiveIndex:
         self.device = device
         self.dtype = dtype
         self.pool_factor = pool_factor
-        self.cache_dir = cache_dir
+        self.cache = IndexCache(cache_dir) if cache_dir is not None else None
         self.sync_interval_s = float(sync_interval_s)
+        self.progress: Callable[[int, int], None] | None = None
         self._clock = clock
         self._index: TokenIndex | None = index
         self._load_lock = threading.Lock()
         self._sync_lock = threading.RLock()
         self._last_check = float("-inf")
-        self._dirty = False
+        self._snapshot_stale = False  # the index changed in a way the journal does not hold
         #: payload scans run to reconcile with foreign writes (or a stale cache); tests and metrics read it
         self.syncs = 0
 
@@ -82,16 +94,17 @@ class LiveIndex:
         self.refresh()
         return index
 
-    def load(self, progress: Callable[[int, int], None] | None = None) -> TokenIndex:
-        """Load the index now if it is not loaded (cache file, else a build from the store)."""
+    def load(self) -> TokenIndex:
+        """Load the index now if it is not loaded (the cache, else a build from the store)."""
         index = self._index
         if index is not None:
             return index
         with self._load_lock:
             if self._index is None:
-                index = self._load_cache() or self._build(progress)
-                self._last_check = self._clock()
-                self._index = index
+                with self._sync_lock:  # no write between reading the cache and taking the index live
+                    self._index = self._load_cache() or self._build()
+                    self._last_check = float("-inf")  # check the version once now
+                self.refresh()
             return self._index
 
     def refresh(self, force: bool = False) -> bool:
@@ -108,7 +121,7 @@ class LiveIndex:
                 return False
             self.syncs += 1
             changed = index.sync(self.store, version)
-            self._dirty |= changed
+            self._snapshot_stale = True  # the journal does not hold what sync changed
             return changed
 
     # ------------------------------------------------------------------ writing
@@ -119,15 +132,20 @@ class LiveIndex:
         deleted: Sequence[str] = (),
         updated: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> T:
-        """Run a store ``write`` and mirror it in the index: ``upserted`` pages added, ``deleted`` ids removed,
-        ``updated`` payload fields set on every page of a document (``{doc_id: {"source": ...}}``).
+        """Run a store ``write`` and mirror it in the index and the cache's journal: ``upserted`` pages added,
+        ``deleted`` ids removed, ``updated`` payload fields set on every page of a document
+        (``{doc_id: {"source": ...}}``).
 
         Pass every write that changes the store's version (page upserts, deletes, document markers, sources),
         so the recorded version stays the store's.
         """
         with self._sync_lock:
-            result = write()
             index = self._index
+            # With no snapshot yet, an empty store can start one now: the journal then holds every page.
+            start_cache = index is None and self.cache is not None and not self.cache.exists()
+            empty_before = start_cache and self.store.count_pages() == 0
+            result = write()
+            version = self.store.version()
             if index is not None:
                 if deleted:
                     index.remove(deleted)
@@ -137,45 +155,70 @@ class LiveIndex:
                     )
                 for doc_id, fields in (updated or {}).items():
                     index.update_bits(doc_id, fields)
-                index.mark_synced(self.store.version())
-                self._dirty = self._dirty or bool(deleted or upserted or updated)
+                index.mark_synced(version)
+            self._journal(upserted, deleted, updated, version, start_empty=empty_before)
             return result
 
+    def _journal(
+        self,
+        upserted: Sequence[PageRecord],
+        deleted: Sequence[str],
+        updated: Mapping[str, Mapping[str, Any]] | None,
+        version: str,
+        start_empty: bool,
+    ) -> None:
+        cache = self.cache
+        if cache is None:
+            return
+        try:
+            if not cache.exists():
+                if not start_empty:
+                    return  # the snapshot is written at close (or after the first build)
+                cache.save(TokenIndex(device="cpu", dtype=self.dtype, pool_factor=self.pool_factor))
+            cache.record(upserted, deleted, updated, version)
+        except OSError as exc:  # a full disk must not fail the ingest: the cache is only a cache
+            log.warning("could not journal a write to the token index cache (%s); it will be rebuilt", exc)
+            self._snapshot_stale = True
+
     # ------------------------------------------------------------------ cache
-    def _build(self, progress: Callable[[int, int], None] | None) -> TokenIndex:
+    def _build(self) -> TokenIndex:
         index = TokenIndex(device=self.device, dtype=self.dtype, pool_factor=self.pool_factor)
-        index.build(self.store, progress=progress)
-        self._dirty = True
+        total = self.store.count_pages()
+        if total:
+            log.info("building the search index from the store: %d pages (kept on disk after this)", total)
+        index.build(self.store, progress=self.progress)
+        self._snapshot_stale = True
         return index
 
     def _load_cache(self) -> TokenIndex | None:
-        cache = self.cache_dir
-        if cache is None or not (cache / "meta.json").is_file():
+        cache = self.cache
+        if cache is None or not cache.exists():
             return None
         try:
-            index = TokenIndex.load(cache, device=self.device)
-            if index.dtype != self.dtype or index.pool_factor != self.pool_factor:
-                log.info("token index cache in %s has other settings; rebuilding from the store", cache)
-                return None
-            self.syncs += 1
-            if index.sync(self.store):
-                self._dirty = True
-            return index
+            index = cache.load(self.device)
         except Exception as exc:  # noqa: BLE001 - a stale or corrupt cache is rebuilt, never fatal
-            log.warning("ignoring the token index cache in %s (%s); rebuilding from the store", cache, exc)
+            log.warning("ignoring the token index cache in %s (%s); rebuilding from the store", cache.root, exc)
             return None
+        if index.dtype != self.dtype or index.pool_factor != self.pool_factor:
+            log.info("the token index cache in %s has other settings; rebuilding from the store", cache.root)
+            return None
+        return index
 
     def save(self) -> None:
-        """Write the cache file if the index changed since it was loaded (failures are logged, not raised)."""
-        index = self._index
-        if index is None or self.cache_dir is None or not self._dirty:
+        """Compact the cache into a new snapshot when there is something to compact (failures are logged)."""
+        index, cache = self._index, self.cache
+        if index is None or cache is None:
             return
-        try:
-            with self._sync_lock:
-                index.save(self.cache_dir)
-                self._dirty = False
-        except OSError as exc:
-            log.warning("could not write the token index cache to %s: %s", self.cache_dir, exc)
+        with self._sync_lock:
+            journal = cache.journal_bytes()
+            outgrown = journal > max(COMPACT_MIN_BYTES, COMPACT_RATIO * cache.snapshot_bytes())
+            if not (self._snapshot_stale or not cache.exists() or outgrown):
+                return  # the snapshot and its journal are current: a short-lived process leaves them be
+            try:
+                cache.save(index)
+                self._snapshot_stale = False
+            except OSError as exc:
+                log.warning("could not write the token index cache to %s: %s", cache.root, exc)
 
     def close(self) -> None:
         """Save the cache and drop the index (the store belongs to the caller)."""

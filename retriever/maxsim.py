@@ -11,12 +11,14 @@ Layout shared by every path:
 Score of query ``q`` against page ``p``: ``sum_i max_j <q_i, t_j>`` over the real query tokens ``i`` and the
 page's tokens ``j``. Result: ``(Q, P)`` float32.
 
-Two implementations give the same numbers:
+Three implementations give the same numbers:
 
 - :func:`maxsim_torch`: the reference path (CPU and GPU). Pages are processed in chunks whose similarity
   block ``(Q * n_q, tokens in chunk)`` stays under a memory budget; on CUDA the block is gathered into a padded
-  ``(Q * n_q, pages, max_len)`` view (padding = -inf) and reduced with ``amax``; on CPU ``torch.segment_reduce``
-  takes the per-page max directly.
+  ``(Q * n_q, pages, max_len)`` view (padding = -inf) and reduced with ``amax``; on CPU the chunks are a few pages
+  (the block stays in cache) and ``np.maximum.reduceat`` takes the per-page max directly.
+- :func:`retriever.cpu_maxsim.maxsim_cpu`: the CPU default, a compiled AVX2 kernel that never writes the
+  similarity block (falls back to :func:`maxsim_torch` where it is not built or the CPU lacks AVX2).
 - :func:`maxsim_triton`: a fused CUDA kernel. One program handles one page x a block of queries with all
   their tokens: it streams the page's tokens tile by tile, keeps a running max per query token in registers
   and writes one score per (query, page); the full similarity matrix is never written.
@@ -143,16 +145,20 @@ def maxsim_torch(
     offsets: torch.Tensor,
     query_mask: torch.Tensor | None = None,
     scales: torch.Tensor | None = None,
-    max_chunk_bytes: int = 256 << 20,
+    max_chunk_bytes: int | None = None,
     method: str = "auto",
 ) -> torch.Tensor:
     """Reference MaxSim: ``queries (Q, n_q, dim)`` vs packed ``tokens (T, dim)`` / ``offsets (P + 1,)`` -> ``(Q, P)``.
 
     ``query_mask (Q, n_q)`` marks real query tokens (default: all). ``scales (T,)`` is given for int8 tokens.
-    Memory stays bounded: the similarity of at most ``max_chunk_bytes`` is materialized at a time.
-    ``method``: ``"segment"`` (segment_reduce, the CPU default) or ``"pad"`` (padded gather + amax, the CUDA default).
+    Memory stays bounded: the similarity of at most ``max_chunk_bytes`` is materialized at a time (default 256 MiB
+    on a GPU; 2 MiB on the CPU, where a block that stays in cache measured 2.5-4x faster than a 256 MiB one).
+    ``method``: ``"segment"`` (per-page max of the ``(tokens, rows)`` block, the CPU default) or ``"pad"`` (padded
+    gather + amax, the CUDA default).
     """
     device = tokens.device
+    if max_chunk_bytes is None:
+        max_chunk_bytes = (2 << 20) if device.type == "cpu" else (256 << 20)
     cdt = _compute_dtype(device)
     if queries.ndim == 2:
         queries = queries.unsqueeze(0)
@@ -182,8 +188,12 @@ def maxsim_torch(
             simt = chunk @ qf.T
             if scales is not None:
                 simt = simt * scales[t0:t1].to(cdt)[:, None]
-            seg_lengths = torch.from_numpy(lengths).to(device)
-            best = torch.segment_reduce(simt, "max", lengths=seg_lengths, axis=0)  # (Pc, Q*nq)
+            if device.type == "cpu":  # reduceat measured 4x faster than segment_reduce on an 8-page block
+                page_starts = offsets_cpu[p0:p1] - t0
+                best = torch.from_numpy(np.maximum.reduceat(simt.numpy(), page_starts, axis=0))  # (Pc, Q*nq)
+            else:
+                seg_lengths = torch.from_numpy(lengths).to(device)
+                best = torch.segment_reduce(simt, "max", lengths=seg_lengths, axis=0)
             best = best.T.reshape(Q, nq, p1 - p0)
             out[:, p0:p1] = (best * wmask[:, :, None]).sum(1)
             continue
@@ -367,9 +377,26 @@ def maxsim(
     scales: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dispatch: Triton on CUDA when available (``backend="auto"|"triton"``), else the torch path. ``(Q, P)``."""
+    """MaxSim of ``queries (Q, n_q, dim)`` vs packed ``tokens (T, dim)`` / ``offsets (P + 1,)`` -> ``(Q, P)`` float32.
+
+    Dispatch: on CUDA the Triton kernel when available (``backend="auto"|"triton"``); on the CPU the compiled
+    kernel of :mod:`retriever.cpu_maxsim` (``"auto"|"cpu"``, itself falling back to torch); else, or with
+    ``backend="torch"``, :func:`maxsim_torch`.
+
+    One query of 2 tokens against a page of 2 tokens and a page of 1 (dim 2), by hand: page 0 scores
+    ``max(1, .6) + max(0, .8) = 1.8``, page 1 ``max(0) + max(1) = 1``.
+
+    >>> q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> pages = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    >>> maxsim(q, pages, torch.tensor([0, 2, 3]))
+    tensor([[1.8000, 1.0000]])
+    """
     if backend == "triton":
         return maxsim_triton(queries, tokens, offsets, query_mask, scales)
+    if tokens.device.type == "cpu" and backend in ("auto", "cpu"):
+        from retriever.cpu_maxsim import maxsim_cpu
+
+        return maxsim_cpu(queries, tokens, offsets, query_mask, scales)
     use_triton = (
         backend == "auto"
         and _TRITON_STATE["ok"] is not False

@@ -18,6 +18,7 @@ Two poolings, for two jobs:
 two-stage``, ``bench/search.py`` and the two-stage recall test measure it.
 
 >>> v = np.random.default_rng(0).standard_normal((33, 128)).astype(np.float32)
+>>> v /= np.linalg.norm(v, axis=1, keepdims=True)  # ColSmol's token vectors are unit length
 >>> prefetch_vectors(v).shape, HierarchicalPooler(2)(v).shape
 ((3, 128), (17, 128))
 """

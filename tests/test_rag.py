@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -160,7 +162,7 @@ def test_index_follows_ingest_in_place_and_restarts_from_its_cache(tiny_models, 
         monkeypatch.undo()
 
     # A corrupt cache is ignored and rebuilt from Qdrant, never fatal.
-    (s.data_dir / "index-cache" / s.collection / "tokens.npy").write_bytes(b"garbage")
+    (s.data_dir / "index-cache" / s.collection / "snapshot" / "tokens.npy").write_bytes(b"garbage")
     with RAGPipeline.from_settings(s) as rag:
         assert len(rag.search("alpha", k=5)) == 3
 
@@ -247,3 +249,76 @@ def test_searches_during_an_ingest_never_rescan_the_store(tiny_models, tmp_path)
         pid = rag.search("seed", k=1)[0].point_id
         store.delete_pages([pid])
         assert len(rag.search("more", k=20)) == 12 and counting.scans == 1
+
+
+def _no_vector_reads(monkeypatch, rag: RAGPipeline) -> CountingStore:
+    """Make the pipeline's store count payload scans and fail on any bulk vector read or index build."""
+    assert rag.live_index is not None
+    counting = CountingStore(rag.store)
+    rag.live_index.store = counting
+    monkeypatch.setattr(rag.live_index, "_build", lambda: pytest.fail("the index was rebuilt from the store"))
+    return counting
+
+
+def test_the_cache_is_current_after_every_write(tiny_models, tmp_path, monkeypatch) -> None:
+    """Ingest in one process (no search: the index is never loaded), search in the next: the snapshot and its
+    journal hold every page, so the search reads no vector from the store and scans nothing."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text=f"alpha {i}") for i in range(3)])
+    s = _settings(tiny_models, tmp_path)
+    with RAGPipeline.from_settings(s) as rag:
+        rag.ingest([docs])
+        assert rag.live_index is not None and not rag.live_index.loaded
+    cache = s.data_dir / "index-cache" / s.collection
+    assert (cache / "snapshot" / "meta.json").is_file() and any((cache / "journal").iterdir())
+    with RAGPipeline.from_settings(s) as rag:
+        counting = _no_vector_reads(monkeypatch, rag)
+        assert len(rag.search("alpha", k=5)) == 3 and counting.scans == 0
+        write_pdf(docs / "b.pdf", [PageSpec(*A4, text="beta")])
+        rag.ingest([docs])  # the index is loaded now: in place, and journaled
+        assert len(rag.search("beta", k=5)) == 4 and counting.scans == 0
+        monkeypatch.undo()
+    with RAGPipeline.from_settings(s) as rag:
+        counting = _no_vector_reads(monkeypatch, rag)
+        assert len(rag.search("beta", k=5)) == 4 and counting.scans == 0
+        monkeypatch.undo()
+
+
+def test_a_write_the_cache_missed_is_recovered_by_one_scan(tiny_models, tmp_path, monkeypatch) -> None:
+    """A write that never reached the journal (the process died in between; here: straight to the store) shows
+    as another store version: the next start reconciles it with one payload scan, no rebuild."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text=f"alpha {i}") for i in range(3)])
+    s = _settings(tiny_models, tmp_path)
+    with RAGPipeline.from_settings(s) as rag:
+        rag.ingest([docs])
+        gone = rag.search("alpha", k=1)[0].point_id
+        rag.store.delete_pages([gone])  # behind the live index's back
+    with RAGPipeline.from_settings(s) as rag:
+        counting = _no_vector_reads(monkeypatch, rag)
+        hits = rag.search("alpha", k=5)
+        assert len(hits) == 2 and gone not in {h.point_id for h in hits} and counting.scans == 1
+        monkeypatch.undo()
+
+
+def test_a_snapshot_is_memory_mapped_copy_on_write(tmp_path) -> None:
+    """Loading reads no token data into memory up front; writing to the loaded index never touches the file."""
+    from retriever.token_index import TokenIndex
+    from testkit.corpus import random_pages
+
+    pages = random_pages(4, lo=20, hi=30)
+    index = TokenIndex(device="cpu")
+    index.add([f"p{i}" for i in range(4)], pages)
+    index.save(tmp_path / "snap")
+    before = (tmp_path / "snap" / "tokens.npy").read_bytes()
+    loaded = TokenIndex.load(tmp_path / "snap", device="cpu")
+    base = loaded._tokens.untyped_storage()
+    assert base.nbytes() == sum(len(p) for p in pages) * 128 * 2  # exactly the file's fp16 data: mapped, not sized up
+    assert str((tmp_path / "snap" / "tokens.npy").resolve()) in Path("/proc/self/maps").read_text()  # mapped
+    loaded.add(["p9"], random_pages(1, seed=9, lo=20, hi=30))
+    loaded.remove(["p0", "p1", "p2"])  # compacts into new buffers
+    loaded.compact()
+    assert (tmp_path / "snap" / "tokens.npy").read_bytes() == before
+    assert sorted(loaded.point_ids()) == ["p3", "p9"]

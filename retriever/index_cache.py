@@ -1,0 +1,134 @@
+"""The token index on disk, current after every write: a snapshot plus a journal of the writes since.
+
+Reading a collection's vectors back out of embedded Qdrant is bound by the engine's Python binding, which hands
+every vector over as nested lists of floats: measured here, a scroll alone (no conversion) gives about 180
+pages/s, and the full build about 150 pages/s (``bench/coldstart.py``). A 100,000-page collection would take 11
+minutes to load that way at every start. So the index keeps its own copy, and keeps it current:
+
+- ``snapshot/``: the whole index (``tokens.npy`` fp16 or int8, ``scales.npy`` for int8, ``meta.json`` with point
+  ids, lengths, payload bits and the store version it reflects), as :meth:`TokenIndex.save` writes it. Loading it
+  memory-maps the tokens (copy-on-write on the CPU): no copy, no parse of the vectors.
+- ``journal/000001/`` ...: one segment per write since the snapshot (the pages added, as fp16, with their payload
+  bits; the ids removed; the payload fields changed; the store version after the write), each written to a
+  temporary folder and renamed into place, so a segment is whole or absent.
+
+:meth:`IndexCache.load` reads the snapshot and replays the journal: the index then reflects the store version
+of the last write it saw, so when nothing else wrote since (the normal case: embedded Qdrant belongs to one
+process), the live index needs no scan of the store at all. A write the cache missed (the process was killed
+between the store write and the journal append) shows as a version difference, and the live index reconciles
+it with a payload scan (recovery, not a rebuild). :meth:`IndexCache.save` compacts: a new snapshot, an empty
+journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.types import PageRecord
+from retriever.token_index import TokenIndex, page_bits
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "snapshot"
+JOURNAL = "journal"
+
+
+class IndexCache:
+    """A token index's files under ``root`` (see the module docstring)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.snapshot = self.root / SNAPSHOT
+        self.journal = self.root / JOURNAL
+        self._next = self._last_segment() + 1
+
+    # ------------------------------------------------------------------ reading
+    def exists(self) -> bool:
+        return (self.snapshot / "meta.json").is_file()
+
+    def load(self, device: str) -> TokenIndex:
+        """The snapshot with the journal replayed; raises (OSError, ValueError, KeyError) when unusable."""
+        index = TokenIndex.load(self.snapshot, device=device)
+        segments = self._segments()
+        for seg in segments:
+            self._replay(index, seg)
+        if segments:
+            log.info("token index cache: replayed %d journal segment(s) onto the snapshot", len(segments))
+        return index
+
+    def _replay(self, index: TokenIndex, seg: Path) -> None:
+        meta = json.loads((seg / "meta.json").read_text())
+        if meta.get("deleted"):
+            index.remove(meta["deleted"])
+        ids: list[str] = meta.get("ids") or []
+        if ids:
+            tokens = np.load(seg / "tokens.npy")  # fp16: each page is widened on its own by ``add``
+            bounds = np.cumsum([0, *meta["lengths"]])
+            vectors = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(ids))]
+            index.add(ids, vectors, meta["payloads"])
+        for doc_id, fields in (meta.get("updated") or {}).items():
+            index.update_bits(doc_id, fields)
+        index.mark_synced(meta["version"])
+
+    # ------------------------------------------------------------------ writing
+    def record(
+        self,
+        upserted: Sequence[PageRecord],
+        deleted: Sequence[str],
+        updated: Mapping[str, Mapping[str, Any]] | None,
+        version: str,
+    ) -> int:
+        """Append one write to the journal; returns the bytes it took. Needs a snapshot to apply to."""
+        seg = self.journal / f"{self._next:06d}"
+        tmp = self.journal / f".{self._next:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta: dict[str, Any] = {"version": version, "deleted": list(deleted), "updated": dict(updated or {})}
+        size = 0
+        if upserted:
+            tokens = np.concatenate([np.asarray(r.vectors, dtype=np.float16) for r in upserted])
+            np.save(tmp / "tokens.npy", tokens)
+            size += tokens.nbytes
+            meta.update(
+                ids=[r.point_id for r in upserted],
+                lengths=[int(np.asarray(r.vectors).shape[0]) for r in upserted],
+                payloads=[page_bits(r.payload) for r in upserted],
+            )
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, seg)
+        self._next += 1
+        return size
+
+    def save(self, index: TokenIndex) -> None:
+        """A new snapshot of ``index`` (swapped in whole), then an empty journal."""
+        index.save(self.snapshot)
+        shutil.rmtree(self.journal, ignore_errors=True)
+        self._next = 1
+        for name in ("tokens.npy", "scales.npy", "meta.json"):  # the single-folder layout of colsmol 0.1
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / name).unlink()
+
+    def journal_bytes(self) -> int:
+        return sum(f.stat().st_size for seg in self._segments() for f in seg.iterdir())
+
+    def snapshot_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.snapshot.iterdir()) if self.snapshot.is_dir() else 0
+
+    # ------------------------------------------------------------------ helpers
+    def _segments(self) -> list[Path]:
+        if not self.journal.is_dir():
+            return []
+        return sorted(p for p in self.journal.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def _last_segment(self) -> int:
+        segments = self._segments()
+        return int(segments[-1].name) if segments else 0
