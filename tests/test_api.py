@@ -148,6 +148,50 @@ def test_end_to_end_over_http(live: httpx.Client) -> None:
     assert live.get(hits[0]["image_url"]).status_code in (200, 404)  # cached bytes may be gone with the doc
 
 
+def test_upload_job_counts_every_files_pages_before_the_first_is_embedded(
+    pipeline: RAGPipeline, tmp_path: Path
+) -> None:
+    """The page's progress bar divides pages_done by pages_total: the total is the whole upload's from the start,
+    and a failed file's pages leave it, so done == total at the end."""
+    from api.jobs import Job, JobRunner
+    from api.uploads import SavedFile
+
+    seen: list[tuple[str, int, int]] = []
+
+    class Spy:  # the pipeline, with every progress event's job counters recorded after the job saw it
+        def __init__(self, inner: RAGPipeline) -> None:
+            self.inner = inner
+
+        def ingest(self, paths: Any, progress: Any = None, **kw: Any) -> Any:
+            def spy(ev: Any) -> None:
+                progress(ev)
+                seen.append((ev.kind, job.pages_done, job.pages_total))
+
+            return self.inner.ingest(paths, progress=spy, **kw)
+
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    bodies = {"two.pdf": _pdf("uno", "dos"), "broken.pdf": b"%PDF-1.4 not really", "three.pdf": _pdf("a", "b", "c")}
+    saved = []
+    for name, body in bodies.items():
+        (folder / name).write_bytes(body)
+        saved.append(SavedFile(folder / name, name, len(body)))
+    runner = JobRunner(Spy(pipeline), tmp_path / "data")
+    try:
+        job = runner.submit(Job("job-totals", folder, saved, {}))
+        deadline = time.monotonic() + 60
+        while runner.get(job.id)["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        final = runner.get(job.id)
+    finally:
+        runner.close()
+    assert final["state"] == "done" and [e["file"] for e in final["errors"]] == ["broken.pdf"], final
+    assert final["pages_done"] == final["pages_total"] == 5
+    moving = [(done, total) for kind, done, total in seen if kind == "pages"]
+    assert moving and all(total == 5 for _, total in moving), seen
+
+
 def test_hits_and_sources_carry_regions_and_facets_list_filters(live: httpx.Client) -> None:
     """Search hits, answer sources (JSON and SSE) and chat citations carry the same cited regions; /v1/facets
     offers the documents and metadata values a filter can name."""
