@@ -8,11 +8,14 @@ Two measurements, each timed in the same run with and without regions:
   20 to 30 tokens. Per query: ``TokenIndex.score`` top-``--k`` (what a search does after encoding the query) and
   ``RegionFinder.find`` for those hits over the index's own vectors (page sizes cached, as after a page's first
   hit). Query encoding is left out, so the ratio is an upper bound of the end-to-end share.
+- **With the query's encoding** (``--encoder``, a full-size checkpoint from ``bench/make_checkpoints.py``): a
+  search request is the query's encoding plus the scoring, so the share regions add to it is
+  ``regions / (encode + score)``, the encoding's p50 measured in the same run.
 - **Tiny end to end.** ``RAGPipeline.search`` over the tiny test checkpoints (Qdrant Edge on disk, ``--tiny-pages``
   pages), against the same pipeline with its searcher's region finder removed. The tiny encoder is far cheaper
   than the real one, so this is the least favourable ratio.
 
-    python bench/regions.py --pages 1000 5000 --k 10 --iters 30     # run under `flock /work/bench.lock` here
+    python bench/regions.py --pages 1000 5000 --k 10 --iters 30 --encoder /tmp/ckpt/encoder
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ def p50_ms(fn: Callable[[], Any], iters: int, warmup: int = 3) -> float:
         fn()
         samples.append((time.perf_counter() - t) * 1e3)
     return statistics.median(samples)
+
+
+def paired_p50_ms(a: Callable[[], Any], b: Callable[[], Any], iters: int, warmup: int = 3) -> tuple[float, float]:
+    """p50 of ``a`` and of ``b``, timed in alternation, so that load drift on a shared machine hits both alike."""
+    for _ in range(warmup):
+        a(), b()
+    sa, sb = [], []
+    for _ in range(iters):
+        t = time.perf_counter()
+        a()
+        sa.append((time.perf_counter() - t) * 1e3)
+        t = time.perf_counter()
+        b()
+        sb.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(sa), statistics.median(sb)
 
 
 class SizeStore:
@@ -107,7 +125,7 @@ def synthetic(n_pages: int, k: int, iters: int, seed: int = 0) -> dict[str, Any]
         i = next(turn) % len(queries)
         finder.find([queries[i]], [hits[i]], index.get_vectors)
 
-    score_ms, regions_ms = p50_ms(search, iters), p50_ms(regions, iters * 3)
+    score_ms, regions_ms = paired_p50_ms(search, regions, iters)
     with_regions = sum(len(r) for row in finder.find(queries, hits, index.get_vectors) for r in row)
     return {
         "what": "synthetic",
@@ -119,6 +137,16 @@ def synthetic(n_pages: int, k: int, iters: int, seed: int = 0) -> dict[str, Any]
         "added": round(regions_ms / score_ms, 4),
         "regions_found": with_regions,
     }
+
+
+def encode_ms(model: Path, iters: int) -> float:
+    """p50 of encoding one query with the full-size encoder (what a search does before scoring)."""
+    from indexer.encoder import ColSmolEncoder
+
+    encoder = ColSmolEncoder(model, device="cpu").load()
+    texts = ["What was the revenue in 2023?", "quarterly report for the board", "table of figures", "memo"]
+    turn = iter(range(1 << 30))
+    return p50_ms(lambda: encoder.embed_queries([texts[next(turn) % len(texts)]]), iters)
 
 
 def tiny_end_to_end(n_pages: int, k: int, iters: int) -> dict[str, Any]:
@@ -165,8 +193,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--encoder", type=Path, help="a full-size encoder checkpoint: add the query's encoding")
     args = parser.parse_args()
     rows = [synthetic(n, args.k, args.iters) for n in args.pages]
+    if args.encoder:
+        enc_ms = encode_ms(args.encoder, args.iters)
+        for r in [r for r in rows if r["what"] == "synthetic"]:
+            search_ms = enc_ms + r["score_p50_ms"]
+            rows.append({"what": "with-encoding", "pages": r["pages"], "k": r["k"], "encode_p50_ms": round(enc_ms, 3),
+                         "search_p50_ms": round(search_ms, 3), "regions_p50_ms": r["regions_p50_ms"],
+                         "added": round(r["regions_p50_ms"] / search_ms, 4)})  # fmt: skip
     rows.append(tiny_end_to_end(args.tiny_pages, args.k, args.iters))
     env = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
@@ -176,6 +212,9 @@ def main() -> None:
         if r["what"] == "synthetic":
             base, extra = r["score_p50_ms"], r["regions_p50_ms"]
             label = "synthetic full-size tokens: TokenIndex.score vs RegionFinder.find"
+        elif r["what"] == "with-encoding":
+            base, extra = r["search_p50_ms"], r["regions_p50_ms"]
+            label = f"full-size query encoding ({r['encode_p50_ms']:.1f} ms) + TokenIndex.score vs RegionFinder.find"
         else:
             base, extra = r["search_p50_ms"], r["with_regions_p50_ms"] - r["search_p50_ms"]
             label = "tiny checkpoints: RAGPipeline.search without vs with regions"
