@@ -30,7 +30,7 @@ from api.deps import require_api_key
 from api.docs import add_docs
 from api.jobs import JobRunner
 from api.limits import WorkQueue
-from api.routes import answer, documents, health, local, pages, search
+from api.routes import answer, documents, facets, health, local, pages, search
 from api.routes import mcp as mcp_routes
 from api.routes import openai as openai_compat
 from api.routes.common import DocNames
@@ -99,7 +99,7 @@ def create_app(
     app.add_middleware(SecurityHeaders)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (documents, search, answer, pages, local, openai_compat):
+    for module in (documents, facets, search, answer, pages, local, openai_compat):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

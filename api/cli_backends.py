@@ -95,6 +95,7 @@ def hit_dict(h: Hit) -> dict[str, Any]:
         "file_name": h.file_name,
         "page_number": h.page_number,
         "score": round(float(h.score), 6),
+        "regions": [r.to_dict() for r in h.regions],
     }
 
 
@@ -106,7 +107,13 @@ def _remote_hit(h: Mapping[str, Any]) -> dict[str, Any]:
         "file_name": h.get("file_name"),
         "page_number": h.get("page_number"),
         "score": round(float(h["score"]), 6),
+        "regions": [_remote_region(r) for r in h.get("regions") or []],
     }
+
+
+def _remote_region(r: Mapping[str, Any]) -> dict[str, float]:
+    """A server's region as :meth:`retriever.regions.Region.to_dict` writes it (the server already rounded)."""
+    return {k: round(float(r[k]), 6 if k == "score" else 4) for k in ("x0", "y0", "x1", "y1", "score")}
 
 
 class LocalBackend:

@@ -31,6 +31,7 @@ from api.liveness import ProcessClaim
 from api.uploads import SavedFile
 from indexer.errors import NotFound, for_interface
 from indexer.ingest import ProgressEvent
+from indexer.render.inputs import file_page_count
 from indexer.store.base import UPLOAD_PREFIX
 
 log = logging.getLogger(__name__)
@@ -287,6 +288,14 @@ class JobRunner:
                     self._jobs.pop(job.id, None)
                     self._saved_at.pop(job.id, None)
 
+    @staticmethod
+    def _count_pages(path: Path, password: str | None) -> int:
+        """A file's pages without rendering them; 0 for one that cannot be opened (its ingest reports why)."""
+        try:
+            return file_page_count(path, password=password)
+        except Exception:  # noqa: BLE001 - the ingest of this file fails with its reason; the count is a forecast
+            return 0
+
     def _ingest(self, job: Job) -> None:
         with self._lock:
             job.state = "running"
@@ -297,14 +306,20 @@ class JobRunner:
         totals: dict[str, Any] = {"indexed": 0, "unchanged": 0, "failed": 0, "skipped": 0, "pages_embedded": 0}
         seconds = 0.0
         files: list[dict[str, Any]] = []
-        for saved in job.files:
-            counted = {"done": 0, "total": 0}  # this file's pages in the job's progress so far
+        # Every file's pages are counted before the first is embedded, so the job's total is known before its
+        # progress moves (no 36/36 then 36/39 as the second file starts).
+        expected = [self._count_pages(saved.path, job.password) for saved in job.files]
+        with self._lock:
+            job.pages_total = sum(expected)
+            self._save(job, progress_only=True)
+        for saved, guess in zip(job.files, expected, strict=True):
+            counted = {"done": 0, "total": guess}  # this file's pages in the job's progress so far
 
             def progress(ev: ProgressEvent, name: str = saved.original_name, counted: dict[str, int] = counted) -> None:
                 with self._lock:
                     if ev.kind == "file":
-                        job.pages_total += ev.total
-                        counted["total"] += ev.total
+                        job.pages_total += ev.total - counted["total"]
+                        counted["total"] = ev.total
                     elif ev.kind == "pages":
                         job.pages_done += ev.n
                         counted["done"] += ev.n
@@ -312,6 +327,7 @@ class JobRunner:
                         result = ev.result
                         if result.status == "failed":
                             job.errors.append({"file": name, "error": for_interface(result.error or "failed", "http")})
+                            job.pages_total -= counted["total"] - counted["done"]  # pages that will never come
                         elif result.status in ("indexed", "unchanged"):
                             # Pages a crashed earlier run stored (resumed) or an unchanged file's pages are
                             # never reported as "pages" events: count them now, so done == total.

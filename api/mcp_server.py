@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from api.routes.common import DocNames, page_urls, shown_name
-from api.schemas import FilterValue
+from api.schemas import REGIONS_HELP, FilterValue, RegionOut
 from indexer.errors import ColsmolError, InvalidRequest, NotFound
 from indexer.filters import Filter
 from rag.pipeline import MAX_ANSWER_K, MAX_K
@@ -72,6 +72,7 @@ class PageHit(BaseModel):
     page_uri: str = Field(description="MCP resource with the page image (colsmol://pages/<point_id>).")
     image_url: str | None = Field(None, description="The page image over HTTP (when served over HTTP).")
     thumb_url: str | None = Field(None, description="A small version of it (when served over HTTP).")
+    regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
 
 
 class AnswerResult(BaseModel):
@@ -115,6 +116,7 @@ async def _hits(parts: Parts, hits: list["Hit"], base: str | None) -> list[PageH
                 page_uri=PAGE_URI.format(point_id=hit.point_id),
                 image_url=base + image_url if base else None,
                 thumb_url=base + thumb_url if base else None,
+                regions=named.regions,
             )
         )
     return out

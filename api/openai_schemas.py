@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from api.schemas import FILTER_HELP, FilterBody
+from api.schemas import FILTER_HELP, REGIONS_HELP, FilterBody, RegionOut
 from rag.pipeline import MAX_ANSWER_K
 
 #: The one model colsmol serves: RAG over the collection.
@@ -74,6 +74,7 @@ class Citation(BaseModel):
     score: float
     image_url: str
     thumb_url: str
+    regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
 
 
 class AssistantMessage(BaseModel):

@@ -63,6 +63,22 @@ class SearchRequest(BaseModel):
         return _not_blank(v, "query")
 
 
+class RegionOut(BaseModel):
+    """A page rectangle where the query matched, page-relative (0 to 1, y down), with the MaxSim terms won there."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+
+
+REGIONS_HELP = (
+    "Where on the page the query matched best, best first (at most 3): the page tokens that won MaxSim's maximum "
+    "for the query's tokens, merged into boxes; each box's score is the sum of the terms it won."
+)
+
+
 class HitOut(BaseModel):
     point_id: str
     doc_id: str | None
@@ -72,6 +88,7 @@ class HitOut(BaseModel):
     score: float
     image_url: str
     thumb_url: str
+    regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
 
 
 class SearchResponse(BaseModel):
@@ -119,6 +136,33 @@ class DocumentList(BaseModel):
     total: int
     offset: int
     limit: int
+
+
+class FacetValue(BaseModel):
+    value: str | int | float
+    documents: int = Field(description="Documents with this value.")
+
+
+class MetadataFacet(BaseModel):
+    key: str = Field(description="Filter on it as metadata.<key>.")
+    values: list[FacetValue] = Field(description="Most common first (at most `values` of them).")
+    values_total: int = Field(description="Distinct filterable values of this key.")
+
+
+class DocumentFacet(BaseModel):
+    doc_id: str
+    file_name: str
+    page_count: int
+    complete: bool
+
+
+class Facets(BaseModel):
+    """What a search can be narrowed to: documents (filter ``doc_id``) and user metadata (``metadata.<key>``)."""
+
+    documents: list[DocumentFacet] = Field(description="By name (at most `limit` of them).")
+    documents_total: int
+    pages: int = Field(description="Pages stored, over every document.")
+    metadata: list[MetadataFacet] = Field(description="Keys by name; booleans are left out (not filterable).")
 
 
 class DeleteResponse(BaseModel):

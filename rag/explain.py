@@ -4,26 +4,12 @@
 encoder, scores every query token against every image token (the dot products MaxSim takes its
 maxima over) and maps the image tokens back to the page's pixels.
 
-Token layout (Idefics3 with image splitting, checked against transformers' code and in
-``tests/test_explain.py``):
+The token layout (tiles, global view, pixel-shuffle cells; checked against transformers' code and in
+``tests/test_explain.py``) is :mod:`indexer.token_layout`'s: the page's ``input_ids`` are parsed with
+:func:`~indexer.token_layout.image_token_layout`. The tiles form a ``(rows*k, cols*k)`` grid over the
+page and the global view a ``k x k`` grid; each global cell covers exactly ``rows x cols`` tile cells,
+so the two combine without resampling.
 
-* The page is resized (longest edge = the processor's ``size``), then stretched so both sides are
-  whole multiples of the tile size, and cut into ``rows x cols`` tiles, row-major. The tiles cover
-  the whole page, so tile ``(r, c)`` is the page region ``[r/rows, (r+1)/rows) x [c/cols, (c+1)/cols)``
-  of the original page's height and width.
-* A global view, the whole page squeezed into one tile, follows the tiles. A page that fits in one
-  tile is not split: it has only that view (``rows = cols = 0`` in the processor's terms).
-* In ``input_ids`` each tile is ``<fake_token_around_image><row_i_col_j><image>*seq_len`` and the
-  global view ``<fake_token_around_image><global-img><image>*seq_len<fake_token_around_image>``.
-  This module reads the tile of each run of ``<image>`` tokens from the token right before it, so
-  it never recomputes the processor's resize arithmetic.
-* Within a view, the vision encoder's patches are row-major, and the connector's pixel shuffle
-  merges ``scale x scale`` neighbouring patches into one token, again row-major: token ``t`` of a
-  view covers cell ``(t // k, t % k)`` of a ``k x k`` grid, ``k = sqrt(seq_len)`` (8 for the real
-  model: 64 tokens per 512 px tile).
-
-The tiles thus form a ``(rows*k, cols*k)`` grid over the page and the global view a ``k x k`` grid.
-Each global cell covers exactly ``rows x cols`` tile cells, so the two combine without resampling.
 By default (``combine="max"``) a cell's value is the larger of its tile token's and its global
 token's similarity. With that choice the maximum of a query token's map over the page equals that
 token's MaxSim term restricted to image tokens: the map shows where MaxSim finds its match.
@@ -45,21 +31,20 @@ but have no place on the page; they are not shown.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from indexer.errors import ColsmolError, InvalidRequest
+from indexer.token_layout import ImageTokenLayout, image_token_layout
+
+__all__ = ["ImageTokenLayout", "SimilarityMap", "grid_similarities", "image_token_layout", "similarity_map"]
 
 if TYPE_CHECKING:
     from PIL import Image
 
 Combine = Literal["max", "tiles", "global"]
-
-_ROW_COL = re.compile(r"^<row_(\d+)_col_(\d+)>$")
-_GLOBAL = "<global-img>"
 
 # Viridis, sampled at 9 evenly spaced points; linear interpolation between them is close enough.
 _VIRIDIS = np.array(
@@ -131,59 +116,6 @@ def colormap(x: np.ndarray) -> np.ndarray:
     frac = (x - lo)[..., None].astype(np.float32)
     out: np.ndarray = _VIRIDIS[lo] * (1.0 - frac) + _VIRIDIS[hi] * frac
     return out
-
-
-@dataclass(frozen=True)
-class ImageTokenLayout:
-    """Where a page's image tokens sit in its (padding-free) token sequence.
-
-    ``tiles[(r, c)]`` (0-based) and ``global_view`` are arrays of ``seq_len`` sequence positions,
-    in the view's row-major ``k x k`` cell order.
-    """
-
-    rows: int
-    cols: int
-    k: int
-    tiles: dict[tuple[int, int], np.ndarray]
-    global_view: np.ndarray
-
-
-def image_token_layout(input_ids: np.ndarray, tokenizer: Any, image_token_id: int, seq_len: int) -> ImageTokenLayout:
-    """Parse a page's ``input_ids`` (1-D, padding removed) into tiles and the global view."""
-    k = math.isqrt(seq_len)
-    if k * k != seq_len:
-        raise ColsmolError(f"image_seq_len {seq_len} is not a square; cannot lay image tokens out in a grid")
-    ids = np.asarray(input_ids).reshape(-1)
-    is_img = ids == image_token_id
-    # Runs of consecutive image tokens.
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], is_img.astype(np.int8), [0]])))
-    starts, ends = edges[0::2], edges[1::2]
-    tiles: dict[tuple[int, int], np.ndarray] = {}
-    global_view: np.ndarray | None = None
-    for s, e in zip(starts, ends, strict=True):
-        if e - s != seq_len:
-            raise ColsmolError(f"a run of {e - s} image tokens at position {s}; expected {seq_len} per view")
-        marker = tokenizer.convert_ids_to_tokens(int(ids[s - 1])) if s > 0 else None
-        positions = np.arange(s, e)
-        m = _ROW_COL.match(marker or "")
-        if m:
-            rc = (int(m.group(1)) - 1, int(m.group(2)) - 1)
-            if rc in tiles:
-                raise ColsmolError(f"tile {marker} appears twice in the page's tokens")
-            tiles[rc] = positions
-        elif marker == _GLOBAL:
-            if global_view is not None:
-                raise ColsmolError("more than one global view in the page's tokens (one page at a time)")
-            global_view = positions
-        else:
-            raise ColsmolError(f"image tokens at position {s} follow {marker!r}, not a tile or global-view marker")
-    if global_view is None:
-        raise ColsmolError("the page's tokens have no global view")
-    rows = 1 + max((r for r, _ in tiles), default=-1)
-    cols = 1 + max((c for _, c in tiles), default=-1)
-    if len(tiles) != rows * cols:
-        raise ColsmolError(f"tiles {sorted(tiles)} do not form a full {rows} x {cols} grid")
-    return ImageTokenLayout(rows=rows, cols=cols, k=k, tiles=tiles, global_view=global_view)
 
 
 def grid_similarities(sims: np.ndarray, layout: ImageTokenLayout, combine: Combine = "max") -> np.ndarray:

@@ -36,6 +36,7 @@ from rag.generators.base import Generator, PrecomputesPages
 from rag.types import Answer
 from retriever.live_index import LiveIndex
 from retriever.pooling import prefetch_vectors
+from retriever.regions import RegionFinder
 from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ class RAGPipeline:
             answer = rag.answer("What was the 2023 revenue?")
             answer.text, [(hit.file_name, hit.page_number) for hit in answer.sources]
 
-    ``live_index`` (exact search) follows this pipeline's writes; ``searcher`` defaults to exact MaxSim over it.
+    ``live_index`` (exact search) follows this pipeline's writes; ``searcher`` defaults to exact MaxSim over it,
+    with cited regions on every hit (``Hit.regions``, :mod:`retriever.regions`).
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class RAGPipeline:
         self.generator = generator
         if searcher is None:
             live_index = live_index or LiveIndex(store, device=str(encoder.device))
-            searcher = ExactSearcher(live_index, encoder.embed_queries)
+            searcher = ExactSearcher(live_index, encoder.embed_queries, regions=cited_regions(store, encoder))
         self.live_index = live_index
         self.searcher = searcher
         self.renderer: RendererName = renderer
@@ -121,9 +123,12 @@ class RAGPipeline:
             )
             live: LiveIndex | None = None
             searcher: Searcher
+            regions = cited_regions(store, encoder)
             if s.search_mode == "two-stage":
                 # Nothing resident: Qdrant proposes candidates from the pooled vectors, the device reranks them.
-                searcher = TwoStageSearcher(store, encoder.embed_queries, s.prefetch_candidates, s.device)
+                searcher = TwoStageSearcher(
+                    store, encoder.embed_queries, s.prefetch_candidates, s.device, regions=regions
+                )
             else:
                 live = LiveIndex(
                     store,
@@ -133,7 +138,7 @@ class RAGPipeline:
                     cache_dir=s.data_dir / "index-cache" / s.collection,
                     sync_interval_s=s.index_sync_interval_s,
                 )
-                searcher = ExactSearcher(live, encoder.embed_queries)
+                searcher = ExactSearcher(live, encoder.embed_queries, regions=regions)
             return cls(
                 store,
                 PageImageStore(s.images_dir / s.collection),
@@ -379,6 +384,11 @@ class RAGPipeline:
         except (FileNotFoundError, OSError, ValueError):
             raise NotFound(f"no stored page image for point id {point_id!r}") from None
         return similarity_map(self.encoder, image, query, token=token)
+
+
+def cited_regions(store: VectorStore, encoder: ColSmolEncoder) -> RegionFinder:
+    """Where hits matched, laid out by the encoder's processor (loaded with the encoder, on first use)."""
+    return RegionFinder(store, lambda: encoder.processor)
 
 
 def _check_text(text: Any, what: str) -> None:

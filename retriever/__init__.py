@@ -9,6 +9,8 @@ from typing import Any
 
 __all__ = [
     "Hit",
+    "Region",
+    "RegionFinder",
     "Searcher",
     "TokenIndex",
     "TwoStageSearcher",
@@ -25,6 +27,8 @@ __all__ = [
 
 _WHERE = {
     "Hit": "retriever.search",
+    "Region": "retriever.regions",
+    "RegionFinder": "retriever.regions",
     "Searcher": "retriever.search",
     "TwoStageSearcher": "retriever.search",
     "TokenIndex": "retriever.token_index",

@@ -8,7 +8,9 @@ the pooled vectors (``store.prefetch``), then the candidates are reranked by exa
 full vectors from ``store.get_vectors``. Nothing is resident.
 
 Both take encoded queries (``search_vectors``) or texts with a query encoder (``search`` / ``search_batch``), and a
-:class:`~indexer.filters.Filter` with the same keys and meaning in both.
+:class:`~indexer.filters.Filter` with the same keys and meaning in both. Given a
+:class:`~retriever.regions.RegionFinder`, both attach each hit's cited ``regions`` (where on the page the query
+matched).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ from indexer.device import resolve_device
 from indexer.filters import Filter
 from indexer.store.base import VectorStore
 from retriever.live_index import LiveIndex
+from retriever.regions import Region, RegionFinder, VectorsOf
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ EncodeQueries = Callable[[Sequence[str]], list[np.ndarray]]
 
 @dataclass(frozen=True)
 class Hit:
-    """One ranked page."""
+    """One ranked page. ``regions``: where on the page the query matched best, best first
+    (:mod:`retriever.regions`; empty when the searcher has no region finder or the page has no layout)."""
 
     point_id: str
     doc_id: str | None
@@ -41,6 +45,7 @@ class Hit:
     file_name: str | None
     page_number: int | None
     score: float
+    regions: tuple[Region, ...] = ()
 
 
 def _hit(point_id: str, score: float, bits: Mapping[str, Any]) -> Hit:
@@ -55,10 +60,23 @@ def _hit(point_id: str, score: float, bits: Mapping[str, Any]) -> Hit:
 
 
 class Searcher(ABC):
-    """Texts -> hits through ``encode_queries(texts) -> [(n_q, dim) float32]``; subclasses rank encoded queries."""
+    """Texts -> hits through ``encode_queries(texts) -> [(n_q, dim) float32]``; subclasses rank encoded queries.
+    ``regions`` (optional) gives every hit its cited regions."""
 
-    def __init__(self, encode_queries: EncodeQueries | None = None) -> None:
+    def __init__(self, encode_queries: EncodeQueries | None = None, regions: RegionFinder | None = None) -> None:
         self.encode_queries = encode_queries
+        self.regions = regions
+
+    def _with_regions(
+        self, queries: Sequence[np.ndarray], hits: list[list[Hit]], vectors: VectorsOf
+    ) -> list[list[Hit]]:
+        if self.regions is None or not any(hits):
+            return hits
+        found = self.regions.find(queries, [[h.point_id for h in row] for row in hits], vectors)
+        return [
+            [replace(h, regions=r) if r else h for h, r in zip(row, regs, strict=True)]
+            for row, regs in zip(hits, found, strict=True)
+        ]
 
     def search(self, query: str, k: int = 10, filter: Filter | None = None) -> list[Hit]:
         """Top-``k`` hits for one query, best first."""
@@ -80,8 +98,10 @@ class Searcher(ABC):
 class ExactSearcher(Searcher):
     """Exact MaxSim over every page of the live token index."""
 
-    def __init__(self, live: LiveIndex, encode_queries: EncodeQueries | None = None) -> None:
-        super().__init__(encode_queries)
+    def __init__(
+        self, live: LiveIndex, encode_queries: EncodeQueries | None = None, regions: RegionFinder | None = None
+    ) -> None:
+        super().__init__(encode_queries, regions)
         self.live = live
 
     def search_vectors(
@@ -91,7 +111,8 @@ class ExactSearcher(Searcher):
         if not len(index):
             return [[] for _ in queries]
         ranked = index.score(list(queries), k=k, where=filter or None)
-        return [[_hit(r.point_id, r.score, r.bits) for r in row] for row in ranked]
+        hits = [[_hit(r.point_id, r.score, r.bits) for r in row] for row in ranked]
+        return self._with_regions(queries, hits, index.get_vectors)
 
 
 class TwoStageSearcher(Searcher):
@@ -103,8 +124,9 @@ class TwoStageSearcher(Searcher):
         encode_queries: EncodeQueries | None = None,
         candidates: int = 200,
         device: str = "auto",
+        regions: RegionFinder | None = None,
     ) -> None:
-        super().__init__(encode_queries)
+        super().__init__(encode_queries, regions)
         self.store = store
         self.candidates = int(candidates)
         self.device = resolve_device(device)
@@ -117,6 +139,7 @@ class TwoStageSearcher(Searcher):
         from retriever.maxsim import maxsim, pack, pad_queries, topk
 
         out: list[list[Hit]] = []
+        reranked: dict[str, np.ndarray] = {}  # the candidates' vectors, for the hits' regions
         for q in queries:
             qn = np.asarray(q, dtype=np.float32)
             cands = [pid for pid, _ in self.store.prefetch(qn, limit=max(self.candidates, k), doc_filter=filter)]
@@ -131,6 +154,9 @@ class TwoStageSearcher(Searcher):
             scores = maxsim(qt, tokens, offsets.to(self.device), qm)
             vals, idx, valid = topk(scores, k)
             payloads = self.store.get_payloads([ids[r] for r, ok in zip(idx[0], valid[0], strict=True) if ok])
+            if self.regions is not None:
+                self.regions.sizes.remember(payloads)
+                reranked.update((pid, vecs[pid]) for pid in payloads)
             out.append(
                 [
                     _hit(ids[r], float(s), payloads.get(ids[r], {}))
@@ -138,4 +164,4 @@ class TwoStageSearcher(Searcher):
                     if ok
                 ]
             )
-        return out
+        return self._with_regions(queries, out, lambda ids: {p: reranked[p] for p in ids if p in reranked})

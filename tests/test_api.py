@@ -148,6 +148,90 @@ def test_end_to_end_over_http(live: httpx.Client) -> None:
     assert live.get(hits[0]["image_url"]).status_code in (200, 404)  # cached bytes may be gone with the doc
 
 
+def test_upload_job_counts_every_files_pages_before_the_first_is_embedded(
+    pipeline: RAGPipeline, tmp_path: Path
+) -> None:
+    """The page's progress bar divides pages_done by pages_total: the total is the whole upload's from the start,
+    and a failed file's pages leave it, so done == total at the end."""
+    from api.jobs import Job, JobRunner
+    from api.uploads import SavedFile
+
+    seen: list[tuple[str, int, int]] = []
+
+    class Spy:  # the pipeline, with every progress event's job counters recorded after the job saw it
+        def __init__(self, inner: RAGPipeline) -> None:
+            self.inner = inner
+
+        def ingest(self, paths: Any, progress: Any = None, **kw: Any) -> Any:
+            def spy(ev: Any) -> None:
+                progress(ev)
+                seen.append((ev.kind, job.pages_done, job.pages_total))
+
+            return self.inner.ingest(paths, progress=spy, **kw)
+
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    bodies = {"two.pdf": _pdf("uno", "dos"), "broken.pdf": b"%PDF-1.4 not really", "three.pdf": _pdf("a", "b", "c")}
+    saved = []
+    for name, body in bodies.items():
+        (folder / name).write_bytes(body)
+        saved.append(SavedFile(folder / name, name, len(body)))
+    runner = JobRunner(Spy(pipeline), tmp_path / "data")
+    try:
+        job = runner.submit(Job("job-totals", folder, saved, {}))
+        deadline = time.monotonic() + 60
+        while runner.get(job.id)["state"] not in ("done", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        final = runner.get(job.id)
+    finally:
+        runner.close()
+    assert final["state"] == "done" and [e["file"] for e in final["errors"]] == ["broken.pdf"], final
+    assert final["pages_done"] == final["pages_total"] == 5
+    moving = [(done, total) for kind, done, total in seen if kind == "pages"]
+    assert moving and all(total == 5 for _, total in moving), seen
+
+
+def test_hits_and_sources_carry_regions_and_facets_list_filters(live: httpx.Client) -> None:
+    """Search hits, answer sources (JSON and SSE) and chat citations carry the same cited regions; /v1/facets
+    offers the documents and metadata values a filter can name."""
+    meta = {"team": "regions", "year": 2023, "flag": True}
+    r = upload(live, [("regions.pdf", _pdf("revenue 2023 was 12 million", "costs"))], meta)
+    doc_id = wait_job(live, r.json()["job_id"])["report"]["files"][0]["doc_id"]
+    question, flt = "What was the revenue in 2023?", {"doc_id": doc_id}
+
+    hits = live.post("/v1/search", json={"query": question, "k": 2, "filter": flt}).json()["hits"]
+    assert len(hits) == 2 and any(h["regions"] for h in hits), hits  # with random weights, not every hit has one
+    for h in hits:
+        assert len(h["regions"]) <= 3
+        for reg in h["regions"]:
+            assert set(reg) == {"x0", "y0", "x1", "y1", "score"}
+            assert 0 <= reg["x0"] < reg["x1"] <= 1 and 0 <= reg["y0"] < reg["y1"] <= 1
+    by_page = {h["point_id"]: h["regions"] for h in hits}
+
+    body = {"question": question, "k": 2, "filter": flt, "max_new_tokens": 2}
+    sources = live.post("/v1/answer", json=body).json()["sources"]
+    assert {s["point_id"]: s["regions"] for s in sources} == by_page
+    with live.stream("POST", "/v1/answer", json={**body, "stream": True}) as s:
+        events = dict(sse_events(s.read().decode()))
+    assert {s["point_id"]: s["regions"] for s in events["sources"]["sources"]} == by_page
+    chat = {"model": "colsmol", "messages": [{"role": "user", "content": question}], "k": 2, "filter": flt,
+            "max_tokens": 2}  # fmt: skip
+    citations = live.post("/v1/chat/completions", json=chat).json()["citations"]
+    assert {c["point_id"]: c["regions"] for c in citations} == by_page
+
+    facets = live.get("/v1/facets").json()
+    assert facets["documents_total"] >= 1 and facets["pages"] >= 2
+    assert {"doc_id": doc_id, "file_name": "regions.pdf", "page_count": 2, "complete": True} in facets["documents"]
+    keys = {m["key"]: m for m in facets["metadata"]}
+    assert {"value": "regions", "documents": 1} in keys["team"]["values"]
+    assert {"value": 2023, "documents": 1} in keys["year"]["values"]
+    assert "flag" not in keys  # booleans cannot be filtered on
+    narrowed = {"doc_id": doc_id, "metadata.team": "regions", "metadata.year": 2023}
+    assert len(live.post("/v1/search", json={"query": "x", "k": 5, "filter": narrowed}).json()["hits"]) == 2
+    assert live.get("/v1/facets", params={"limit": 0}).json()["documents"] == []
+
+
 def test_parallel_searches_during_ingest_match_serial(live: httpx.Client) -> None:
     r = upload(live, [("base.pdf", _pdf("alpha", "beta", "gamma", "delta"))])
     base = wait_job(live, r.json()["job_id"])["report"]["files"][0]["doc_id"]

@@ -298,8 +298,10 @@ def _check_tools(out: dict[str, Any], over_http: bool) -> None:
     hits = out["search"].structured_content["result"]
     assert len(hits) == 2 and hits[0]["rank"] == 1 and hits[0]["page_uri"].startswith("colsmol://pages/")
     assert (hits[0]["image_url"] or "").startswith("http://127.0.0.1:") == over_http
+    assert all(isinstance(h["regions"], list) for h in hits)  # cited regions (tests/test_api.py checks them)
     answer = out["answer"].structured_content
     assert not out["answer"].is_error and len(answer["sources"]) == 2 and "[2] " in answer["text"]
+    assert all(isinstance(s["regions"], list) for s in answer["sources"])
     image = out["page"].content[0]
     assert image.type == "image" and image.mime_type == "image/webp"
     assert base64.b64decode(image.data)[8:12] == b"WEBP"

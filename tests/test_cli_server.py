@@ -78,7 +78,8 @@ def test_every_command_goes_through_a_running_server(tiny_models, tmp_path) -> N
     data = tmp_path / "data"
     env = _cli_env(tiny_models, data)
     assert _colsmol("ingest", str(docs), "--dpi", "40", env=env).returncode == 0
-    local_hits = _json("search", "alpha one", "-k", "3", env=env)
+    local_hits = _json("search", "what is alpha?", "-k", "3", env=env)
+    assert any(h["regions"] for h in local_hits), local_hits  # cited regions, the same through the server
     local_docs = _json("documents", env=env)
 
     server = ServeProcess(env, data)
@@ -87,7 +88,7 @@ def test_every_command_goes_through_a_running_server(tiny_models, tmp_path) -> N
         assert ad is not None and ad.pid == server.proc.pid and not ad.auth
         assert oct(advert.advert_path(data, "colsmol").stat().st_mode & 0o777) == "0o600"
         # Read commands: the same output as the CLI gave on its own.
-        assert _json("search", "alpha one", "-k", "3", env=env) == local_hits
+        assert _json("search", "what is alpha?", "-k", "3", env=env) == local_hits
         assert _json("documents", env=env) == local_docs
         # Ingest goes through the server (embedded Qdrant is its), with path semantics and the same report.
         write_pdf(docs / "b.pdf", [PageSpec(*A4, text="beta")])

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from api.schemas import HitOut
+from api.schemas import HitOut, RegionOut
 from retriever.search import Hit
 
 
@@ -63,6 +63,7 @@ class DocNames:
                     score=hit.score,
                     image_url=image_url,
                     thumb_url=thumb_url,
+                    regions=[RegionOut(**r.to_dict()) for r in hit.regions],
                 )
             )
         return out

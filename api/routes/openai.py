@@ -169,6 +169,7 @@ async def _citations(request: Request, names: DocNames, answer: Answer) -> list[
             score=h.score,
             image_url=base + h.image_url,
             thumb_url=base + h.thumb_url,
+            regions=h.regions,
         )
         for i, h in enumerate(hits, 1)
     ]
