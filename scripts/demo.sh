@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${COLSMOL_VENV:-.venv}
-"$VENV/bin/colsmol" ingest samples
-"$VENV/bin/colsmol" answer "${1:-What was Northwind Cycles' revenue in 2023?}"
+"$VENV/bin/colsmol" ingest samples/*.pdf
+DEFAULT_QUESTION="What was Northwind Cycles' revenue in 2023?"
+"$VENV/bin/colsmol" answer "${1:-$DEFAULT_QUESTION}"
