@@ -23,10 +23,11 @@ import contextlib
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from indexer.disk import replacing
 
 TOKEN_HEADER = "X-Colsmol-Local-Token"
 #: Sent by colsmol's own CLI (api/client.py): its users get the command line's hints, not the HTTP ones.
@@ -66,16 +67,8 @@ def publish(data_dir: Path, collection: str, host: str, port: int, auth: bool) -
     )
     target = advert_path(data_dir, collection)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(advert), fh)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with replacing(target) as tmp:  # mode 0600: the advertisement holds the local routes' token
+        tmp.write_text(json.dumps(asdict(advert)))
     return advert
 
 

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.disk import replacing
 from indexer.errors import ColsmolError
 from indexer.hashing import sha256_file as _sha256
 from indexer.images import SIZES, PageImageStore, Size
@@ -130,27 +130,13 @@ def _decode(blob: Any, dtype: str, where: str) -> np.ndarray:
 
 def _copy_atomic(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-        os.replace(tmp, dst)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
-
-
-def _unlink_quiet(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    with replacing(dst) as tmp, open(tmp, "wb") as out, open(src, "rb") as inp:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 def _image_rel(point_id: str, size: Size) -> str:
     """Where a page image lies in an export: the image store's own layout under ``images/``."""
     return f"{IMAGES_DIR}/{PageImageStore.relative_path(point_id, size)}"
-
 
 
 # ---------------------------------------------------------------------------------------------

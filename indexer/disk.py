@@ -1,4 +1,4 @@
-"""Free disk space: refuse a write that would fill the disk, and name a full disk in one line.
+"""Free disk space: refuse a write that would fill the disk, and name a full disk in one line; atomic file writes.
 
 Embedded Qdrant Edge keeps its vectors and WAL in memory-mapped files. When the disk fills while it
 writes, the kernel kills the process with SIGBUS (measured here on an ext4 loop device: the 37th
@@ -10,8 +10,12 @@ needs no margin (an Edge shard opened for reading with 1 MB free worked).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from indexer.errors import DiskFull
@@ -57,3 +61,24 @@ def is_disk_full(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return "no space left on device" in text or "disk quota exceeded" in text
+
+
+@contextlib.contextmanager
+def replacing(target: str | Path, tmp_dir: str | Path | None = None) -> Iterator[Path]:
+    """A new temporary file (mode 0600) to write ``target``'s content to: on a clean exit it replaces ``target`` in
+    one rename, so readers see the old file or the new one, never half of one; on an error it is removed.
+
+    ``tmp_dir`` (default: ``target``'s folder, which must exist) must be on the same file system.
+    """
+    target = Path(target)
+    folder = Path(tmp_dir) if tmp_dir is not None else target.parent
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

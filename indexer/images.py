@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
+
+from indexer.disk import replacing
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -99,17 +100,8 @@ class PageImageStore:
 
     def _write(self, target: Path, image: Image.Image) -> None:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                image.save(fh, format="WEBP", quality=self.quality, method=WEBP_METHOD)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with replacing(target, tmp_dir=self.tmp_dir) as tmp:
+            image.save(tmp, format="WEBP", quality=self.quality, method=WEBP_METHOD)
 
     def remove_stale_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
         """Delete temporary files left by killed writers; returns how many. Files younger than ``older_than_s``

@@ -499,3 +499,19 @@ def test_get_vectors_returns_token_vectors_by_id(store):
     assert list(got) == [pid]
     np.testing.assert_allclose(got[pid], vecs, atol=2e-3)
     assert store.get_vectors([]) == {}
+
+
+def test_replacing_swaps_in_whole_files_and_leaves_nothing_on_failure(tmp_path) -> None:
+    """indexer.disk.replacing, under page images, page features, exports and the server's advertisement."""
+    from indexer.disk import replacing
+
+    target = tmp_path / "f.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), replacing(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+    with replacing(target) as tmp:
+        assert oct(tmp.stat().st_mode & 0o777) == "0o600"
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]

@@ -20,13 +20,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from indexer.disk import replacing
 
 if TYPE_CHECKING:
     import torch
@@ -171,14 +171,5 @@ class PageFeatureCache:
             "rows": str(features.rows),
             "cols": str(features.cols),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with replacing(path) as tmp:  # readers see the old file or the new one, never half of one
             save_file({"features": features.features.contiguous()}, tmp, metadata=meta)
-            os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
