@@ -136,7 +136,7 @@ def measure(args: argparse.Namespace, decode: str, pages: list, question: str, r
     import torch
     from transformers import LogitsProcessorList
 
-    from indexer.device import resolve_device
+    from indexer.models.device import resolve_device
     from rag.generators.smolvlm import SmolVLMGenerator
 
     if resolve_device(args.device).type == "cuda":
@@ -476,7 +476,7 @@ def main() -> None:
         reference = ids if reference is None else reference
         rows.append(row)
 
-    from indexer.device import resolve_device
+    from indexer.models.device import resolve_device
 
     cuda = resolve_device(args.device).type == "cuda"
     device_name = (

@@ -7,7 +7,7 @@ clock from ``exec`` to exit, ``--reps`` times each way:
 - **alone**: ``colsmol search`` opens the store, loads the encoder and the index itself;
 - **through the server**: ``colsmol serve`` owns the data dir (models and index loaded once), and the command
   finds its advertisement and asks it over HTTP;
-- the command's own start-up (``colsmol --help``) and the import of ``api.cli``, for scale.
+- the command's own start-up (``colsmol --help``) and the import of ``api.cli.app``, for scale.
 
 Use the full-size random encoder for the real query-encoding cost::
 
@@ -96,7 +96,7 @@ def main() -> None:
     try:
         fill(data, args.pages)
         results: dict[str, list[float]] = {}
-        results["python -c 'import api.cli'"] = timed([sys.executable, "-c", "import api.cli"], env, args.reps)
+        results["python -c 'import api.cli.app'"] = timed([sys.executable, "-c", "import api.cli.app"], env, args.reps)
         results["colsmol --help"] = timed([*cli, "--help"], env, args.reps)
         results["colsmol search (alone)"] = timed(search, env, args.reps)
         with socket.socket() as s:

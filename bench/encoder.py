@@ -47,7 +47,7 @@ def main() -> None:
 
     import torch
 
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
 
     if args.smoke:
         args.pages, args.batches = 4, "1,2"

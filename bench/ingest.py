@@ -111,7 +111,7 @@ def main() -> None:
 
     import torch
 
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
     from indexer.images import PageImageStore
     from indexer.ingest import Ingestor
     from indexer.render import iter_file_pages, make_renderer

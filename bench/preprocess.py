@@ -116,7 +116,7 @@ def main() -> None:
     import transformers
     from colpali_engine.models import ColIdefics3Processor
 
-    from indexer.preprocess import TensorPreprocessor
+    from indexer.models.preprocess import TensorPreprocessor
 
     load_start = os.getloadavg()
     proc = ColIdefics3Processor.from_pretrained(args.model)
@@ -191,7 +191,7 @@ def main() -> None:
     # ---- embeddings
     embed = []
     if args.embed_pages:
-        from indexer.encoder import ColSmolEncoder
+        from indexer.models.encoder import ColSmolEncoder
 
         enc = ColSmolEncoder(args.model, device=args.device, preprocess="reference").load()
         # The pages whose pixels differ most: identical inputs would trivially give cosine 1.

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from indexer.preprocess import prompt_ids, tile_layout  # noqa: E402
+from indexer.models.preprocess import prompt_ids, tile_layout  # noqa: E402
 from retriever.regions import RegionFinder  # noqa: E402
 from retriever.token_index import TokenIndex  # noqa: E402
 
@@ -141,7 +141,7 @@ def synthetic(n_pages: int, k: int, iters: int, seed: int = 0) -> dict[str, Any]
 
 def encode_ms(model: Path, iters: int) -> float:
     """p50 of encoding one query with the full-size encoder (what a search does before scoring)."""
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
 
     encoder = ColSmolEncoder(model, device="cpu").load()
     texts = ["What was the revenue in 2023?", "quarterly report for the board", "table of figures", "memo"]

@@ -1,6 +1,6 @@
 """CPU encoder runtimes side by side: pages/s of the whole encoder and fidelity of the page embeddings to fp32.
 
-For each runtime of ``indexer.vision_runtimes`` (``--runtimes``), the full-size random checkpoint
+For each runtime of ``indexer.models.vision_runtimes`` (``--runtimes``), the full-size random checkpoint
 (bench/make_checkpoints.py) embeds the same Letter pages (pypdfium2, 150 dpi), preprocessed once up front at
 each ``--longest-edge``. Timed: the whole forward (vision tower, connector, text model, projection) and the
 padding removal, one page a batch, after a one-tile warm-up. Fidelity: per-token cosine of each page's
@@ -49,7 +49,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
 
     runtimes = args.runtimes.split(",")
     edges = [int(e) for e in args.longest_edge.split(",")]
@@ -66,7 +66,7 @@ def main() -> None:
             got = enc.runtime_choice.name if enc.runtime_choice else "?"
             batches = [enc.preprocess_pages([p]) for p in pages]
             tiles = enc.tile_count(pages[0])
-            from indexer.preprocess import probe_page_inputs
+            from indexer.models.preprocess import probe_page_inputs
 
             with torch.inference_mode():
                 enc.model(**probe_page_inputs(enc.processor))  # warm-up on one tile

@@ -1,6 +1,6 @@
 """HTTP search throughput and latency: the real app under uvicorn, concurrent clients on POST /v1/search.
 
-The server is ``api.app.create_app`` with a ``RAGPipeline`` whose encoder is the real ColSmolVLM from
+The server is ``api.http.app.create_app`` with a ``RAGPipeline`` whose encoder is the real ColSmolVLM from
 ``--model`` (queries are embedded on every request, in the API's dynamic batches) and whose
 ``TokenIndex`` holds ``--pages`` synthetic pages: unit-norm random vectors of 870 to 1,145 tokens
 (ColSmol's Letter/A4 range), added with ``TokenIndex.add`` as float32 host arrays. The store is an
@@ -178,8 +178,8 @@ def main() -> None:
     import torch
     import uvicorn
 
-    from api.app import create_app
-    from indexer.encoder import ColSmolEncoder
+    from api.http.app import create_app
+    from indexer.models.encoder import ColSmolEncoder
     from indexer.images import PageImageStore
     from indexer.settings import Settings
     from indexer.store.edge import EdgeStore

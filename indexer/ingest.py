@@ -48,7 +48,7 @@ EventKind = Literal["file", "pages", "done"]
 
 
 class PageEncoder(Protocol):
-    """What ingest needs from the page encoder (:class:`~indexer.encoder.ColSmolEncoder`).
+    """What ingest needs from the page encoder (:class:`~indexer.models.encoder.ColSmolEncoder`).
 
     Preprocessing (CPU work, run on a thread pool) is separate from the forward pass (run in order on
     the ingest thread), so the two overlap. ``load`` is called before the first page (and timed apart).

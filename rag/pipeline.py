@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.encoder import ColSmolEncoder
+from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
@@ -42,7 +42,7 @@ from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher
 if TYPE_CHECKING:
     from PIL import Image
 
-    from rag.explain import SimilarityMap
+    from retriever.explain import SimilarityMap
 
 log = logging.getLogger(__name__)
 
@@ -373,9 +373,9 @@ class RAGPipeline:
 
     # ------------------------------------------------------------------ explain
     def explain(self, query: str, hit: Hit | str, token: int | None = None) -> SimilarityMap:
-        """Which regions of a page matched ``query``: a :class:`rag.explain.SimilarityMap` at the
+        """Which regions of a page matched ``query``: a :class:`retriever.explain.SimilarityMap` at the
         page's pixel size (``.heatmap``, ``.overlay()``); ``token`` picks one query token's map."""
-        from rag.explain import similarity_map
+        from retriever.explain import similarity_map
 
         _check_text(query, "query")
         point_id = hit if isinstance(hit, str) else hit.point_id

@@ -2,7 +2,7 @@
 
 MaxSim scores a page as ``sum_i max_j q_i . d_j``. Each query token ``i`` has a winning page token
 ``argmax_j q_i . d_j``: the place its term of the score came from. The winners that are image tokens are put
-on the page through its token layout (:mod:`indexer.token_layout`: tiles, global view, pixel-shuffle cells;
+on the page through its token layout (:mod:`indexer.models.token_layout`: tiles, global view, pixel-shuffle cells;
 derived from the page's stored width and height and the encoder processor's configuration, so pages indexed
 before regions existed get them too). Winners among the prompt's text tokens have no place on the page and
 are left out.
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from indexer.store.base import VectorStore
-from indexer.token_layout import PageLayouts, TokenCells
+from indexer.models.token_layout import PageLayouts, TokenCells
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.device import resolve_device
+from indexer.models.device import resolve_device
 from indexer.filters import Filter
 from indexer.store.base import VectorStore
 from retriever.live_index import LiveIndex

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.device import resolve_device
+from indexer.models.device import resolve_device
 from indexer.filters import Filter
 from indexer.store.base import TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk

@@ -14,7 +14,7 @@ PY=${PYTHON:-python3}
 "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "colsmol needs Python 3.11 or newer")'
 
 VENV=${COLSMOL_VENV:-.venv}
-DIGEST=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+DIGEST=$("$PY" scripts/deps_digest.py .)
 eval "$("$PY" scripts/install_plan.py --venv "$VENV" --digest "$DIGEST" --extras "${COLSMOL_EXTRAS:-}")"
 
 if [ ! -x "$VENV/bin/python" ]; then

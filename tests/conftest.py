@@ -39,7 +39,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_models: dict[str, Path]):
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
 
     return ColSmolEncoder(tiny_models["encoder"], device="cpu", batch_size=4).load()
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api import uploads
-from api.app import create_app
+from api.http import uploads
+from api.http.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import MAX_ANSWER_K, MAX_K, MAX_QUESTION_CHARS, RAGPipeline
 from testkit.pdfs import LETTER, PageSpec, build_pdf
@@ -153,8 +153,8 @@ def test_upload_job_counts_every_files_pages_before_the_first_is_embedded(
 ) -> None:
     """The page's progress bar divides pages_done by pages_total: the total is the whole upload's from the start,
     and a failed file's pages leave it, so done == total at the end."""
-    from api.jobs import Job, JobRunner
-    from api.uploads import SavedFile
+    from api.http.jobs import Job, JobRunner
+    from api.http.uploads import SavedFile
 
     seen: list[tuple[str, int, int]] = []
 
@@ -367,7 +367,7 @@ def test_no_api_key_means_open(client: TestClient) -> None:
 
 
 def test_edge_refuses_several_workers(settings: Settings) -> None:
-    from api.app import serve
+    from api.http.app import serve
     from indexer.errors import ConfigError
 
     with pytest.raises(ConfigError, match="Qdrant server"):

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.app import create_app
+from api.http.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
 from tests.conftest import tiny_settings
@@ -541,15 +541,15 @@ def test_encrypted_upload_password(
 
 
 def test_cli_main_appends_the_cli_hint(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    import api.cli
+    import api.cli.app
     from indexer.errors import NotFound
 
     def fail() -> None:
         raise NotFound("no document with id 'x'", hints={"cli": "`colsmol documents` lists them", "http": "GET ..."})
 
-    monkeypatch.setattr(api.cli, "app", fail)
+    monkeypatch.setattr(api.cli.app, "app", fail)
     with pytest.raises(SystemExit) as exit_info:
-        api.cli.main()
+        api.cli.app.main()
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.strip() == "colsmol: error: no document with id 'x'; `colsmol documents` lists them"
 
@@ -557,7 +557,7 @@ def test_cli_main_appends_the_cli_hint(monkeypatch: pytest.MonkeyPatch, capsys: 
 # ---------------------------------------------------------------------------------------------- 17: kill -9
 def test_process_claims_outlive_pid_reuse(tmp_path: Path) -> None:
     """Owners are told alive or dead by a held flock, not by a PID (a container's server is PID 1 every time)."""
-    from api.liveness import ProcessClaim
+    from api.cli.liveness import ProcessClaim
 
     a, b = ProcessClaim(tmp_path), ProcessClaim(tmp_path)
     assert a.alive(a.id) and a.alive(b.id) and b.alive(a.id)
@@ -565,7 +565,7 @@ def test_process_claims_outlive_pid_reuse(tmp_path: Path) -> None:
     b.release()
     assert not a.alive(b.id)
     code = (
-        "import sys; from pathlib import Path; from api.liveness import ProcessClaim; "
+        "import sys; from pathlib import Path; from api.cli.liveness import ProcessClaim; "
         "print(ProcessClaim(Path(sys.argv[1])).id)"
     )
     died = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=REPO)

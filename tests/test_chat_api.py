@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from api.app import create_app
+from api.http.app import create_app
 from indexer.settings import Settings
 from rag.generators.openai import OpenAIGenerator
 from rag.pipeline import MAX_QUESTION_CHARS, RAGPipeline

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api import advert
+from api.cli import advert
 from testkit.pdfs import A4, LETTER, PageSpec, write_pdf
 from tests.test_ingest import _cli_env, _colsmol
 

@@ -206,7 +206,7 @@ def test_volumes_env_port_and_command(dockerfile):
     assert instructions(dockerfile, "EXPOSE") == ["8000"]
     (cmd,) = instructions(dockerfile, "CMD")
     assert json.loads(cmd) == ["colsmol", "serve", "--host", "0.0.0.0", "--port", "8000"]
-    cli = (ROOT / "api/cli.py").read_text()
+    cli = (ROOT / "api/cli/app.py").read_text()
     assert '"--host"' in cli and '"--port"' in cli
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.encoder import ColSmolEncoder
+from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import InvalidRequest, ModelUnavailable
 
 # Aspect ratios chosen so Idefics3 splits them into different tile counts (5, 3 and 3 tiles incl. the

@@ -147,7 +147,7 @@ def test_parse_configs_rejects_unknown_names() -> None:
 
 
 def _eval_app() -> typer.Typer:
-    from api.eval_cmd import eval_command
+    from api.cli.eval_cmd import eval_command
 
     app = typer.Typer()
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from indexer.errors import InvalidRequest
-from rag.explain import SimilarityMap, image_token_layout, similarity_map, upsample_nearest
+from retriever.explain import SimilarityMap, image_token_layout, similarity_map, upsample_nearest
 from testkit.checkpoints import IMAGE_SEQ_LEN, PATCH, SCALE, TILE
 
 QUERY = "what is the revenue in 2023?"
@@ -149,7 +149,7 @@ def test_within_view_cell_order_matches_pixel_shuffle(tiny_encoder):
 
 def test_single_view_page(tiny_models):
     """A processor whose longest edge is one tile does not split: the map is the global view alone."""
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
 
     enc = ColSmolEncoder(tiny_models["encoder"], device="cpu").load()
     enc.processor.image_processor.size = {"longest_edge": TILE}

@@ -416,7 +416,7 @@ def test_stale_temporary_images_are_removed(store, tiny_encoder, tmp_path) -> No
 
 
 def test_model_load_time_is_not_counted_in_pages_per_second(tiny_models, store, tmp_path) -> None:
-    from indexer.encoder import ColSmolEncoder
+    from indexer.models.encoder import ColSmolEncoder
 
     enc = ColSmolEncoder(tiny_models["encoder"], device="cpu", batch_size=2)  # not loaded yet
     ing = Ingestor(store, enc, PageImageStore(tmp_path / "pages"), dpi=40, batch_size=2)

@@ -208,7 +208,7 @@ def test_pipeline_api_and_cli_on_the_llama_cpp_backend(
     """colsmol unchanged on top of the backend: RAGPipeline, the HTTP API (stream and not), `colsmol answer`."""
     from fastapi.testclient import TestClient
 
-    from api.app import create_app
+    from api.http.app import create_app
     from rag.pipeline import RAGPipeline
     from testkit.pdfs import LETTER, PageSpec, write_pdf
     from tests.conftest import tiny_settings

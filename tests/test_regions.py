@@ -1,4 +1,4 @@
-"""Cited regions (retriever.regions) and the token layout they map through (indexer.token_layout).
+"""Cited regions (retriever.regions) and the token layout they map through (indexer.models.token_layout).
 
 Unit tests use hand-made layouts and vectors: a 2 x 2-tile page, an unsplit page, the global view, text tokens.
 Then the layout rebuilt from a page's size and the tiny processor is checked against the ids the encoder's
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.token_layout import ImageTokenLayout, PageLayouts, TokenCells, image_token_layout
+from indexer.models.token_layout import ImageTokenLayout, PageLayouts, TokenCells, image_token_layout
 from retriever.regions import Region, RegionFinder, maxsim_winners, merge_cells, page_regions
 
 K = 2  # 2 x 2 cells per view, as the tiny model
@@ -154,7 +154,7 @@ def test_layout_of_another_resolution_or_none(processor: Any) -> None:
     one_tile = layouts.cells(100, 100, 52)  # 2 x 2 tiles at the processor's own longest edge (64)
     assert one_tile is not None and one_tile.grid == (4, 4)
     # A page stored when the processor's longest edge was 32 (one tile: unsplit): fewer tokens, still laid out.
-    from indexer.preprocess import prompt_ids
+    from indexer.models.preprocess import prompt_ids
 
     unsplit = len(prompt_ids(processor, (0, 0)))
     cells = layouts.cells(100, 100, unsplit)
@@ -180,7 +180,7 @@ class _Store:
 def test_region_finder_places_planted_matches(processor: Any) -> None:
     """Query tokens planted equal to chosen image tokens of a stored page come back as those cells; a pooled
     resident copy falls back to the store's vectors; unknown pages get no regions."""
-    from indexer.preprocess import prompt_ids
+    from indexer.models.preprocess import prompt_ids
 
     tok = processor.tokenizer
     ids = np.asarray(prompt_ids(processor, (2, 2)))

@@ -1,4 +1,4 @@
-"""Encoder runtime selection (indexer.runtimes, indexer.vision_runtimes) and the page resolution setting.
+"""Encoder runtime selection (indexer.models.runtimes, indexer.models.vision_runtimes) and the page resolution setting.
 
 Selection is tested on hand-made candidates (what is chosen, skipped, cached, re-measured), then on the tiny
 checkpoint with the real candidates. Nothing here asserts a speed: which runtime wins depends on the machine.
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.encoder import ColSmolEncoder
+from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import ConfigError, InvalidRequest
-from indexer.runtimes import Candidate, ChoiceCache, choose, token_cosine_min
+from indexer.models.runtimes import Candidate, ChoiceCache, choose, token_cosine_min
 
 REF = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
@@ -69,7 +69,7 @@ def _candidates(builds: list[str]) -> list[Candidate]:
 
 def test_auto_skips_a_candidate_that_raises_and_one_that_fails_fidelity(caplog) -> None:
     builds: list[str] = []
-    with caplog.at_level(logging.INFO, logger="indexer.runtimes"):
+    with caplog.at_level(logging.INFO, logger="indexer.models.runtimes"):
         choice = choose(_candidates(builds), Probe(), token_cosine_min, what="test")
     assert choice.name == "good" and not choice.cached
     trials = {t.name: t for t in choice.trials}
@@ -84,7 +84,7 @@ def test_named_runtime_is_built_without_probing_and_falls_back_when_it_cannot(ca
     builds: list[str] = []
     assert choose(_candidates(builds), probe, token_cosine_min, requested="wrong").name == "wrong"
     assert probe.calls == []  # asked for by name: not measured, not gated
-    with caplog.at_level(logging.WARNING, logger="indexer.runtimes"):
+    with caplog.at_level(logging.WARNING, logger="indexer.models.runtimes"):
         fallback = choose(_candidates(builds), probe, token_cosine_min, requested="broken", what="encoder")
     assert fallback.name == "fp32" and "broken unavailable" in fallback.reason
     assert "encoder runtime broken unavailable (ImportError: no such runtime library here); using fp32" in caplog.text
@@ -141,7 +141,7 @@ def _cosines(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 def test_every_runtime_embeds_like_fp32_on_the_tiny_encoder(tiny_models, tiny_encoder, tmp_path: Path) -> None:
-    from indexer.vision_runtimes import RUNTIMES, tower_candidates, vision_tower
+    from indexer.models.vision_runtimes import RUNTIMES, tower_candidates, vision_tower
 
     assert [c.name for c in tower_candidates(vision_tower(tiny_encoder.model), "m")] == list(RUNTIMES)
     pages = _pages()
@@ -178,7 +178,7 @@ def test_new_weights_at_the_same_path_are_measured_again(tiny_models, tmp_path: 
     import os
     import shutil
 
-    from indexer.models import weights_identity
+    from indexer.models.loading import weights_identity
 
     model = shutil.copytree(tiny_models["encoder"], tmp_path / "model")
     before = weights_identity(str(model))
@@ -194,7 +194,7 @@ def test_unknown_runtime_is_refused(tiny_models) -> None:
 
 def test_openvino_tower_sends_partial_patch_masks_to_torch(tiny_encoder, tmp_path: Path) -> None:
     pytest.importorskip("openvino")
-    from indexer.vision_runtimes import tower_candidates, vision_tower
+    from indexer.models.vision_runtimes import tower_candidates, vision_tower
 
     tower = vision_tower(tiny_encoder.model)
     ov_tower = {c.name: c for c in tower_candidates(tower, "m", tmp_path)}["openvino"].build()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.device import resolve_device
+from indexer.models.device import resolve_device
 from indexer.errors import ConfigError
 from indexer.settings import Settings
 

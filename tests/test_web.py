@@ -22,7 +22,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from api.app import create_app
+from api.http.app import create_app
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
 from testkit.pdfs import LETTER, PageSpec, build_pdf, write_pdf

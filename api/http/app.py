@@ -1,0 +1,161 @@
+"""The HTTP API: ``create_app`` builds the FastAPI app, ``serve`` runs it under uvicorn.
+
+Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Searches go through
+one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs) whose job records
+survive restarts, answers and heatmaps through one bounded worker each (api.http.limits: a short line, then 503).
+Every ``ColsmolError`` and every validation failure maps to a 4xx/503 JSON body in api.http.errors; uploads and
+deletes refuse cross-origin browser requests, and every response carries security headers (api.http.security).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from api.http import errors
+from api.cli.advert import publish as advertise
+from api.cli.advert import withdraw
+from api.http.batcher import SearchBatcher
+from api.http.deps import require_api_key
+from api.http.docs import add_docs
+from api.http.jobs import JobRunner
+from api.http.limits import WorkQueue
+from api.http.routes import answer, documents, facets, health, local, pages, search
+from api.http.routes import mcp as mcp_routes
+from api.http.routes import openai as openai_compat
+from api.http.routes.common import DocNames
+from api.http.security import SecurityHeaders
+from indexer.errors import ColsmolError, ConfigError
+from indexer.settings import Settings
+from rag.pipeline import RAGPipeline
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+#: How long a client told "busy" (503) should wait before trying again.
+ANSWER_RETRY_AFTER_S = 5
+EXPLAIN_RETRY_AFTER_S = 2
+
+
+def create_app(
+    settings: Settings | None = None, pipeline: RAGPipeline | None = None, local_token: str | None = None
+) -> FastAPI:
+    """The app. ``pipeline`` (already built, e.g. by a test) is used as is and not closed on shutdown.
+    ``local_token`` opens ``/v1/local`` (see :mod:`api.http.routes.local`; ``serve`` advertises it)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = pipeline is None
+        rag = pipeline if pipeline is not None else await run_in_threadpool(RAGPipeline.from_settings, settings)
+        try:
+            await run_in_threadpool(rag.warm_up)
+            app.state.doc_names = DocNames(rag.store)
+            app.state.answers = WorkQueue("answer", settings.answer_queue, ANSWER_RETRY_AFTER_S)
+            app.state.explains = WorkQueue("explain", settings.explain_queue, EXPLAIN_RETRY_AFTER_S)
+            app.state.batcher = SearchBatcher(rag, settings.search_batch_window_ms / 1000, settings.search_max_batch)
+            app.state.jobs = await run_in_threadpool(JobRunner, rag, settings.data_dir)
+            app.state.pipeline = rag
+            app.state.ready = True
+            log.info("colsmol API ready")
+            yield
+        finally:
+            app.state.ready = False
+            for name in ("jobs", "batcher", "answers", "explains"):
+                worker = getattr(app.state, name, None)
+                if worker is not None:
+                    await run_in_threadpool(worker.close)
+            app.state.pipeline = None
+            if owned:
+                await run_in_threadpool(rag.close)
+
+    app = FastAPI(
+        title="colsmol",
+        summary="Visual document search and question answering: ColSmolVLM + Qdrant + SmolVLM.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        default_response_class=errors.SafeJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.pipeline = None
+    app.state.ready = False
+    app.state.local_token = local_token
+
+    app.add_exception_handler(ColsmolError, errors.colsmol_error)
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(HTTPException, errors.http_error)
+    app.add_middleware(SecurityHeaders)
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    for module in (documents, facets, search, answer, pages, local, openai_compat):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    mcp_routes.mount(app)
+    add_docs(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for multi-worker serving: each worker process builds its app from COLSMOL_* vars."""
+    return create_app()
+
+
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run the API under uvicorn. Several workers need the Qdrant server backend (``COLSMOL_QDRANT_URL``)."""
+    import uvicorn
+
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        # Build and warm the pipeline before uvicorn starts, so a missing model or a store held by
+        # another process is one clear line from the CLI, not a traceback from the lifespan.
+        rag = RAGPipeline.from_settings(settings)
+        try:
+            if rag.live_index is not None:
+                rag.live_index.progress = progress  # a first start builds the search index: say so
+            rag.warm_up()
+            # Tell colsmol commands on this machine that this process owns the data dir (api.cli.advert).
+            advert = advertise(settings.data_dir, settings.collection, host, port, auth=settings.api_key is not None)
+            try:
+                app = create_app(settings, pipeline=rag, local_token=advert.token)
+                uvicorn.run(app, host=host, port=port, log_level="info")
+            finally:
+                withdraw(settings.data_dir, settings.collection, advert)
+        finally:
+            rag.close()
+        return
+    if not settings.qdrant_url:
+        raise ConfigError(
+            f"--workers {workers} needs the Qdrant server backend: embedded Qdrant Edge lives in one process. "
+            "Set COLSMOL_QDRANT_URL (docker compose starts a server), or use --workers 1."
+        )
+    # Worker processes rebuild their settings from the environment: hand this object's values down.
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            os.environ[f"COLSMOL_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
+    uvicorn.run("api.http.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")

@@ -1,0 +1,69 @@
+"""Turning core results into response bodies, shared by the search, answer and document routes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from api.http.schemas import HitOut, RegionOut
+from retriever.search import Hit
+
+
+def page_urls(point_id: str) -> tuple[str, str]:
+    base = f"/v1/pages/{point_id}/image"
+    return f"{base}?size=full", f"{base}?size=thumb"
+
+
+def shown_name(file_name: str | None, metadata: dict[str, Any] | None) -> str | None:
+    """The name shown for a document: its ``file_name`` (an upload's is the client's name). Uploads made before
+    sources named them (``upload:<name>``) kept the client's name in ``metadata.original_name``."""
+    original = (metadata or {}).get("original_name")
+    return original if isinstance(original, str) and original else file_name
+
+
+class DocNames:
+    """Shapes hits into response bodies. A hit's ``file_name`` is current (renames update the pages); only
+    uploads from before sources named them need their document's ``metadata.original_name``, looked up once
+    per document and cached."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._names: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, doc_id: str) -> None:
+        with self._lock:
+            self._names.pop(doc_id, None)
+
+    def _lookup(self, doc_ids: list[str]) -> None:
+        for doc_id in doc_ids:
+            info = self.store.get_document(doc_id)
+            original = (info.metadata or {}).get("original_name") if info is not None else None
+            name = original if isinstance(original, str) and original else None
+            with self._lock:
+                self._names[doc_id] = name
+
+    async def hits_out(self, hits: Sequence[Hit]) -> list[HitOut]:
+        missing = sorted({h.doc_id for h in hits if h.doc_id and h.doc_id not in self._names})
+        if missing:
+            await run_in_threadpool(self._lookup, missing)
+        out = []
+        for hit in hits:
+            image_url, thumb_url = page_urls(hit.point_id)
+            out.append(
+                HitOut(
+                    point_id=hit.point_id,
+                    doc_id=hit.doc_id,
+                    source=hit.source,
+                    file_name=self._names.get(hit.doc_id or "") or hit.file_name,
+                    page_number=hit.page_number,
+                    score=hit.score,
+                    image_url=image_url,
+                    thumb_url=thumb_url,
+                    regions=[RegionOut(**r.to_dict()) for r in hit.regions],
+                )
+            )
+        return out

@@ -1,0 +1,266 @@
+"""colsmol as an OpenAI-compatible model: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Any OpenAI client (the official SDKs, chat tools, agent frameworks) can ask colsmol questions: the last user
+message is the question, answered like ``POST /v1/answer`` (same key, limits and filters; ``k`` and ``filter`` are
+extra body fields). The answer text ends with the cited pages as ``[n]`` markers, and the response's extra
+``citations`` field lists them with their page image URLs (on the last chunk when streaming).
+
+Streaming sends OpenAI chunk events (``data: {"object": "chat.completion.chunk", ...}``) and then
+``data: [DONE]``; a client that disconnects stops the generation. Errors are OpenAI-shaped
+(``{"error": {"message", "type", "param", "code"}}``), so SDKs raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+from api.http.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
+from api.http.openai_schemas import (
+    MODEL_ID,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessage,
+    Choice,
+    ChunkChoice,
+    ChunkDelta,
+    Citation,
+    ModelCard,
+    ModelList,
+    OpenAIError,
+    error_body,
+)
+from api.http.routes.common import DocNames
+from api.http.streams import EventStream, relay, start_stream
+from indexer.errors import ColsmolError, InvalidRequest, ModelUnavailable, NotFound, StoreUnavailable
+from indexer.filters import Filter
+from rag.pipeline import MAX_QUESTION_CHARS
+from rag.types import Answer
+
+log = logging.getLogger(__name__)
+
+#: Largest request body (a chat tool may resend a long history, or images, with every question).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+STARTED = int(time.time())
+
+
+def openai_error(status: int, message: str, type: str, code: str | None = None, param: str | None = None) -> Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(message, type, code, param), status_code=status, headers=headers)
+
+
+def _error_for(exc: Exception) -> Response:
+    if isinstance(exc, RequestValidationError):
+        problems, param = [], None
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            param = param or (".".join(loc) or None)
+            problems.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid')}")
+        message = "; ".join(problems) or "invalid request"
+        return openai_error(400, message, "invalid_request_error", "invalid_value", param)
+    if isinstance(exc, HTTPException):
+        kind = {401: ("authentication_error", "invalid_api_key"), 404: ("invalid_request_error", "model_not_found")}
+        type_, code = kind.get(exc.status_code, ("invalid_request_error", None))
+        return openai_error(exc.status_code, str(exc.detail), type_, code)
+    if isinstance(exc, NotFound):
+        return openai_error(404, str(exc), "invalid_request_error", "not_found")
+    if isinstance(exc, ModelUnavailable | StoreUnavailable):
+        return openai_error(503, str(exc), "server_error", "unavailable")
+    assert isinstance(exc, ColsmolError)
+    return openai_error(400, str(exc), "invalid_request_error", "invalid_value")
+
+
+async def _capped_body(request: Request) -> Response | None:
+    """Read the body (at most MAX_BODY_BYTES) before FastAPI parses it; a 413 for more."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return openai_error(
+            413, f"the request is {declared} bytes; the limit is {MAX_BODY_BYTES}", "invalid_request_error", "too_large"
+        )
+    if request.method != "POST":
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return openai_error(
+                413, f"the request is over {MAX_BODY_BYTES} bytes", "invalid_request_error", "too_large"
+            )
+    request._body = bytes(body)  # Starlette's cache of the read body: FastAPI parses it from here
+    return None
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors, including validation, auth and size errors, have OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def openai_handler(request: Request) -> Response:
+            try:
+                refused = await _capped_body(request)
+                return refused or await handler(request)
+            except (RequestValidationError, HTTPException, ColsmolError) as exc:
+                return _error_for(exc)
+
+        return openai_handler
+
+
+router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses={400: {"model": OpenAIError}})
+
+
+def _model_card() -> ModelCard:
+    return ModelCard(id=MODEL_ID, created=STARTED)
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models() -> ModelList:
+    """The one model colsmol serves (OpenAI's model listing)."""
+    return ModelList(data=[_model_card()])
+
+
+@router.get("/models/{model}", response_model=ModelCard, responses={404: {"model": OpenAIError}})
+async def get_model(model: str) -> ModelCard:
+    _check_model(model)
+    return _model_card()
+
+
+def _check_model(model: str) -> None:
+    if model != MODEL_ID:
+        raise HTTPException(404, f"the model {model!r} does not exist; colsmol serves {MODEL_ID!r} (GET /v1/models)")
+
+
+def question_of(messages: Sequence[ChatMessage]) -> str:
+    """The last user message's text: the question (earlier turns are context colsmol does not use)."""
+    for message in reversed(messages):
+        if message.role == "user":
+            text = message.text()
+            if not text.strip():
+                raise InvalidRequest("the last user message has no text")
+            if len(text) > MAX_QUESTION_CHARS:
+                raise InvalidRequest(
+                    f"the last user message is {len(text)} characters; the limit is {MAX_QUESTION_CHARS}"
+                )
+            return text
+    raise InvalidRequest("no user message: the last message with role 'user' is the question")
+
+
+async def _citations(request: Request, names: DocNames, answer: Answer) -> list[Citation]:
+    base = str(request.base_url).rstrip("/")
+    hits = await names.hits_out(answer.sources)
+    return [
+        Citation(
+            index=i,
+            point_id=h.point_id,
+            doc_id=h.doc_id,
+            file_name=h.file_name,
+            page_number=h.page_number,
+            score=h.score,
+            image_url=base + h.image_url,
+            thumb_url=base + h.thumb_url,
+            regions=h.regions,
+        )
+        for i, h in enumerate(hits, 1)
+    ]
+
+
+def sources_text(citations: Sequence[Citation]) -> str:
+    """The ``[n]`` list appended to the answer text (Markdown that reads as plain text too).
+
+    >>> c = Citation(index=1, point_id="p", doc_id="d", file_name="a.pdf", page_number=2, score=1.0,
+    ...              image_url="u", thumb_url="t")
+    >>> sources_text([c])
+    '\\n\\nSources:\\n- [1] a.pdf, page 2'
+    """
+    if not citations:
+        return ""
+    lines = [f"- [{c.index}] {c.file_name or c.doc_id}, page {c.page_number}" for c in citations]
+    return "\n\nSources:\n" + "\n".join(lines)
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        401: {"model": OpenAIError},
+        404: {"model": OpenAIError},
+        413: {"model": OpenAIError},
+        503: {"model": OpenAIError},
+    },
+)
+async def chat_completions(
+    body: ChatCompletionRequest,
+    request: Request,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    answers: AnswersDep,
+    names: DocNamesDep,
+) -> Any:
+    """Answer the last user message from the collection (RAG), citing the pages; OpenAI's chat completions API."""
+    _check_model(body.model)
+    question = question_of(body.messages)
+    flt = Filter.parse(body.filter)
+    max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if not body.stream:
+        answer: Answer = await answers.run(
+            request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop)
+        )
+        citations = await _citations(request, names, answer)
+        return ChatCompletion(
+            id=completion_id,
+            created=created,
+            model=MODEL_ID,
+            choices=[Choice(message=AssistantMessage(content=answer.text + sources_text(citations)))],
+            citations=citations,
+            warnings=answer.warnings,
+        )
+
+    # The first piece comes after search and the model's first token: a failure so far is a plain HTTP error.
+    first, queue, stop = await start_stream(
+        request, answers, lambda stop: pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop), log
+    )
+
+    def chunk(delta: ChunkDelta, finish: bool = False, citations: list[Citation] | None = None) -> bytes:
+        event = ChatCompletionChunk(
+            id=completion_id,
+            created=created,
+            model=MODEL_ID,
+            choices=[ChunkChoice(delta=delta, finish_reason="stop" if finish else None)],
+            citations=citations,
+        )
+        return b"data: " + event.model_dump_json(exclude_none=True).encode() + b"\n\n"
+
+    async def events() -> AsyncIterator[bytes]:
+        yield chunk(ChunkDelta(role="assistant", content=""))
+        async for item in relay(first, queue):
+            if isinstance(item, Answer):
+                citations = await _citations(request, names, item)
+                if citations:
+                    yield chunk(ChunkDelta(content=sources_text(citations)))
+                yield chunk(ChunkDelta(), finish=True, citations=citations)
+            elif isinstance(item, Exception):
+                # After the first byte the status is sent: the error goes as an event the SDKs raise.
+                message = str(item) if isinstance(item, ColsmolError) else f"generation failed: {item}"
+                yield b"data: " + json.dumps(error_body(message, "server_error", "generation_failed")).encode()
+                yield b"\n\n"
+            else:
+                yield chunk(ChunkDelta(content=item))
+        yield b"data: [DONE]\n\n"
+
+    return EventStream(events(), stop)
+
+
