@@ -34,6 +34,7 @@ from indexer.errors import ColsmolError, DiskFull, DocumentError, InvalidRequest
 from indexer.hashing import sha256_file
 from indexer.images import PageImageStore
 from indexer.render import display_path, file_page_count, iter_file_pages, make_renderer, walk_inputs
+from indexer.stages import StageClock
 from indexer.store.base import UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
 from indexer.types import DocumentInfo, PageRecord, RenderedPage
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Status = Literal["indexed", "unchanged", "failed", "skipped"]
-EventKind = Literal["file", "pages", "done"]
+EventKind = Literal["file", "pages", "done", "stages"]
 
 
 class PageEncoder(Protocol):
@@ -115,6 +116,8 @@ class IngestReport:
     seconds: float = 0.0
     #: Seconds spent loading the encoder (not part of pages/s).
     load_seconds: float = 0.0
+    #: Seconds per stage, ``{"wall": ..., "busy": ...}`` (:mod:`indexer.stages`).
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -143,6 +146,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
             "pages_per_second": round(self.pages_per_second, 2),
+            "stages": {view: {k: round(v, 3) for k, v in times.items()} for view, times in self.stages.items()},
             "pruned": self.pruned,
             "files": [asdict(f) for f in self.files],
         }
@@ -151,13 +155,15 @@ class IngestReport:
 @dataclass(frozen=True)
 class ProgressEvent:
     """Fed to the ``progress`` callback: ``kind`` is "file" (a file started, ``total`` = its pages),
-    "pages" (``n`` pages stored) or "done" (a file finished, ``result`` set)."""
+    "pages" (``n`` pages stored), "done" (a file finished, ``result`` set) or "stages" (the run ended,
+    ``stages`` holds its seconds per stage, :mod:`indexer.stages`)."""
 
     kind: EventKind
     path: str = ""
     n: int = 0
     total: int = 0
     result: FileResult | None = None
+    stages: Mapping[str, Mapping[str, float]] | None = None
 
 
 def doc_id_for(content_hash: str) -> str:
@@ -272,6 +278,7 @@ class Ingestor:
         self.hooks: WriteHooks = hooks or _NoHooks()
         self._load_seconds = 0.0
         self._encoder_checked = False
+        self._clock = StageClock()
         self._source_names: dict[Path, str] = {}
         self._walked: set[str] = set()
 
@@ -295,6 +302,7 @@ class Ingestor:
         self._embedded = 0
         self._load_seconds = 0.0
         self._encoder_checked = False
+        clock = self._clock = StageClock()
         self._source_names = {Path(k): v for k, v in (source_names or {}).items()}
         paths = [Path(p) for p in paths]
         walk = walk_inputs(paths, exclude=[self.images.root])
@@ -304,6 +312,7 @@ class Ingestor:
         for p, reason in walk.skipped:
             report.files.append(FileResult(display_path(p), "skipped", error=reason))
         self.images.remove_stale_temporaries()
+        clock.add_wall("setup", time.perf_counter() - started)
         try:
             self._run(walk.files, dict(metadata or {}), report, emit)
         except DiskFull:
@@ -316,8 +325,11 @@ class Ingestor:
             report.pages_embedded = self._embedded
             report.load_seconds = self._load_seconds
         if prune:
-            report.pruned = self.prune(paths)
+            with clock.wall("prune"):
+                report.pruned = self.prune(paths)
         report.seconds = time.perf_counter() - started
+        report.stages = clock.snapshot()
+        emit(ProgressEvent("stages", stages=report.stages))
         return report
 
     def prune(self, paths: Iterable[str | Path]) -> list[str]:
@@ -361,11 +373,12 @@ class Ingestor:
                 for path in files:
                     if stop.is_set():
                         break
-                    doc = self._open_doc(path, metadata, report, emit)
+                    with self._clock.busy("render"):  # hashing and page counting included
+                        doc = self._open_doc(path, metadata, report, emit)
                     if doc is None:
                         continue
                     try:
-                        for page in self._pages_to_embed(doc):
+                        for page in self._clock.timed_iter(self._pages_to_embed(doc), "render"):
                             if stop.is_set():
                                 break
                             doc.pending += 1
@@ -386,7 +399,8 @@ class Ingestor:
             try:
                 while not isinstance(job := write_q.get(), _Stop):
                     if isinstance(job, _DocEnd):
-                        self._finish_doc(job.doc, emit)
+                        with self._clock.busy("store"):
+                            self._finish_doc(job.doc, emit)
                     else:
                         self._write(job.items, job.vectors, emit)
             except BaseException as exc:  # noqa: BLE001
@@ -407,6 +421,7 @@ class Ingestor:
             stop.set()
             raise
         finally:
+            waited = time.perf_counter()  # the writer's last batches, then its threads
             write_q.put(_STOP)
             # Unblock the renderer if it is waiting on a full queue.
             while renderer_t.is_alive():
@@ -417,6 +432,7 @@ class Ingestor:
             writer_t.join()
             self._image_pool.shutdown(wait=True)
             self._image_pool = None
+            self._clock.add_wall("write", time.perf_counter() - waited)
         if errors:
             raise errors[0]
 
@@ -429,29 +445,41 @@ class Ingestor:
         """Batch pages, preprocess batches on a thread pool, embed in order on this thread."""
         in_flight: list[tuple[list[_Page], Future[Any]]] = []
         batch: list[_Page] = []
+        clock = self._clock
+
+        def preprocess(images: list[Image.Image]) -> Any:
+            with clock.busy("preprocess"):
+                return self.encoder.preprocess_pages(images)
+
         with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colsmol-preprocess") as pool:
 
             def submit() -> None:
                 nonlocal batch
                 if batch:
                     images = [it.page.image for it in batch]
-                    in_flight.append((batch, pool.submit(self.encoder.preprocess_pages, images)))
+                    in_flight.append((batch, pool.submit(preprocess, images)))
                     batch = []
 
             def drain(keep: int) -> None:
                 while len(in_flight) > keep:
                     items, fut = in_flight.pop(0)
-                    vectors = self.encoder.embed_preprocessed(fut.result())
-                    write_q.put(_Batch(items, vectors))
+                    with clock.wall("preprocess"):
+                        inputs = fut.result()
+                    with clock.both("encode"):
+                        vectors = self.encoder.embed_preprocessed(inputs)
+                    with clock.wall("write"):  # blocks while the writer is behind
+                        write_q.put(_Batch(items, vectors))
 
             while True:
-                item = pages_q.get()
+                with clock.wall("render"):
+                    item = pages_q.get()
                 if isinstance(item, _Stop) or stop.is_set():
                     break
                 if isinstance(item, _DocEnd):  # a document ended: flush its pages first, in order
                     submit()
                     drain(0)
-                    write_q.put(item)
+                    with clock.wall("write"):
+                        write_q.put(item)
                     continue
                 if not in_flight and not batch:
                     self._load_encoder()  # before the first page: its time is not embedding time
@@ -465,8 +493,16 @@ class Ingestor:
 
     def _load_encoder(self) -> None:
         t = time.perf_counter()
+        calibrated = float(getattr(self.encoder, "calibration_seconds", 0.0))
         self.encoder.load()
-        self._load_seconds += time.perf_counter() - t
+        spent = time.perf_counter() - t
+        self._load_seconds += spent
+        # The runtime measurement (``ColSmolEncoder.calibration_seconds``) is reported apart from the loading.
+        calibrate = min(spent, max(0.0, float(getattr(self.encoder, "calibration_seconds", 0.0)) - calibrated))
+        for stage, seconds in (("load", spent - calibrate), ("calibrate", calibrate)):
+            if seconds > 0:
+                self._clock.add_wall(stage, seconds)
+                self._clock.add_busy(stage, seconds)
         if self.on_encoder_load is not None and not self._encoder_checked:
             self.on_encoder_load()  # e.g. refuse a page resolution the collection was not indexed at
             self._encoder_checked = True
@@ -474,15 +510,22 @@ class Ingestor:
     def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
         require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
+        clock = self._clock
+
+        def save(pid: str, image: Image.Image) -> None:
+            with clock.busy("images"):
+                self.images.save(pid, image)
+
         saves = (
-            [self._image_pool.submit(self.images.save, pid, it.page.image) for pid, it in zip(pids, items, strict=True)]
+            [self._image_pool.submit(save, pid, it.page.image) for pid, it in zip(pids, items, strict=True)]
             if self._image_pool is not None
             else None
         )
         if saves is None:
             for pid, it in zip(pids, items, strict=True):
-                self.images.save(pid, it.page.image)
+                save(pid, it.page.image)
         records = []
+        started = time.perf_counter()  # payloads and pooled vectors: part of the store stage
         for pid, it, vec in zip(pids, items, vectors, strict=True):
             d, page = it.doc, it.page
             payload = {
@@ -500,9 +543,11 @@ class Ingestor:
             }
             pooled = self.pool(vec) if self.pool is not None else None
             records.append(PageRecord(pid, vec, payload, pooled))
+        clock.add_busy("store", time.perf_counter() - started)
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one
-        self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
+        with clock.busy("store"):
+            self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
         self._embedded += len(items)
         for it in items:
             it.doc.pending -= 1

@@ -125,6 +125,10 @@ def ingest(
             + (f" ({d['pages_per_second']:.1f} pages/s)" if d["pages_per_second"] else "")
             + (f"; pruned {len(d['pruned'])}" if d["pruned"] else "")
         )
+        if d["pages_embedded"] and d.get("stages"):
+            from indexer.stages import format_stages
+
+            typer.echo(format_stages(d["stages"]))
         for f in d["files"]:
             if f["status"] in ("failed", "skipped"):
                 typer.echo(f"  {f['status']}: {printable(f['path'])}: {printable(f['error'] or '')}", err=True)
