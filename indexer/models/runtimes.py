@@ -12,7 +12,8 @@ only after a self-check (``retriever.maxsim._triton_verified``):
    to the cache file.
 3. ``requested=NAME`` builds that candidate without probing (the user asked for it).
 
-Measuring is on a budget (``budget_probes``: at most that many reference probe runs' worth of time), so a
+Measuring is on a budget (``budget_probes``: that many reference probe runs' worth of time, at least
+:data:`MIN_BUDGET_S`, which covers building a candidate when the model is tiny), so a
 first run with a small model, or a small first ingest, never pays more for the choice than for its work.
 A candidate whose measurement would not fit what is left (its probe runs, plus ``Candidate.prepare_s``, e.g.
 a conversion not cached yet) stays *pending*: the choice is made among those measured, cached with the pending
@@ -45,6 +46,8 @@ O = TypeVar("O")  # noqa: E741 - the probe's output
 AUTO = "auto"
 #: Bumped when the probe or the candidates change meaning, so that old cached choices are re-measured.
 SELECTION_VERSION = 1
+#: The smallest measuring budget, in seconds, whatever the probe takes.
+MIN_BUDGET_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,11 @@ def _fits(
     if probe_s is None:
         return True  # nothing to go by: measure
     need = sum(_cost(c, probe_s, repeats) for c in pending) + ((1 + repeats) * probe_s if cached else 0.0)
-    return need <= budget_probes * probe_s
+    return need <= _budget_s(budget_probes, probe_s)
+
+
+def _budget_s(budget_probes: float, probe_s: float) -> float:
+    return max(MIN_BUDGET_S, budget_probes * probe_s)
 
 
 def _measure(
@@ -294,7 +301,7 @@ def _measure(
     values: dict[str, Any] = {reference.name: ref_value}
     if current is not None:
         values[current.name] = current.value
-    budget_s = None if budget_probes is None else budget_probes * ref_s
+    budget_s = None if budget_probes is None else _budget_s(budget_probes, ref_s)
     pending: list[str] = []
     for cand in candidates[1:]:
         if budget_s is not None and _cost(cand, ref_s, repeats) > budget_s - (time.perf_counter() - started):
