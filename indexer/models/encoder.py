@@ -255,8 +255,8 @@ class ColSmolEncoder:
         """Forward an already preprocessed batch (``BatchFeature``, ``B`` pages) and strip padding: B arrays.
 
         On a device out-of-memory the batch is split in halves (down to one page,
-        :func:`~indexer.models.oom.run_halving`) and the size that fitted is kept for later batches; one page that does not fit alone raises
-        :class:`~indexer.errors.DeviceOutOfMemory`.
+        :func:`~indexer.models.oom.run_halving`) and the size that fitted is kept for later batches; one page
+        that does not fit alone raises :class:`~indexer.errors.DeviceOutOfMemory`.
         """
         from indexer.models.oom import PAGE_HINTS, run_halving
 
