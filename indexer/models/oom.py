@@ -35,11 +35,10 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def free_cache() -> None:
-    """Return the CUDA allocator's cached blocks (a no-op without CUDA)."""
+    """Return the CUDA allocator's cached blocks (a no-op where CUDA was never initialised)."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()
 
 
 def first_line(exc: BaseException) -> str:
@@ -96,7 +95,7 @@ def run_halving(
             free_cache()
             if stop - start == 1:
                 raise out_of_memory(what, exc, hints) from exc
-            batch = (stop - start) // 2
+            batch = (stop - start + 1) // 2  # 7 -> 4 -> 2 -> 1
             log.warning("out of GPU memory at batch %d; retrying with %d", stop - start, batch)
             continue
         start = stop
