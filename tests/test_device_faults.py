@@ -306,3 +306,25 @@ def test_serve_refuses_several_workers_on_a_gpu(tmp_path: Path, monkeypatch, cap
     assert code.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--workers 3" in err and "one GPU" in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("int8", [False, True])
+def test_warm_up_compiles_every_common_shape_on_a_gpu(int8: bool, monkeypatch) -> None:
+    """On a real GPU: every common shape compiles and agrees with torch at warm-up; long queries match after it."""
+    monkeypatch.setattr(ms, "_SHAPES", {})
+    verdicts = ms.warm_up(torch.device("cuda"), int8=int8)
+    assert verdicts and all(verdicts.values()), verdicts
+    tokens, offsets = _index()
+    scales = None
+    if int8:
+        tokens, scales = ms.quantize_int8(tokens)
+    else:
+        tokens = tokens.half()
+    tokens, offsets = tokens.cuda(), offsets.cuda()
+    for n in (5, 20, 64, 300):
+        q = _unit(2, n, ms.DIM, seed=n).cuda()
+        got = ms.maxsim(q, tokens, offsets, scales=scales)
+        assert _close(got, ms.maxsim_torch(q, tokens, offsets, scales=scales)), n
+    assert all(ms.shape_state(s) for s in verdicts)
