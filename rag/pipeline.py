@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
+from indexer.models.encoder import ColSmolEncoder
 from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
 from indexer.store import open_store
@@ -111,16 +111,7 @@ class RAGPipeline:
         s = settings or Settings()
         store = open_store(s)
         try:
-            encoder = ColSmolEncoder(
-                s.encoder_model,
-                device=s.device,
-                batch_size=s.page_batch_size,
-                query_batch_size=s.query_batch_size,
-                preprocess=s.preprocess,
-                longest_edge=s.page_longest_edge,
-                runtime=s.encoder_runtime,
-                runtime_cache=s.runtimes_dir,
-            )
+            encoder = ColSmolEncoder.from_settings(s)
             live: LiveIndex | None = None
             searcher: Searcher
             regions = cited_regions(store, encoder)
@@ -180,7 +171,7 @@ class RAGPipeline:
         if self.generator is not None:
             self.generator.load()
         if self.live_index is not None:
-            self.live_index.load()
+            self.live_index.load().warm_up()  # on a GPU: compile the MaxSim kernel's common shapes
 
     # ------------------------------------------------------------------ ingest
     def ingestor(

@@ -238,8 +238,9 @@ def choose_tower(
     budget_probes: float | None = BUDGET_PROBES,
 ) -> Choice[Any]:
     """Put into the Idefics3 ``model`` (fp32, on the CPU) the vision tower runtime ``requested``, or with ``auto``
-    the one :func:`indexer.models.runtimes.choose` measures fastest and faithful on ``inputs`` (one tile through the whole
-    model: the parts left in fp32 are in the timing). ``weights`` names the weights (``models.weights_identity``);
+    the one :func:`indexer.models.runtimes.choose` measures fastest and faithful on ``inputs`` (one tile through
+    the whole model: the parts left in fp32 are in the timing). ``weights`` names the weights
+    (``models.weights_identity``);
     ``cache_dir`` keeps ``choices.json`` and the converted graphs. Fidelity: the smallest per-token cosine of the
     output (a ColIdefics3's embeddings, or a generator's logits) over the positions ``inputs["attention_mask"]`` sets.
     ``budget_probes`` bounds the measuring (:data:`BUDGET_PROBES`; None measures every candidate).
