@@ -163,7 +163,11 @@ def test_auto_picks_caches_and_embeds_within_fidelity(tiny_models, tiny_encoder,
     from indexer.models import vision_runtimes
     from indexer.models.vision_runtimes import RUNTIMES
 
-    # A conversion never fits the budget here: the OpenVINO runtimes wait for a later load.
+    from indexer.models import runtimes
+
+    # The torch runtimes always fit (however loaded the machine), a conversion never does: the OpenVINO runtimes
+    # wait for a later load.
+    monkeypatch.setattr(runtimes, "MIN_BUDGET_S", 600.0)
     monkeypatch.setattr(vision_runtimes, "CONVERT_S", 1e9)
     first = ColSmolEncoder(tiny_models["encoder"], device="cpu", runtime="auto", runtime_cache=tmp_path).load()
     choice = first.runtime_choice
