@@ -160,10 +160,8 @@ def test_every_runtime_embeds_like_fp32_on_the_tiny_encoder(tiny_models, tiny_en
 
 
 def test_auto_picks_caches_and_embeds_within_fidelity(tiny_models, tiny_encoder, tmp_path: Path, monkeypatch) -> None:
-    from indexer.models import vision_runtimes
+    from indexer.models import runtimes, vision_runtimes
     from indexer.models.vision_runtimes import RUNTIMES
-
-    from indexer.models import runtimes
 
     # The torch runtimes always fit (however loaded the machine), a conversion never does: the OpenVINO runtimes
     # wait for a later load.
