@@ -52,7 +52,7 @@ class ColSmolEncoder:
 
     ``runtime`` picks what runs the vision tower on a CPU (:mod:`indexer.models.vision_runtimes`): a name,
     or ``"auto"`` to time each candidate once on one tile, check it against fp32, and keep the fastest
-    faithful one (:mod:`indexer.models.runtimes`; at most about two pages of encoding a load, what does not fit is
+    faithful one (:mod:`indexer.models.runtimes`; at most about one page of encoding a load, what does not fit is
     measured by a later load), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
     the model runs in bf16 and ``runtime`` is not used.
     """

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Every vision runtime, reference first (``COLSMOL_ENCODER_RUNTIME`` takes one of these, or ``auto``).
 RUNTIMES: tuple[str, ...] = tuple(r for r in get_args(EncoderRuntime) if r != AUTO)
-#: What one load may spend choosing, in probe runs (one tile each): 34 tiles are two Letter pages at the model's
-#: 2048 px, so a first ingest pays at most about two pages of encoding to learn the machine.
-BUDGET_PROBES = 34.0
+#: What one load may spend choosing, in probe runs (one tile each): 12 tiles are under one Letter page at the
+#: model's 2048 px (17), so a first ingest pays less than a page of encoding to learn the machine.
+BUDGET_PROBES = 12.0
 #: Seconds converting the tower to OpenVINO is budgeted at while its graph is not cached (SigLIP-base: tens of
 #: seconds on a 2-vCPU VM; a converter start-up of seconds even for a tiny tower).
 CONVERT_S = 20.0
