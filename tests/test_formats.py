@@ -135,7 +135,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     made = tmp_path_factory.mktemp("made")
     libreoffice_convert(make_docx(made / "minutes.docx", [["odt minutes marker"]]), "odt", root)
     libreoffice_convert(make_xlsx(made / "legacy.xlsx"), "xls", root)
-    book = make_docx(made / "story.docx", [["Chapter One", "epub first chapter"], ["Chapter Two", "epub second chapter"]], True)
+    book = make_docx(
+        made / "story.docx", [["Chapter One", "epub first chapter"], ["Chapter Two", "epub second chapter"]], True
+    )
     libreoffice_convert(book, "epub", root)
     return root
 
@@ -351,7 +353,7 @@ def hostile_files(folder: Path, url: str, canary: Path) -> list[Path]:
         d.element.body.append(
             parse_xml(
                 f'<w:p {ns}><w:r><w:fldChar w:fldCharType="begin"/></w:r><w:r><w:instrText xml:space="preserve"> '
-                f"{instruction} </w:instrText></w:r><w:r><w:fldChar w:fldCharType=\"separate\"/></w:r>"
+                f'{instruction} </w:instrText></w:r><w:r><w:fldChar w:fldCharType="separate"/></w:r>'
                 '<w:r><w:t>field result</w:t></w:r><w:r><w:fldChar w:fldCharType="end"/></w:r></w:p>'
             )
         )
@@ -488,6 +490,19 @@ def test_upload_converts_office_files_and_refuses_disguised_ones(rag: Any, tiny_
         assert r.status_code == 202, r.text
         job = wait_job(client, r.json()["job_id"], timeout=120)
         assert job["state"] == "done", job
-        docs = client.get("/v1/documents").json()["documents"]
+        docs = client.get("/v1/documents", params={"limit": 500}).json()["items"]
         mine = [d for d in docs if d["file_name"] == "upload note.md"]
         assert len(mine) == 1 and mine[0]["source"] == "upload:upload note.md" and mine[0]["page_count"] == 1
+
+
+def test_doctor_says_whether_conversion_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import indexer.render.soffice as soffice
+    from api.cli.app import app
+
+    r = CliRunner().invoke(app, ["doctor"])
+    assert r.exit_code == 0 and "Office conversion: available: LibreOffice" in r.output, r.output
+    monkeypatch.setattr(soffice, "find_soffice", lambda: None)  # LibreOffice cannot be uninstalled here
+    r = CliRunner().invoke(app, ["doctor"])
+    assert "Office conversion: NOT available" in r.output and "apt-get install libreoffice-core-nogui" in r.output

@@ -4,8 +4,8 @@ Files land in ``uploads_dir / <job_id> / <NN><ext>``: names generated here, neve
 The client's file name is stored as the source ``upload:<name>`` (what is shown). Types are decided by
 magic bytes, not by the name or the declared content type; an Office, web, Markdown, EPUB or text file keeps its
 name's suffix once its content agrees (:func:`indexer.render.containers.check_convertible`: a ZIP container that
-is really that format and no ZIP bomb, an OLE2 file, RTF, or text; never an executable). A body that ends before its closing boundary
-(a cut-off upload) is refused whole.
+is really that format and no ZIP bomb, an OLE2 file, RTF, or text; never an executable). A body that ends before
+its closing boundary (a cut-off upload) is refused whole.
 
 Form fields besides the files: ``metadata``, a flat JSON object stored with every page (see
 :func:`parse_metadata`), and ``password``, for the upload's encrypted PDFs (kept in memory for the job only:
