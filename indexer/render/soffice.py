@@ -119,13 +119,25 @@ def network_sandbox() -> tuple[str, ...]:
     return ()
 
 
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:
+        return None
+
+
+# Loaded here, in the parent: the child of a multi-threaded process must not dlopen between fork and exec.
+_LIBC = _load_libc()
+
+
 def _die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the thread that forked it ends (colsmol killed, even by SIGKILL)."""
     parent = os.getppid()
+    if _LIBC is None:
+        return
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except AttributeError:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
@@ -199,7 +211,7 @@ def _run_group(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509 - no threads run in the child
+        preexec_fn=_die_with_parent if _LIBC is not None else None,  # noqa: PLW1509 - no threads run in the child
     )
     pgid = proc.pid  # a new session: its leader's pid is the group id
     with _LIVE_LOCK:
