@@ -7,8 +7,8 @@ name, content hash) stays the original file's.
 
 How each family is converted:
 
-- Word processing (``.docx .doc .odt .rtf``), slides (``.pptx .ppt .odp``) and ``.txt`` (read as UTF-8): straight
-  to PDF, one slide a page.
+- Word processing (``.docx .doc .odt .rtf``), slides (``.pptx .ppt .odp``) and ``.txt`` (UTF-8, UTF-16 with a BOM,
+  else cp1252): straight to PDF, one slide a page.
 - Spreadsheets (``.xlsx .xls .ods .csv``): first to ODS, then every sheet's page style is set to "fit the print
   range to one page wide, as many pages tall as needed" (ODF ``style:scale-to-X="1" style:scale-to-Y="0"``), then
   to PDF. Without it LibreOffice cuts a wide sheet into column strips printed on separate pages, where a row's
@@ -203,12 +203,19 @@ class OfficeConverter:
     def _convert_in(self, path: Path, suffix: str, work: Path) -> Path:
         source = work / "in"
         source.mkdir()
+        # The copy keeps the original's name (made safe), which LibreOffice shows: a CSV's sheet, a page header.
+        stem = re.sub(r"[^\w.-]+", "_", path.stem)[:80].strip("._") or "document"
         if suffix in _WEB:
-            document = source / "document.html"
+            document = source / f"{stem}.html"
             document.write_text(_WEB[suffix](path), encoding="utf-8")
             infilter: str | None = _INFILTER[".html"]
+        elif suffix in (".txt", ".csv"):
+            # Re-encoded as UTF-8 (the import filter's charset): UTF-16 with a BOM and cp1252 files read right too.
+            document = source / f"{stem}{suffix}"
+            document.write_text(sanitize.decode_text(path.read_bytes()), encoding="utf-8")
+            infilter = _INFILTER[suffix]
         else:
-            document = source / f"document{suffix}"
+            document = source / f"{stem}{suffix}"
             shutil.copyfile(path, document)
             infilter = _INFILTER.get(suffix)
         if suffix in SPREADSHEET_SUFFIXES:
