@@ -372,7 +372,15 @@ def hostile_files(folder: Path, url: str, canary: Path) -> list[Path]:
         f"# visible md text\n\n![remote]({url}/md.png)\n\n![local]({canary.as_uri()})\n\n"
         f'<iframe src="{canary.as_uri()}"></iframe>\n'
     )
-    return [folder / n for n in ("hostile.xlsx", "hostile.docx", "hostile.html", "hostile.md")]
+    # RTF fields, written by the test (the same field syntax Word writes).
+    canary_rtf = str(canary).replace("\\", "\\\\")
+    (folder / "hostile.rtf").write_text(
+        "{\\rtf1\\ansi{\\fonttbl{\\f0 Helvetica;}}\\f0 visible rtf text\\par "
+        f'{{\\field{{\\*\\fldinst INCLUDETEXT "{canary_rtf}"}}{{\\fldrslt field result}}}}\\par '
+        f'{{\\field{{\\*\\fldinst INCLUDEPICTURE "{url}/rtf.png" \\\\d}}{{\\fldrslt picture}}}}\\par }}'
+    )
+    names = ("hostile.xlsx", "hostile.docx", "hostile.html", "hostile.md", "hostile.rtf")
+    return [folder / n for n in names]
 
 
 def test_hostile_files_leak_no_local_file_and_fetch_nothing(

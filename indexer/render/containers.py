@@ -8,7 +8,8 @@
   uncompressed in all, and a compression ratio of at most :data:`MAX_RATIO` (checked from the central directory,
   nothing is decompressed). A password-protected OOXML file is an OLE2 container holding ``EncryptionInfo``; an
   encrypted ODF file says so in its manifest: both are "encrypted: ...".
-- OLE2 files (``.doc .xls .ppt``) must start with the OLE2 signature; RTF with ``{\\rtf``.
+- OLE2 files (``.doc .xls .ppt``) must start with the OLE2 signature (a ``.doc`` that is RTF is read as RTF); RTF
+  with ``{\\rtf``. Web pages or XML saved under a legacy name are refused: they would bypass the sanitiser.
 - Text formats (``.txt .csv .md .html .htm``) must be text: no NUL bytes in the first 64 KB (UTF-16 with a BOM
   is allowed). An executable (ELF, PE, Mach-O, a script's ``#!``) is refused whatever its name.
 """
@@ -58,7 +59,8 @@ def looks_executable(head: bytes) -> bool:
 
 
 def check_convertible(path: Path, suffix: str | None = None) -> str:
-    """Check ``path`` (taken as ``suffix``, default its own) before conversion; returns the suffix, lower-case."""
+    """Check ``path`` (taken as ``suffix``, default its own) before conversion; returns the suffix to convert it as,
+    lower-case (its own, or ``.rtf`` for an RTF file named ``.doc``)."""
     suffix = (suffix or path.suffix).lower()
     if suffix not in CONVERTIBLE_SUFFIXES:
         raise DocumentError(str(path), f"unsupported file type (suffix {suffix or 'none'!r})")
@@ -74,6 +76,8 @@ def check_convertible(path: Path, suffix: str | None = None) -> str:
             raise DocumentError(str(path), f"corrupt {_label(suffix)} file (not a ZIP container)")
         check_zip(path, suffix)
     elif suffix in OLE_SUFFIXES:
+        if suffix == ".doc" and head.lstrip().startswith(b"{\\rtf"):
+            return ".rtf"  # Word's "save as RTF" under a .doc name: common, and read as the RTF it is
         if not head.startswith(_OLE_MAGIC):
             raise DocumentError(str(path), f"corrupt {_label(suffix)} file (no OLE2 signature)")
     elif suffix == ".rtf":
