@@ -392,6 +392,10 @@ def test_hostile_files_leak_no_local_file_and_fetch_nothing(
     folder = tmp_path / "hostile"
     folder.mkdir()
     files = hostile_files(folder, url, canary)
+    # The Word file saved as ODF by LibreOffice keeps its linked images (draw:image xlink:href to the server/file).
+    odf = tmp_path / "odf"
+    odf.mkdir()
+    files.append(libreoffice_convert(folder / "hostile.docx", "odt", odf))
     # Without the network namespace: the sanitiser and LibreOffice's settings alone must hold.
     converter = OfficeConverter(tmp_path / "cache", sandbox=False, workers=2)
     texts = {}
@@ -399,7 +403,8 @@ def test_hostile_files_leak_no_local_file_and_fetch_nothing(
         texts[f.name] = "\n".join(pdf_pages_text(fut.result()))
     converter.close()
     for name, text in texts.items():
-        assert f"visible {name.split('.')[1].replace('xlsx', 'sheet')} text" in text, (name, text[:300])
+        kind = {"xlsx": "sheet", "odt": "docx"}.get(name.split(".")[1], name.split(".")[1])
+        assert f"visible {kind} text" in text, (name, text[:300])
         assert "CANARYSECRET" not in text, f"{name} pulled the local canary file into its pages"
         assert "CANARYHTTP" not in text, f"{name} pulled the canary server's answer into its pages"
     time.sleep(0.5)  # a fetch still in flight would have arrived by now
