@@ -193,8 +193,10 @@ class OfficeConverter:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="colsmol-convert-") as tmp:
             work = Path(tmp)
+            started = time.perf_counter()
             pdf = self._convert_in(path, suffix, work)
             _check_pages(path, pdf)
+            log.info("converted %s to PDF in %.1f s", path, time.perf_counter() - started)
             staged = self.cache_dir / f".{content_hash}.{os.getpid()}.{threading.get_ident()}.tmp"
             shutil.copyfile(pdf, staged)
             os.replace(staged, target)
