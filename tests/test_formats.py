@@ -440,7 +440,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path, monkeypatch: pyte
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_killing_colsmol_during_a_conversion_leaves_no_soffice(
-    how: signal.Signals, tiny_models: dict[str, Path], tmp_path: Path
+    how: signal.Signals, tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
@@ -481,8 +481,19 @@ def test_killing_colsmol_during_a_conversion_leaves_no_soffice(
             proc.kill()
             proc.wait()
     wait_for(lambda: not soffice_pids(scratch), 15, "LibreOffice to die with colsmol")
+    left = list(scratch.glob("colsmol-convert-*"))
     if how == signal.SIGINT:
         assert proc.returncode != 0
+        assert left == []  # Ctrl-C cleans up
+    else:
+        import tempfile
+
+        from indexer.render.office import remove_stale_work
+
+        assert left  # SIGKILL cannot: the next conversion's start removes what is old enough
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        assert remove_stale_work(older_than_s=3600) == 0
+        assert remove_stale_work(older_than_s=0) == len(left) and not list(scratch.glob("colsmol-convert-*"))
 
 
 # ---------------------------------------------------------------------------------------------- HTTP upload

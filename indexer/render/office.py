@@ -128,6 +128,7 @@ class OfficeConverter:
             fut = self._futures.get(content_hash)
             if fut is None:
                 if self._pool is None:
+                    remove_stale_work()
                     self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="colsmol-convert")
                 fut = self._pool.submit(self.convert, path, content_hash)
                 self._futures[content_hash] = fut
@@ -191,7 +192,7 @@ class OfficeConverter:
                 str(path), f"cannot convert {suffix} files: LibreOffice is not installed; {INSTALL_HINT}"
             )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="colsmol-convert-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=_WORK_PREFIX) as tmp:
             work = Path(tmp)
             started = time.perf_counter()
             pdf = self._convert_in(path, suffix, work)
@@ -246,6 +247,25 @@ class OfficeConverter:
             log.debug("LibreOffice on %s: exit %s, %s", original, result.returncode, result.stderr.strip())
             raise DocumentError(str(original), _failure_reason(original, result.stderr))
         return produced
+
+
+_WORK_PREFIX = "colsmol-convert-"
+#: Longer than any conversion can run (two passes of the largest COLSMOL_CONVERT_TIMEOUT_S, 3600 s).
+STALE_WORK_S = 3 * 3600.0
+
+
+def remove_stale_work(older_than_s: float = STALE_WORK_S) -> int:
+    """Remove the temporary folders (a document's copy, a profile) that a killed conversion left behind."""
+    removed = 0
+    cutoff = time.time() - older_than_s
+    for folder in Path(tempfile.gettempdir()).glob(f"{_WORK_PREFIX}*"):
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _failure_reason(path: Path, stderr: str) -> str:
