@@ -510,10 +510,11 @@ def test_upload_converts_office_files_and_refuses_disguised_ones(rag: Any, tiny_
         assert r.status_code == 413 and "ZIP bomb" in r.json()["detail"]
         r = upload(client, [("script.exe", b"just bytes")])
         assert r.status_code == 415
-        r = upload(client, [("upload note.md", b"# uploaded markdown marker\n\nbody\n")])
+        r = upload(client, [("upload note.md", b"# uploaded markdown marker\n\nbody\n"), ("two.txt", b"a\fb\n")])
         assert r.status_code == 202, r.text
         job = wait_job(client, r.json()["job_id"], timeout=120)
-        assert job["state"] == "done", job
+        assert job["state"] == "done" and job["errors"] == [], job
+        assert job["pages_done"] == job["pages_total"] == 3  # a form feed is a page break in a text file
         docs = client.get("/v1/documents", params={"limit": 500}).json()["items"]
         mine = [d for d in docs if d["file_name"] == "upload note.md"]
         assert len(mine) == 1 and mine[0]["source"] == "upload:upload note.md" and mine[0]["page_count"] == 1
