@@ -41,7 +41,16 @@ from indexer.errors import (
 )
 from indexer.hashing import sha256_file
 from indexer.images import PageImageStore
-from indexer.render import display_path, file_page_count, iter_file_pages, make_renderer, walk_inputs
+from indexer.render import (
+    SUPPORTED_SUFFIXES,
+    display_path,
+    file_page_count,
+    iter_file_pages,
+    make_renderer,
+    walk_inputs,
+)
+from indexer.render.containers import CONVERTIBLE_SUFFIXES
+from indexer.render.office import OfficeConverter, needs_conversion
 from indexer.stages import StageClock
 from indexer.store.base import UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
 from indexer.types import DocumentInfo, PageRecord, RenderedPage
@@ -190,7 +199,7 @@ def doc_id_for(content_hash: str) -> str:
 class _Doc:
     """Book-keeping of one document in flight."""
 
-    path: Path  # the file to render (resolved)
+    path: Path  # the file to render (resolved): the original, or its converted PDF
     source: str  # how it is stored and shown: display_path(path), or upload:<name>
     sources: list[str]  # every known path of this content once it completes, source first
     doc_id: str
@@ -236,6 +245,9 @@ class _Stop:
 _STOP = _Stop()
 
 
+#: What a folder walk picks up: files the renderer reads, and files LibreOffice converts to PDF first.
+INGEST_SUFFIXES = SUPPORTED_SUFFIXES | CONVERTIBLE_SUFFIXES
+
 Progress = Callable[[ProgressEvent], None]
 RendererName = Literal["pdfium", "poppler"]
 
@@ -246,6 +258,8 @@ class Ingestor:
     ``encoder`` is touched only when a page really needs embedding. ``pool`` turns a page multivector
     into the small pooled set stored for prefetch (the retriever's ``prefetch_vectors``), or None.
     ``hooks`` sees every store write (a live search index in the same process follows them).
+    ``converter`` turns Office, web, Markdown, EPUB and text files into PDFs (default: LibreOffice, cached under
+    ``images.root / ".converted"``).
     """
 
     def __init__(
@@ -263,6 +277,7 @@ class Ingestor:
         hooks: WriteHooks | None = None,
         on_encoder_load: Callable[[], None] | None = None,
         image_workers: int | None = None,
+        converter: OfficeConverter | None = None,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -289,6 +304,7 @@ class Ingestor:
         self._clock = StageClock()
         self._source_names: dict[Path, str] = {}
         self._walked: set[str] = set()
+        self.converter = converter or OfficeConverter(OfficeConverter.default_cache_dir(images.root))
 
     # ------------------------------------------------------------------ public
     def ingest(
@@ -313,7 +329,7 @@ class Ingestor:
         clock = self._clock = StageClock()
         self._source_names = {Path(k): v for k, v in (source_names or {}).items()}
         paths = [Path(p) for p in paths]
-        walk = walk_inputs(paths, exclude=[self.images.root])
+        walk = walk_inputs(paths, INGEST_SUFFIXES, exclude=[self.images.root, self.converter.cache_dir])
         self._walked = {display_path(f.resolve()) for f in walk.files}
         for p, reason in walk.failed:
             report.files.append(FileResult(display_path(p), "failed", error=reason))
@@ -346,7 +362,7 @@ class Ingestor:
         upload) are never touched by pruning this folder."""
         given = [Path(p) for p in paths]
         roots = [display_path(p.expanduser().resolve()) for p in given]
-        walked = {display_path(f.resolve()) for f in walk_inputs(given).files}
+        walked = {display_path(f.resolve()) for f in walk_inputs(given, INGEST_SUFFIXES).files}
 
         def under_roots(source: str) -> bool:
             return any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
@@ -376,8 +392,11 @@ class Ingestor:
         errors: list[BaseException] = []
         stop = threading.Event()
 
+        ahead: list[threading.Thread] = []
+
         def render_stage() -> None:
             try:
+                ahead.extend(self._convert_ahead(files, stop))
                 for path in files:
                     if stop.is_set():
                         break
@@ -427,9 +446,11 @@ class Ingestor:
             self._encode_stage(pages_q, write_q, stop)
         except BaseException:
             stop.set()
+            self.converter.close(cancel=True)  # Ctrl-C or a fault: no LibreOffice keeps running
             raise
         finally:
             waited = time.perf_counter()  # the writer's last batches, then its threads
+            cancelled = stop.is_set()
             write_q.put(_STOP)
             # Unblock the renderer if it is waiting on a full queue.
             while renderer_t.is_alive():
@@ -438,6 +459,10 @@ class Ingestor:
                 except queue.Empty:
                     pass
             writer_t.join()
+            stop.set()  # the renderer is done: nothing more to convert ahead
+            for t in ahead:
+                t.join()
+            self.converter.close(cancel=cancelled or bool(errors))
             self._image_pool.shutdown(wait=True)
             self._image_pool = None
             self._clock.add_wall("write", time.perf_counter() - waited)
@@ -616,7 +641,10 @@ class Ingestor:
                 self._forget_path(others, source)
                 emit(ProgressEvent("done", result.path, result=result))
                 return None
-            page_count = file_page_count(path, self.renderer, self.password)
+            render_path = path.resolve()
+            if needs_conversion(path):
+                render_path = self.converter.result(path, content_hash)
+            page_count = file_page_count(render_path, self.renderer, self.password)
         except DocumentError as exc:
             fail(exc.reason)
             return None
@@ -633,7 +661,7 @@ class Ingestor:
             return None
         emit(ProgressEvent("file", result.path, total=page_count))
         return _Doc(
-            path=path.resolve(),
+            path=render_path,
             source=source,
             sources=sources,
             doc_id=doc_id,
@@ -644,6 +672,31 @@ class Ingestor:
             others=others,
             result=result,
         )
+
+    def _convert_ahead(self, files: Sequence[Path], stop: threading.Event) -> list[threading.Thread]:
+        """Start converting the files that need LibreOffice in the background (``converter.workers`` at a time),
+        in order, so conversions overlap each other and the embedding of earlier files. Unchanged files are left."""
+        todo = [p for p in files if p.suffix.lower() in CONVERTIBLE_SUFFIXES]
+        if not todo:
+            return []
+
+        def submit_all() -> None:
+            for path in todo:
+                if stop.is_set():
+                    return
+                try:
+                    if not needs_conversion(path):
+                        continue
+                    content_hash = sha256_file(path)
+                    existing = self.store.get_document(doc_id_for(content_hash))
+                    if existing is None or not existing.complete:
+                        self.converter.submit(path, content_hash)
+                except Exception as exc:  # noqa: BLE001 - _open_doc reports this file's problem in order
+                    log.debug("not converting %s ahead: %s", path, exc)
+
+        thread = threading.Thread(target=submit_all, name="colsmol-convert-ahead", daemon=True)
+        thread.start()
+        return [thread]
 
     def _set_sources(self, doc_id: str, sources: list[str]) -> None:
         shown = {"source": sources[0], "file_name": source_file_name(sources[0])}
@@ -713,6 +766,7 @@ class Ingestor:
         pids = self.store.page_ids(doc_id)
         n = self.hooks.apply(lambda: self.store.delete_document(doc_id), deleted=pids)
         self.images.delete(pids)
+        self.converter.forget(doc_id)
         return n
 
 

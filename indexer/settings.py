@@ -152,6 +152,20 @@ class Settings(BaseSettings):
     qdrant_write_consistency_factor: int | None = Field(
         None, ge=1, description="Replicas that must confirm a write to a new server collection (default 1)."
     )
+    convert_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Office, web, Markdown, EPUB and text files: seconds one LibreOffice conversion may take before "
+        "its whole process group is killed (the file fails, the batch goes on).",
+    )
+    convert_workers: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="Office conversions run at the same time (each LibreOffice takes about one core); unset: half "
+        "the cores, 1 to 4.",
+    )
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest file one upload may carry.")
     max_upload_files: int = Field(20, ge=1, description="Most files in one upload request.")
     search_batch_window_ms: float = Field(
@@ -181,6 +195,7 @@ class Settings(BaseSettings):
         "qdrant_replication_factor",
         "qdrant_write_consistency_factor",
         "page_longest_edge",
+        "convert_workers",
         mode="before",
     )
     @classmethod

@@ -26,6 +26,7 @@ from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
 from indexer.models.encoder import ColSmolEncoder
+from indexer.render.office import OfficeConverter
 from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
 from indexer.store import open_store
@@ -88,6 +89,7 @@ class RAGPipeline:
         renderer: RendererName = "pdfium",
         dpi: int = 150,
         precompute_pages: bool = False,
+        converter: OfficeConverter | None = None,
     ) -> None:
         self.store = store
         self.images = images
@@ -102,6 +104,8 @@ class RAGPipeline:
         self.dpi = dpi
         #: After an ingest, let the generator do its per-page work for the new pages (``PrecomputesPages``).
         self.precompute_pages = precompute_pages
+        #: Turns Office, web, Markdown, EPUB and text files into PDFs for ingest (LibreOffice).
+        self.converter = converter or OfficeConverter(OfficeConverter.default_cache_dir(images.root))
         self._write_lock = threading.Lock()
         self._closed = False
         self._resolution_checked = False
@@ -130,9 +134,10 @@ class RAGPipeline:
                     sync_interval_s=s.index_sync_interval_s,
                 )
                 searcher = ExactSearcher(live, encoder.embed_queries, regions=regions)
+            images = PageImageStore(s.images_dir / s.collection)
             return cls(
                 store,
-                PageImageStore(s.images_dir / s.collection),
+                images,
                 encoder,
                 make_generator(s),
                 live_index=live,
@@ -140,6 +145,9 @@ class RAGPipeline:
                 renderer=s.renderer,
                 dpi=s.dpi,
                 precompute_pages=s.generator_precompute,
+                converter=OfficeConverter(
+                    OfficeConverter.default_cache_dir(images.root), s.convert_timeout_s, s.convert_workers
+                ),
             )
         except BaseException:
             store.close()
@@ -188,6 +196,7 @@ class RAGPipeline:
             pool=prefetch_vectors,
             hooks=self.live_index,
             on_encoder_load=lambda: self._check_resolution(record=True),
+            converter=self.converter,
         )
 
     def _check_resolution(self, record: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve, mcp.
+"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve, mcp, eval, doctor.
 
 Settings come from ``COLSMOL_*`` environment variables; flags override them. Errors from the core
 become one line on stderr and an exit code: 0 success, 1 a file or operation failed, 2 bad usage.
@@ -65,7 +65,14 @@ def _hits_table(hits: list[dict[str, Any]], title: str) -> None:
     "indexed); 2 usage error. While `colsmol serve` runs on this data directory, the files are ingested by it."
 )
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="PDF or image files, or folders (walked recursively).")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="PDF, image, Office (docx doc odt rtf pptx ppt odp xlsx xls ods csv), web (html htm), Markdown, EPUB "
+            "or text files, or folders (walked recursively). Non-PDF documents are converted by LibreOffice; "
+            "`colsmol doctor` says whether it is installed."
+        ),
+    ],
     metadata: Annotated[
         list[str] | None, typer.Option("--metadata", "-m", help="key=value stored with every page (repeatable).")
     ] = None,
@@ -83,7 +90,7 @@ def ingest(
     device: Device = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Index PDFs and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
+    """Index documents and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
     from indexer.ingest import parse_metadata
 
     s = settings_from(
@@ -368,6 +375,9 @@ def _register_eval() -> None:
     from api.cli.eval_cmd import eval_command
 
     app.command("eval")(eval_command)
+    from api.cli.doctor import doctor_command
+
+    app.command("doctor")(doctor_command)
 
 
 _register_eval()

@@ -30,8 +30,10 @@ from typing import Any
 from api.cli.liveness import ProcessClaim
 from api.http.uploads import SavedFile
 from indexer.errors import NotFound, for_interface
+from indexer.hashing import sha256_file
 from indexer.ingest import ProgressEvent
 from indexer.render.inputs import file_page_count
+from indexer.render.office import needs_conversion
 from indexer.store.base import UPLOAD_PREFIX
 
 log = logging.getLogger(__name__)
@@ -288,13 +290,27 @@ class JobRunner:
                     self._jobs.pop(job.id, None)
                     self._saved_at.pop(job.id, None)
 
-    @staticmethod
-    def _count_pages(path: Path, password: str | None) -> int:
-        """A file's pages without rendering them; 0 for one that cannot be opened (its ingest reports why)."""
+    def _count_pages(self, path: Path, password: str | None) -> int:
+        """A file's pages without rendering them; 0 for one that cannot be opened (its ingest reports why). An
+        Office or web file is counted from its converted PDF (converted now, or already started by
+        :meth:`_convert_ahead`; the ingest then finds it in the converter's cache)."""
         try:
+            converter = getattr(self.pipeline, "converter", None)
+            if converter is not None and needs_conversion(path):
+                path = converter.result(path, sha256_file(path))
             return file_page_count(path, password=password)
         except Exception:  # noqa: BLE001 - the ingest of this file fails with its reason; the count is a forecast
             return 0
+
+    def _convert_ahead(self, paths: list[Path]) -> None:
+        """Start converting an upload's Office and web files together (the converter's workers at a time)."""
+        converter = getattr(self.pipeline, "converter", None)
+        for path in paths:
+            try:
+                if converter is not None and needs_conversion(path):
+                    converter.submit(path, sha256_file(path))
+            except Exception as exc:  # noqa: BLE001 - the ingest of this file reports its problem
+                log.debug("not converting %s ahead: %s", path, exc)
 
     def _ingest(self, job: Job) -> None:
         with self._lock:
@@ -308,6 +324,7 @@ class JobRunner:
         files: list[dict[str, Any]] = []
         # Every file's pages are counted before the first is embedded, so the job's total is known before its
         # progress moves (no 36/36 then 36/39 as the second file starts).
+        self._convert_ahead([saved.path for saved in job.files])
         expected = [self._count_pages(saved.path, job.password) for saved in job.files]
         with self._lock:
             job.pages_total = sum(expected)
