@@ -208,10 +208,11 @@ class _DocEnd:
 
 @dataclass(frozen=True)
 class _Batch:
-    """Encode -> write queue: embedded pages."""
+    """Encode -> write queue: embedded pages and their pooled prefetch vectors (``None`` without a pool)."""
 
     items: list[_Page]
     vectors: list[np.ndarray]
+    pooled: list[np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ class Ingestor:
                     if isinstance(job, _DocEnd):
                         self._finish_doc(job.doc, emit)
                     else:
-                        self._write(job.items, job.vectors, emit)
+                        self._write(job.items, job.vectors, job.pooled, emit)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
@@ -442,7 +443,9 @@ class Ingestor:
                 while len(in_flight) > keep:
                     items, fut = in_flight.pop(0)
                     vectors = self.encoder.embed_preprocessed(fut.result())
-                    write_q.put(_Batch(items, vectors))
+                    # pooled here, not on the writer thread: the one thread every store write waits on
+                    pooled = [self.pool(v) if self.pool is not None else None for v in vectors]
+                    write_q.put(_Batch(items, vectors, pooled))
 
             while True:
                 item = pages_q.get()
@@ -471,7 +474,9 @@ class Ingestor:
             self.on_encoder_load()  # e.g. refuse a page resolution the collection was not indexed at
             self._encoder_checked = True
 
-    def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
+    def _write(
+        self, items: list[_Page], vectors: list[np.ndarray], pooled: list[np.ndarray | None], emit: Progress
+    ) -> None:
         require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
         saves = (
@@ -483,7 +488,7 @@ class Ingestor:
             for pid, it in zip(pids, items, strict=True):
                 self.images.save(pid, it.page.image)
         records = []
-        for pid, it, vec in zip(pids, items, vectors, strict=True):
+        for pid, it, vec, pool in zip(pids, items, vectors, pooled, strict=True):
             d, page = it.doc, it.page
             payload = {
                 "kind": "page",
@@ -498,8 +503,7 @@ class Ingestor:
                 "ingested_at": d.ingested_at,
                 "metadata": d.metadata,
             }
-            pooled = self.pool(vec) if self.pool is not None else None
-            records.append(PageRecord(pid, vec, payload, pooled))
+            records.append(PageRecord(pid, vec, payload, pool))
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one
         self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)

@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
+from indexer.models.encoder import ColSmolEncoder
 from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
 from indexer.store import open_store
@@ -33,11 +33,12 @@ from indexer.store.base import VectorStore
 from indexer.types import DocumentInfo
 from rag.generators import make_generator
 from rag.generators.base import Generator, PrecomputesPages
+from rag.searchers import build_searcher
 from rag.types import Answer
 from retriever.live_index import LiveIndex
 from retriever.pooling import prefetch_vectors
 from retriever.regions import RegionFinder
-from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher
+from retriever.search import ExactSearcher, Hit, Searcher
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -98,6 +99,8 @@ class RAGPipeline:
             searcher = ExactSearcher(live_index, encoder.embed_queries, regions=cited_regions(store, encoder))
         self.live_index = live_index
         self.searcher = searcher
+        #: how searches run (rag.searchers.build_searcher; /readyz shows it)
+        self.search_mode = "exact"
         self.renderer: RendererName = renderer
         self.dpi = dpi
         #: After an ingest, let the generator do its per-page work for the new pages (``PrecomputesPages``).
@@ -121,35 +124,20 @@ class RAGPipeline:
                 runtime=s.encoder_runtime,
                 runtime_cache=s.runtimes_dir,
             )
-            live: LiveIndex | None = None
-            searcher: Searcher
-            regions = cited_regions(store, encoder)
-            if s.search_mode == "two-stage":
-                # Nothing resident: Qdrant proposes candidates from the pooled vectors, the device reranks them.
-                searcher = TwoStageSearcher(
-                    store, encoder.embed_queries, s.prefetch_candidates, s.device, regions=regions
-                )
-            else:
-                live = LiveIndex(
-                    store,
-                    device=s.device,
-                    dtype=s.index_dtype,
-                    pool_factor=s.pool_factor,
-                    cache_dir=s.data_dir / "index-cache" / s.collection,
-                    sync_interval_s=s.index_sync_interval_s,
-                )
-                searcher = ExactSearcher(live, encoder.embed_queries, regions=regions)
-            return cls(
+            built = build_searcher(s, store, encoder.embed_queries, cited_regions(store, encoder))
+            rag = cls(
                 store,
                 PageImageStore(s.images_dir / s.collection),
                 encoder,
                 make_generator(s),
-                live_index=live,
-                searcher=searcher,
+                live_index=built.live,
+                searcher=built.searcher,
                 renderer=s.renderer,
                 dpi=s.dpi,
                 precompute_pages=s.generator_precompute,
             )
+            rag.search_mode = f"{built.mode} ({built.reason})" if built.reason != "set" else built.mode
+            return rag
         except BaseException:
             store.close()
             raise
