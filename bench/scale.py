@@ -207,18 +207,54 @@ def run(args: argparse.Namespace) -> None:
         gc.collect()
         resident = rss_anon() - before
         queries = corpus.queries[: args.n_queries] if args.n_queries else corpus.queries
+        baseline = build_baseline(args, store, corpus) if args.baseline and store is not None else None
         searcher.search_vectors([queries[0]], k=10)  # warm: first touches of the maps, kernel threads
         top10, lat = [], []
-        for q in queries:
+        base_top10, base_lat = [], []
+        for qi, q in enumerate(queries):
             t = time.perf_counter()
             hits = searcher.search_vectors([q], k=10)[0]
             lat.append((time.perf_counter() - t) * 1000)
             top10.append([index_of[h.point_id] for h in hits])
+            if baseline is not None and qi < (args.baseline_queries or len(queries)):
+                # interleaved with the mode's own query: both see the same load on a shared machine
+                t = time.perf_counter()
+                hits = baseline.searcher.search_vectors([q], k=10)[0]
+                base_lat.append((time.perf_counter() - t) * 1000)
+                base_top10.append([index_of[h.point_id] for h in hits])
+        sweep = {}
+        for c in args.sweep or []:
+            index = built.live.get() if not args.direct and built.live is not None else None
+            target = index if index is not None else (searcher.live.get() if args.direct else None)
+            if target is None or not hasattr(target, "candidates"):
+                break
+            keep, target.candidates = target.candidates, c
+            s_top, s_lat = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits = searcher.search_vectors([q], k=10)[0]
+                s_lat.append((time.perf_counter() - t) * 1000)
+                s_top.append([index_of[h.point_id] for h in hits])
+            target.candidates = keep
+            sweep[str(c)] = {"top10": s_top, "latency_ms": s_lat, "p50_ms": float(np.median(s_lat))}
+            print(f"  candidates {c}: p50 {np.median(s_lat):.1f} ms", file=sys.stderr)
+        if baseline is not None:
+            baseline_block = {
+                "baseline_mode": baseline.mode,
+                "baseline_top10": base_top10,
+                "baseline_latency_ms": base_lat,
+                "baseline_p50_ms": float(np.median(base_lat)),
+            }
+            print(f"  baseline {baseline.mode}: p50 {np.median(base_lat):.1f} ms", file=sys.stderr)
+        else:
+            baseline_block = {}
         exact_block: dict[str, Any] = {}
         if args.direct and args.exact_baseline and mode == "tiered":
             exact_block = exact_baseline(index, queries, args.exact_baseline, index_of)
         out = {
             **exact_block,
+            **baseline_block,
+            "sweep": sweep,
             "mode": mode,
             "requested_mode": args.mode,
             "direct": bool(args.direct),
@@ -245,6 +281,28 @@ def run(args: argparse.Namespace) -> None:
         f"build {build_s:.0f} s",
         file=sys.stderr,
     )
+
+
+def build_baseline(args: argparse.Namespace, store: Any, corpus: Corpus) -> Any:
+    """The ``--baseline`` mode's searcher over the same store, its index built from the store with no cache
+    (the mode's own cache folder is the run's)."""
+    from indexer.settings import Settings
+    from rag.searchers import build_searcher
+
+    settings = Settings(
+        data_dir=args.data or Path(tempfile.gettempdir()),
+        search_mode=args.baseline,
+        index_dtype=args.dtype,
+        prefetch_candidates=args.baseline_candidates,
+        device="cpu",
+    )
+    built = build_searcher(settings, store, None, None)
+    if built.live is not None:
+        built.live.cache = None
+        t = time.perf_counter()
+        built.live.load()
+        print(f"  baseline {built.mode} index built from the store in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return built
 
 
 def exact_baseline(index: Any, queries: np.ndarray, n_timed: int, index_of: dict[str, int]) -> dict[str, Any]:
@@ -282,11 +340,23 @@ def compare(paths: list[Path]) -> None:
     runs = [json.loads(p.read_text()) for p in paths]
     ref = runs[0]
     for r in runs:
+        if "baseline_top10" in r:
+            n = len(r["baseline_top10"])
+            print(
+                f"{r['mode']} {r['pages']} pages, {n} queries: recall@10 vs {r['baseline_mode']} (same run) "
+                f"{recall(r['top10'][:n], r['baseline_top10']):.3f}; p50 {np.median(r['latency_ms'][:n]):.1f} ms vs "
+                f"{r['baseline_p50_ms']:.1f} ms ({r['baseline_p50_ms'] / np.median(r['latency_ms'][:n]):.1f}x)"
+            )
+            for c, sw in (r.get("sweep") or {}).items():
+                print(
+                    f"  candidates {c}: recall@10 {recall(sw['top10'][:n], r['baseline_top10']):.3f}, "
+                    f"p50 {sw['p50_ms']:.1f} ms"
+                )
         if "exact_top10" in r:  # a tiered run that carries its own exact baseline
             print(
                 f"{r['mode']} {r['pages']} pages: recall@10 vs exact (same run) "
-                f"{recall(r['top10'], r['exact_top10']):.3f}; p50 {r['p50_ms']:.1f} ms vs exact {r['exact_p50_ms']:.0f} "
-                f"ms ({r['exact_p50_ms'] / r['p50_ms']:.1f}x)"
+                f"{recall(r['top10'], r['exact_top10']):.3f}; p50 {r['p50_ms']:.1f} ms vs exact "
+                f"{r['exact_p50_ms']:.0f} ms ({r['exact_p50_ms'] / r['p50_ms']:.1f}x)"
             )
     print(f"| mode | pages | recall@10 vs {ref['mode']} | p50 ms | p50 ratio | resident B/page | disk GiB | build s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -318,6 +388,17 @@ def main() -> None:
         metavar="N",
         help="with --direct --mode tiered: also rank every query exactly over the same token file (recall reference) "
         "and time N one-query exact searches",
+    )
+    ap.add_argument(
+        "--baseline",
+        choices=["exact", "two-stage"],
+        default=None,
+        help="also search every query with this mode over the same store, interleaved query by query",
+    )
+    ap.add_argument("--baseline-candidates", type=int, default=200, help="candidates of a two-stage baseline")
+    ap.add_argument("--baseline-queries", type=int, default=0, help="search only the first N queries with it")
+    ap.add_argument(
+        "--sweep", type=int, nargs="*", default=None, help="tiered: also run every query at these candidate counts"
     )
     ap.add_argument("--limit", type=int, default=None, help="index only the first N pages")
     ap.add_argument("--n-queries", type=int, default=0, help="search only the first N queries")

@@ -110,10 +110,26 @@ class TokenFile:
         if not len(starts):
             return np.zeros((0, DIM), np.int8), np.zeros(0, np.float32)
         tok, sc = self.maps(max(s + n for s, n in zip(starts, lengths, strict=True)))
+        self._will_need(starts, lengths)
         return (
             np.concatenate([tok[s : s + n] for s, n in zip(starts, lengths, strict=True)]),
             np.concatenate([sc[s : s + n] for s, n in zip(starts, lengths, strict=True)]),
         )
+
+    def _will_need(self, starts: Sequence[int], lengths: Sequence[int]) -> None:
+        """Ask the kernel to read every span now, all at once: pages not in the page cache then arrive in parallel
+        reads instead of one page fault after another while copying."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(self.tokens_path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            for s, n in zip(starts, lengths, strict=True):
+                os.posix_fadvise(fd, int(s) * DIM, int(n) * DIM, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
 
     def rewrite(self, starts: Sequence[int], lengths: Sequence[int]) -> list[int]:
         """Copy the given pages to the next generation's files (the old ones stay until :meth:`drop_old`); returns

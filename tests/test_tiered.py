@@ -262,3 +262,34 @@ def test_bench_scale_runs_the_production_path(tmp_path, monkeypatch) -> None:
     assert {"top10", "latency_ms", "resident_bytes", "disk_bytes", "build_s"} <= set(got)
     assert got["mode"] == "tiered" and len(got["top10"]) == 3 and all(len(r) == 10 for r in got["top10"])
     assert all(0 <= i < 40 for row in got["top10"] for i in row)
+
+
+def test_the_pipeline_searches_tiered_with_cited_regions_and_readyz_says_so(tiny_models, tmp_path) -> None:
+    """COLSMOL_SEARCH_MODE=tiered end to end on the tiny models: real PDFs ingested, hits ranked like exact (more
+    candidates than pages here: the recall tests above cover the case where tier 1 can miss), regions from the
+    token file, and /readyz naming the mode."""
+    from fastapi.testclient import TestClient
+
+    from api.http.app import create_app
+    from rag.pipeline import RAGPipeline
+    from testkit.pdfs import LETTER, PageSpec, write_pdf
+    from tests.conftest import tiny_settings
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    write_pdf(docs / "a.pdf", [PageSpec(*LETTER, text=f"quarterly revenue table {i}") for i in range(4)])
+    s = tiny_settings(tiny_models, tmp_path / "data", dpi=60)
+    with RAGPipeline.from_settings(s) as rag:
+        rag.ingest([docs])
+        exact = rag.search("revenue table", k=3)
+    tiered_settings = s.model_copy(update={"search_mode": "tiered", "prefetch_candidates": 8})
+    with RAGPipeline.from_settings(tiered_settings) as rag:
+        assert rag.search_mode == "tiered"
+        hits = rag.search("revenue table", k=3)
+        assert isinstance(rag.live_index.get() if rag.live_index else None, TieredIndex)
+        assert [h.point_id for h in hits] == [h.point_id for h in exact]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in exact], atol=5e-2)  # int8 vs fp16
+        assert [bool(h.regions) for h in hits] == [bool(h.regions) for h in exact]
+        with TestClient(create_app(tiered_settings, rag)) as client:
+            ready = client.get("/readyz").json()
+            assert ready["status"] == "ready" and ready["search_mode"] == "tiered", ready
