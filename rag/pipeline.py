@@ -1,7 +1,7 @@
 """``RAGPipeline``: the Python object users import. Ingest, search, answer, stream, explain.
 
 It composes and owns nothing else: the store (``indexer.store``), the page images, the ColSmolVLM encoder, a
-searcher (``retriever.search``: exact over a ``LiveIndex`` that follows the store, or two-stage), and a generator
+searcher (``rag.searchers``: exact or tiered over a ``LiveIndex`` that follows the store, or two-stage), and a generator
 (``rag.generators``).
 
 A question's path: ``answer`` validates it -> ``search`` embeds it with the encoder and ranks pages by MaxSim ->
@@ -114,16 +114,7 @@ class RAGPipeline:
         s = settings or Settings()
         store = open_store(s)
         try:
-            encoder = ColSmolEncoder(
-                s.encoder_model,
-                device=s.device,
-                batch_size=s.page_batch_size,
-                query_batch_size=s.query_batch_size,
-                preprocess=s.preprocess,
-                longest_edge=s.page_longest_edge,
-                runtime=s.encoder_runtime,
-                runtime_cache=s.runtimes_dir,
-            )
+            encoder = ColSmolEncoder.from_settings(s)
             built = build_searcher(s, store, encoder.embed_queries, cited_regions(store, encoder))
             rag = cls(
                 store,
@@ -168,7 +159,7 @@ class RAGPipeline:
         if self.generator is not None:
             self.generator.load()
         if self.live_index is not None:
-            self.live_index.load()
+            self.live_index.load().warm_up()  # on a GPU: compile the MaxSim kernel's common shapes
 
     # ------------------------------------------------------------------ ingest
     def ingestor(

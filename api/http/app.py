@@ -1,8 +1,9 @@
 """The HTTP API: ``create_app`` builds the FastAPI app, ``serve`` runs it under uvicorn.
 
 Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Searches go through
-one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs) whose job records
-survive restarts, answers and heatmaps through one bounded worker each (api.http.limits: a short line, then 503).
+one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs)
+whose job records survive restarts, answers and heatmaps through one bounded worker each (api.http.limits:
+a short line, then 503).
 Every ``ColsmolError`` and every validation failure maps to a 4xx/503 JSON body in api.http.errors; uploads and
 deletes refuse cross-origin browser requests, and every response carries security headers (api.http.security).
 """
@@ -22,20 +23,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from api.http import errors
 from api.cli.advert import publish as advertise
 from api.cli.advert import withdraw
+from api.http import errors
 from api.http.batcher import SearchBatcher
 from api.http.deps import require_api_key
 from api.http.docs import add_docs
 from api.http.jobs import JobRunner
 from api.http.limits import WorkQueue
 from api.http.routes import answer, documents, facets, health, local, pages, search
-from api.http.routes import mcp as mcp_routes
 from api.http.routes import openai as openai_compat
 from api.http.routes.common import DocNames
 from api.http.security import SecurityHeaders
+from api.mcp import mount as mcp_mount
 from indexer.errors import ColsmolError, ConfigError
+from indexer.models.device import resolve_device
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
 
@@ -103,7 +105,7 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
-    mcp_routes.mount(app)
+    mcp_mount.mount(app)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -131,6 +133,12 @@ def serve(
 
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    if workers > 1 and resolve_device(settings.device).type == "cuda":
+        raise ConfigError(
+            f"--workers {workers} would load {workers} copies of the encoder, the answer model and the search index "
+            "into one GPU's memory; use --workers 1 (it batches concurrent searches), or run one server per GPU "
+            "(CUDA_VISIBLE_DEVICES) behind a load balancer"
+        )
     if workers == 1:
         # Build and warm the pipeline before uvicorn starts, so a missing model or a store held by
         # another process is one clear line from the CLI, not a traceback from the lifespan.
