@@ -224,8 +224,7 @@ def run(args: argparse.Namespace) -> None:
                 base_top10.append([index_of[h.point_id] for h in hits])
         sweep = {}
         for c in args.sweep or []:
-            index = built.live.get() if not args.direct and built.live is not None else None
-            target = index if index is not None else (searcher.live.get() if args.direct else None)
+            target = searcher.live.get() if isinstance(searcher, ExactSearcher) else None
             if target is None or not hasattr(target, "candidates"):
                 break
             keep, target.candidates = target.candidates, c
@@ -358,6 +357,11 @@ def compare(paths: list[Path]) -> None:
                 f"{recall(r['top10'], r['exact_top10']):.3f}; p50 {r['p50_ms']:.1f} ms vs exact "
                 f"{r['exact_p50_ms']:.0f} ms ({r['exact_p50_ms'] / r['p50_ms']:.1f}x)"
             )
+            for c, sw in (r.get("sweep") or {}).items():
+                print(
+                    f"  candidates {c}: recall@10 {recall(sw['top10'], r['exact_top10']):.3f}, "
+                    f"p50 {sw['p50_ms']:.1f} ms"
+                )
     print(f"| mode | pages | recall@10 vs {ref['mode']} | p50 ms | p50 ratio | resident B/page | disk GiB | build s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in runs:
