@@ -231,10 +231,11 @@ class _DocEnd:
 
 @dataclass(frozen=True)
 class _Batch:
-    """Encode -> write queue: embedded pages."""
+    """Encode -> write queue: embedded pages and their pooled prefetch vectors (``None`` without a pool)."""
 
     items: list[_Page]
     vectors: list[np.ndarray]
+    pooled: list[np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -429,7 +430,7 @@ class Ingestor:
                         with self._clock.busy("store"):
                             self._finish_doc(job.doc, emit)
                     else:
-                        self._write(job.items, job.vectors, emit)
+                        self._write(job.items, job.vectors, job.pooled, emit)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
@@ -508,8 +509,10 @@ class Ingestor:
                         for it in items:
                             it.doc.result.status, it.doc.result.error = "failed", HintedText(str(exc), exc.hints)
                         continue
+                    # pooled here, not on the writer thread: the one thread every store write waits on
+                    pooled = [self.pool(v) if self.pool is not None else None for v in vectors]
                     with clock.wall("write"):  # blocks while the writer is behind
-                        write_q.put(_Batch(items, vectors))
+                        write_q.put(_Batch(items, vectors, pooled))
 
             # On an accelerator each preprocessed batch sits in its memory: one waits while one runs, no more.
             ahead = min(self.preprocess_workers, getattr(self.encoder, "batches_ahead", None) or 1 << 30)
@@ -551,7 +554,9 @@ class Ingestor:
             self.on_encoder_load()  # e.g. refuse a page resolution the collection was not indexed at
             self._encoder_checked = True
 
-    def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
+    def _write(
+        self, items: list[_Page], vectors: list[np.ndarray], pooled: list[np.ndarray | None], emit: Progress
+    ) -> None:
         require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
         clock = self._clock
@@ -569,8 +574,8 @@ class Ingestor:
             for pid, it in zip(pids, items, strict=True):
                 save(pid, it.page.image)
         records = []
-        started = time.perf_counter()  # payloads and pooled vectors: part of the store stage
-        for pid, it, vec in zip(pids, items, vectors, strict=True):
+        started = time.perf_counter()  # payloads: part of the store stage
+        for pid, it, vec, pool in zip(pids, items, vectors, pooled, strict=True):
             d, page = it.doc, it.page
             payload = {
                 "kind": "page",
@@ -585,8 +590,7 @@ class Ingestor:
                 "ingested_at": d.ingested_at,
                 "metadata": d.metadata,
             }
-            pooled = self.pool(vec) if self.pool is not None else None
-            records.append(PageRecord(pid, vec, payload, pooled))
+            records.append(PageRecord(pid, vec, payload, pool))
         clock.add_busy("store", time.perf_counter() - started)
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one

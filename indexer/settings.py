@@ -106,12 +106,24 @@ class Settings(BaseSettings):
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
     index_dtype: Literal["fp16", "int8"] = Field("fp16", description="Token index precision on the device.")
     pool_factor: int = Field(1, ge=1, le=8, description="Token pooling factor of the search index (1 = exact).")
-    search_mode: Literal["exact", "two-stage"] = Field(
+    search_mode: Literal["exact", "two-stage", "tiered", "auto"] = Field(
         "exact",
-        description="exact: every page scored on the device; two-stage: Qdrant prefetch on pooled vectors, "
-        "then exact rerank (for corpora larger than the device's memory).",
+        description="exact: every page's tokens resident and scored; tiered: pooled vectors resident (about 9 KB a "
+        "page) propose prefetch_candidates pages, ranked exactly from the token file on local disk (corpora beyond "
+        "memory); auto: exact while the exact index fits index_memory_gb, else tiered (chosen at start, logged, "
+        "shown in /readyz); two-stage: Qdrant prefetch on pooled vectors, then exact rerank of vectors read back "
+        "from the store.",
     )
-    prefetch_candidates: int = Field(200, ge=1, le=10_000, description="Candidates per query in two-stage mode.")
+    prefetch_candidates: int = Field(
+        200, ge=1, le=10_000, description="Candidates per query that tiered and two-stage search rank exactly."
+    )
+    index_memory_gb: float = Field(
+        8.0,
+        gt=0,
+        le=100_000,
+        description="auto search mode: the memory the exact index may take (pages x 1,100 tokens x 256 B in fp16, "
+        "132 B in int8); a larger collection is searched tiered.",
+    )
     index_sync_interval_s: float = Field(
         1.0,
         ge=0,

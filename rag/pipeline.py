@@ -1,7 +1,7 @@
 """``RAGPipeline``: the Python object users import. Ingest, search, answer, stream, explain.
 
 It composes and owns nothing else: the store (``indexer.store``), the page images, the ColSmolVLM encoder, a
-searcher (``retriever.search``: exact over a ``LiveIndex`` that follows the store, or two-stage), and a generator
+searcher (``rag.searchers``: exact or tiered over a ``LiveIndex`` that follows the store, or two-stage), and a generator
 (``rag.generators``).
 
 A question's path: ``answer`` validates it -> ``search`` embeds it with the encoder and ranks pages by MaxSim ->
@@ -34,11 +34,12 @@ from indexer.store.base import VectorStore
 from indexer.types import DocumentInfo
 from rag.generators import make_generator
 from rag.generators.base import Generator, PrecomputesPages
+from rag.searchers import build_searcher
 from rag.types import Answer
 from retriever.live_index import LiveIndex
 from retriever.pooling import prefetch_vectors
 from retriever.regions import RegionFinder
-from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher
+from retriever.search import ExactSearcher, Hit, Searcher
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -100,6 +101,8 @@ class RAGPipeline:
             searcher = ExactSearcher(live_index, encoder.embed_queries, regions=cited_regions(store, encoder))
         self.live_index = live_index
         self.searcher = searcher
+        #: how searches run (rag.searchers.build_searcher; /readyz shows it)
+        self.search_mode = "exact"
         self.renderer: RendererName = renderer
         self.dpi = dpi
         #: After an ingest, let the generator do its per-page work for the new pages (``PrecomputesPages``).
@@ -116,32 +119,15 @@ class RAGPipeline:
         store = open_store(s)
         try:
             encoder = ColSmolEncoder.from_settings(s)
-            live: LiveIndex | None = None
-            searcher: Searcher
-            regions = cited_regions(store, encoder)
-            if s.search_mode == "two-stage":
-                # Nothing resident: Qdrant proposes candidates from the pooled vectors, the device reranks them.
-                searcher = TwoStageSearcher(
-                    store, encoder.embed_queries, s.prefetch_candidates, s.device, regions=regions
-                )
-            else:
-                live = LiveIndex(
-                    store,
-                    device=s.device,
-                    dtype=s.index_dtype,
-                    pool_factor=s.pool_factor,
-                    cache_dir=s.data_dir / "index-cache" / s.collection,
-                    sync_interval_s=s.index_sync_interval_s,
-                )
-                searcher = ExactSearcher(live, encoder.embed_queries, regions=regions)
+            built = build_searcher(s, store, encoder.embed_queries, cited_regions(store, encoder))
             images = PageImageStore(s.images_dir / s.collection)
-            return cls(
+            rag = cls(
                 store,
                 images,
                 encoder,
                 make_generator(s),
-                live_index=live,
-                searcher=searcher,
+                live_index=built.live,
+                searcher=built.searcher,
                 renderer=s.renderer,
                 dpi=s.dpi,
                 precompute_pages=s.generator_precompute,
@@ -149,6 +135,8 @@ class RAGPipeline:
                     OfficeConverter.default_cache_dir(images.root), s.convert_timeout_s, s.convert_workers
                 ),
             )
+            rag.search_mode = f"{built.mode} ({built.reason})" if built.reason != "set" else built.mode
+            return rag
         except BaseException:
             store.close()
             raise

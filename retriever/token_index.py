@@ -317,8 +317,10 @@ class TokenIndex:
         point_ids: Sequence[str],
         vectors_list: Sequence[np.ndarray],
         payloads: Sequence[dict[str, Any]] | None = None,
+        pooled: Sequence[np.ndarray | None] | None = None,
     ) -> None:
-        """Insert or replace pages: ``vectors_list[i]`` is ``(n_tokens, dim)`` float32 for ``point_ids[i]``."""
+        """Insert or replace pages: ``vectors_list[i]`` is ``(n_tokens, dim)`` float32 for ``point_ids[i]``.
+        ``pooled`` (the pages' prefetch vectors, when made already) serves index kinds that keep them."""
         if len(point_ids) != len(vectors_list):
             raise ValueError("add: point_ids and vectors_list differ in length")
         if not point_ids:
@@ -337,6 +339,11 @@ class TokenIndex:
                 self._maybe_compact()
             return n
 
+    def _capacity_for(self, pages: int) -> int:
+        """Token rows ``pages`` pages need, to size a build's buffer once (ColSmol pages are about 1,100 tokens)."""
+        est = pages * 1100
+        return est // self.pool_factor + 1 if self.pool_factor > 1 else est
+
     def build(
         self,
         store: VectorStore,
@@ -352,9 +359,7 @@ class TokenIndex:
         t0 = time.perf_counter()
         version = store.version()
         total = int(store.count_pages())
-        est = total * 1100
-        if self.pool_factor > 1:
-            est = est // self.pool_factor + 1
+        est = self._capacity_for(total)
         with self._lock:
             self._reset(est or (1 << 16))
             ids: list[str] = []
@@ -404,6 +409,7 @@ class TokenIndex:
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.compact()
+            self._before_save()
             n = self._n_tokens
             _save_with_room(path / "tokens.npy", self._tokens[:n].cpu().numpy(), n // SNAPSHOT_ROOM)
             if self._scales is not None:
@@ -417,6 +423,7 @@ class TokenIndex:
                 "point_ids": self._point_ids,
                 "lengths": self._lengths,
                 "bits": self._bits,
+                **self._extra_meta(),
             }
         (path / "meta.json").write_text(json.dumps(meta))
         old = final.with_name(final.name + ".old")
@@ -425,6 +432,24 @@ class TokenIndex:
             os.replace(final, old)
         os.replace(path, final)
         shutil.rmtree(old, ignore_errors=True)
+        self._after_save()
+
+    # Persistence hooks of index kinds that keep more than the resident rows (retriever.tiered_index).
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _before_save(self) -> None:
+        pass
+
+    def _after_save(self) -> None:
+        pass
+
+    def _load_extra(self, meta: dict[str, Any]) -> None:
+        if meta.get("kind", "exact") != "exact":
+            raise ValueError(f"the snapshot holds a {meta.get('kind')} index, not an exact one")
+
+    def close(self) -> None:
+        """Release what the index holds besides memory (nothing here; a tiered index's temporary token file)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", **kwargs: Any) -> TokenIndex:
@@ -475,6 +500,7 @@ class TokenIndex:
             idx._alive = np.ones(max(1024, 2 * len(idx._point_ids)), dtype=bool)
             idx._row_of = {pid: i for i, pid in enumerate(idx._point_ids)}
             idx._store_version = meta["store_version"]
+            idx._load_extra(meta)
         return idx
 
     @classmethod

@@ -92,14 +92,17 @@ def eval_command(
         typer.Option(
             "--config",
             help="Configurations, comma-separated: exact, int8, pool2, pool3 (any poolN), int8-poolN, two-stage, "
-            "runtime:NAME (the corpus re-embedded with encoder runtime NAME: fp32, int8, bf16, openvino, "
+            "tiered (pooled vectors propose --candidates pages, exact MaxSim ranks them), tier1 (tiered's first tier "
+            "alone), runtime:NAME (the corpus re-embedded with encoder runtime NAME: fp32, int8, bf16, openvino, "
             "openvino-bf16). exact always runs: the others are reported relative to it.",
         ),
     ] = "exact",
     max_queries: Annotated[
         int | None, typer.Option("--max-queries", help="Evaluate only the first N queries (whole corpus).")
     ] = None,
-    candidates: Annotated[int, typer.Option("--candidates", help="two-stage: pages prefetched per query.")] = 200,
+    candidates: Annotated[
+        int, typer.Option("--candidates", help="two-stage and tiered: candidate pages per query.")
+    ] = 200,
     prefetch_pool: Annotated[
         int, typer.Option("--prefetch-pool", help="two-stage: pool factor of the prefetch vectors.")
     ] = 16,

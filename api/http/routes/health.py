@@ -27,4 +27,4 @@ async def readyz(request: Request) -> Health | JSONResponse:
         pages = await run_in_threadpool(pipeline.store.count_pages)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "detail": f"vector store: {exc}"}, status_code=503)
-    return Health(status="ready", detail=f"{pages} pages indexed")
+    return Health(status="ready", detail=f"{pages} pages indexed", search_mode=getattr(pipeline, "search_mode", None))
