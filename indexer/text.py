@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from indexer.errors import ColsmolError, DocumentError
+from indexer.errors import ConfigError, DocumentError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ OCR_DPI = 200
 _PDFIUM_LOCK_FALLBACK = threading.RLock()
 
 
-class OcrUnavailable(ColsmolError):
+class OcrUnavailable(ConfigError):
     """COLSMOL_OCR=on but the ``tesseract`` command is not installed."""
 
 
@@ -87,7 +87,9 @@ def bounded(
     return PageText(page_number, tuple(words[:n]), tuple(boxes[:n]), source if n else "none")
 
 
-def _box(left: float, top: float, right: float, bottom: float, width: float, height: float) -> tuple[int, int, int, int]:
+def _box(
+    left: float, top: float, right: float, bottom: float, width: float, height: float
+) -> tuple[int, int, int, int]:
     """A box in thousandths of a ``width x height`` page, clamped to the page."""
 
     def q(v: float, size: float) -> int:
@@ -250,7 +252,7 @@ def iter_page_texts(
     PDF pages come from the text layer; pages without one, and image files, are OCR'd when ``ocr`` allows
     (see :func:`check_ocr`). A page with no text anywhere yields an empty :class:`PageText` (``source="none"``).
     """
-    from indexer.render.base import sniff, read_head
+    from indexer.render.base import read_head, sniff
 
     path = Path(path)
     use_ocr = check_ocr(ocr)

@@ -532,8 +532,8 @@ TEXTS = {
 def text_payload(doc_id: str, n: int, lang: str = "en") -> dict:
     payload = dict(page(doc_id, n).payload)
     metadata = {"lang": lang} | ({"language": "de"} if (doc_id, n) == ("beta", 2) else {})
-    return payload | {"text": TEXTS[(doc_id, n)], "word_boxes": [0, 0, 10, 10] * len(TEXTS[(doc_id, n)].split()),
-                      "metadata": metadata}  # fmt: skip
+    boxes = [0, 0, 10, 10] * len(TEXTS[(doc_id, n)].split())
+    return payload | {"text": TEXTS[(doc_id, n)], "word_boxes": boxes, "metadata": metadata}
 
 
 def test_text_pages_are_searchable_before_their_visual_embedding(store):
@@ -585,7 +585,8 @@ def test_hybrid_search_fuses_in_qdrant(store):
     alone = store.hybrid_search(q, "the", 3, depth=10, candidates=50)
     assert [h for h, _ in alone][:1] == [page_point_id("gamma", 2)]
     flt = Filter.parse({"doc_id": "alpha"})
-    assert {h for h, _ in store.hybrid_search(q, "invoice", 5, flt, depth=10, candidates=50)} == {page_point_id("alpha", 2)}
+    only_alpha = store.hybrid_search(q, "invoice", 5, flt, depth=10, candidates=50)
+    assert {h for h, _ in only_alpha} == {page_point_id("alpha", 2)}
 
 
 def test_collection_without_text_index_is_searched_by_pictures(tmp_path):
@@ -593,8 +594,10 @@ def test_collection_without_text_index_is_searched_by_pictures(tmp_path):
 
     maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
     params = {
-        "tokens": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Dot, multivector_config=maxsim,
-                                      datatype=qe.VectorStorageDatatype.Float16, hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000)),
+        "tokens": qe.EdgeVectorParams(
+            size=DIM, distance=qe.Distance.Dot, multivector_config=maxsim, datatype=qe.VectorStorageDatatype.Float16,
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        ),
         "pooled": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Dot, multivector_config=maxsim),
     }  # fmt: skip
     qe.EdgeShard.create(str(tmp_path / "old"), qe.EdgeConfig(vectors=params)).close()

@@ -182,7 +182,7 @@ class EdgeStore(QdrantStoreCore):
         except (OSError, ValueError):
             return False
         if TEXT_VECTOR not in sparse:
-            logger.info("collection %r has no text index (created before it): searched by pictures only", self.collection)
+            logger.info("collection %r has no text index (made before it): searched by images only", self.collection)
             return False
         return True
 
@@ -349,12 +349,18 @@ class EdgeStore(QdrantStoreCore):
         qe = self._qe
         q = query.tolist()
         pooled = qe.Prefetch(limit=max(candidates, depth), query=qe.Query.Nearest(q, using=POOLED_VECTOR), filter=flt)
-        sides = [qe.Prefetch(limit=depth, query=qe.Query.Nearest(q, using=TOKENS_VECTOR), prefetches=[pooled], filter=flt)]
+        exact = qe.Query.Nearest(q, using=TOKENS_VECTOR)
+        sides = [qe.Prefetch(limit=depth, query=exact, prefetches=[pooled], filter=flt)]
         if sparse.indices:
             text = qe.Query.Nearest(qe.SparseVector(sparse.indices, sparse.values), using=TEXT_VECTOR)
             sides.append(qe.Prefetch(limit=depth, query=text, filter=flt))
         req = qe.QueryRequest(
-            limit=limit, prefetches=sides, query=qe.Fusion.Rrf(k=rrf_k), filter=flt, with_payload=False, with_vector=False
+            limit=limit,
+            prefetches=sides,
+            query=qe.Fusion.Rrf(k=rrf_k),
+            filter=flt,
+            with_payload=False,
+            with_vector=False,
         )
         with self._lock:
             return [(str(p.id), float(p.score)) for p in self._live().query(req)]

@@ -149,7 +149,7 @@ class ServerStore(QdrantStoreCore):
         sparse = params.sparse_vectors or {}
         self.text_enabled = TEXT_VECTOR in sparse
         if not self.text_enabled:
-            logger.info("collection %r has no text index (created before it): searched by pictures only", self.collection)
+            logger.info("collection %r has no text index (made before it): searched by images only", self.collection)
         if diffs:
             raise SchemaMismatch(
                 f"collection {self.collection!r} on {self.url} has a schema colsmol cannot use: "
