@@ -642,6 +642,8 @@ class Ingestor:
                     doc.texts[n] = {k: pl[k] for k in ("text", "word_boxes", "text_source") if k in pl}
                 if pl.get("stage") != STAGE_TEXT and self.images.exists(pid):
                     doc.visual_done.add(n)
+        if have:
+            emit(ProgressEvent("text", doc.result.path, n=len(have)))
         if len(have) >= doc.page_count:
             return
         common = {
@@ -655,13 +657,17 @@ class Ingestor:
             "metadata": doc.metadata,
         }
         batch: list[tuple[str, dict[str, Any]]] = []
+        read = 0  # pages read since the last event
 
         def flush() -> None:
+            nonlocal read
             if batch:
                 pages = list(batch)
                 self.hooks.apply(lambda: self.store.upsert_text_pages(pages))
-                emit(ProgressEvent("text", doc.result.path, n=len(pages)))
                 batch.clear()
+            if read:
+                emit(ProgressEvent("text", doc.result.path, n=read))
+                read = 0
 
         try:
             texts = iter_page_texts(
@@ -676,11 +682,12 @@ class Ingestor:
             for text in texts:
                 fields = text.payload()
                 doc.texts[text.page_number] = fields
+                read += 1
                 if self.store.text_enabled:
                     pid = page_point_id(doc.doc_id, text.page_number)
                     batch.append((pid, {**common, "page_number": text.page_number, **fields}))
-                    if len(batch) >= 64:
-                        flush()
+                if read >= 64:
+                    flush()
             flush()
         except DocumentError as exc:
             log.warning("%s: no page text (%s); searched by images only", doc.source, exc.reason)

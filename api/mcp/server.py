@@ -57,7 +57,7 @@ class Parts:
 
     pipeline: "RAGPipeline"
     doc_names: DocNames
-    search: Callable[[str, int, Filter], Awaitable[list["Hit"]]]
+    search: Callable[[str, int, Filter, str | None], Awaitable[list["Hit"]]]
     answer: Callable[[str, int, Filter], Awaitable["Answer"]]
     max_new_tokens: int
 
@@ -73,6 +73,7 @@ class PageHit(BaseModel):
     image_url: str | None = Field(None, description="The page image over HTTP (when served over HTTP).")
     thumb_url: str | None = Field(None, description="A small version of it (when served over HTTP).")
     regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
+    found_by: list[str] = Field(default_factory=list, description="Which side(s) found the page: visual, text.")
 
 
 class AnswerResult(BaseModel):
@@ -117,6 +118,7 @@ async def _hits(parts: Parts, hits: list["Hit"], base: str | None) -> list[PageH
                 image_url=base + image_url if base else None,
                 thumb_url=base + thumb_url if base else None,
                 regions=named.regions,
+                found_by=named.found_by,
             )
         )
     return out
@@ -151,13 +153,18 @@ def build_server(parts: Callable[[], Parts]) -> "MCPServer":
         query: str,
         k: Annotated[int, Field(ge=1, le=MAX_K, description="How many pages.")] = 5,
         filter: FilterArg = None,
+        mode: Annotated[
+            Literal["visual", "text", "hybrid"] | None,
+            Field(description="visual (page images), text (exact words: names, IDs, numbers) or hybrid (both); "
+                  "unset: hybrid."),
+        ] = None,
         ctx: Context | None = None,
     ) -> list[PageHit]:
         async def run() -> list[PageHit]:
             p = parts()
             if not query.strip():
                 raise InvalidRequest("the query is empty")
-            hits = await p.search(query, k, Filter.parse(filter))
+            hits = await p.search(query, k, Filter.parse(filter), mode)
             return await _hits(p, hits, _base_url(ctx))
 
         return await _tool_call(run())
@@ -227,8 +234,9 @@ def standalone_parts(pipeline: "RAGPipeline", max_new_tokens: int) -> Parts:
 
     executor = ThreadPoolExecutor(1, thread_name_prefix="colsmol-mcp")
 
-    async def search(query: str, k: int, flt: Filter) -> list["Hit"]:
-        return await asyncio.get_running_loop().run_in_executor(executor, lambda: pipeline.search(query, k, flt))
+    async def search(query: str, k: int, flt: Filter, mode: str | None = None) -> list["Hit"]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, lambda: pipeline.search(query, k, flt, mode=mode))
 
     async def answer(question: str, k: int, flt: Filter) -> "Answer":
         loop = asyncio.get_running_loop()

@@ -64,6 +64,7 @@ class DocNames:
                     image_url=image_url,
                     thumb_url=thumb_url,
                     regions=[RegionOut(**r.to_dict()) for r in hit.regions],
+                    found_by=list(hit.found_by),
                 )
             )
         return out
