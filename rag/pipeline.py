@@ -21,16 +21,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
+from indexer.models.encoder import ColSmolEncoder
 from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
-from indexer.text import DEFAULT_MAX_CHARS, OcrMode
 from indexer.store import open_store
 from indexer.store.base import VectorStore
+from indexer.text import DEFAULT_MAX_CHARS, OcrMode
 from indexer.types import DocumentInfo
 from rag.generators import make_generator
 from rag.generators.base import Generator, PrecomputesPages
@@ -125,16 +125,7 @@ class RAGPipeline:
         s = settings or Settings()
         store = open_store(s)
         try:
-            encoder = ColSmolEncoder(
-                s.encoder_model,
-                device=s.device,
-                batch_size=s.page_batch_size,
-                query_batch_size=s.query_batch_size,
-                preprocess=s.preprocess,
-                longest_edge=s.page_longest_edge,
-                runtime=s.encoder_runtime,
-                runtime_cache=s.runtimes_dir,
-            )
+            encoder = ColSmolEncoder.from_settings(s)
             live: LiveIndex | None = None
             searcher: Searcher
             regions = cited_regions(store, encoder)

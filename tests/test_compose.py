@@ -195,7 +195,7 @@ def test_healthcheck_hits_healthz_without_curl(dockerfile):
     (hc,) = instructions(dockerfile, "HEALTHCHECK")
     assert "CMD" in hc and "/healthz" in hc and "curl" not in hc
     assert "127.0.0.1:8000" in hc
-    assert '"/healthz"' in (ROOT / "api/routes/health.py").read_text(), "the route the healthcheck calls"
+    assert '"/healthz"' in (ROOT / "api/http/routes/health.py").read_text(), "the route the healthcheck calls"
 
 
 def test_volumes_env_port_and_command(dockerfile):

@@ -1,8 +1,9 @@
 """The HTTP API: ``create_app`` builds the FastAPI app, ``serve`` runs it under uvicorn.
 
 Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Searches go through
-one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs) whose job records
-survive restarts, answers and heatmaps through one bounded worker each (api.http.limits: a short line, then 503).
+one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs)
+whose job records survive restarts, answers and heatmaps through one bounded worker each (api.http.limits:
+a short line, then 503).
 Every ``ColsmolError`` and every validation failure maps to a 4xx/503 JSON body in api.http.errors; uploads and
 deletes refuse cross-origin browser requests, and every response carries security headers (api.http.security).
 """
@@ -22,19 +23,19 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from api.http import errors
 from api.cli.advert import publish as advertise
 from api.cli.advert import withdraw
+from api.http import errors
 from api.http.batcher import SearchBatcher
 from api.http.deps import require_api_key
 from api.http.docs import add_docs
 from api.http.jobs import JobRunner
 from api.http.limits import WorkQueue
 from api.http.routes import answer, documents, facets, health, local, pages, search
-from api.http.routes import mcp as mcp_routes
 from api.http.routes import openai as openai_compat
 from api.http.routes.common import DocNames
 from api.http.security import SecurityHeaders
+from api.mcp import mount as mcp_mount
 from indexer.errors import ColsmolError, ConfigError
 from indexer.settings import Settings
 from rag.pipeline import RAGPipeline
@@ -103,7 +104,7 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
-    mcp_routes.mount(app)
+    mcp_mount.mount(app)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

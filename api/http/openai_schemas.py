@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from api.http.schemas import FILTER_HELP, MODE_HELP, REGIONS_HELP, FilterBody, RegionOut, SearchMode
+from api.http.schemas import FILTER_HELP, MODE_HELP, FilterBody, HitOut, SearchMode
 from rag.pipeline import MAX_ANSWER_K
 
 #: The one model colsmol serves: RAG over the collection.
@@ -65,20 +65,6 @@ class ChatCompletionRequest(BaseModel):
     mode: SearchMode | None = Field(None, description=MODE_HELP)
 
 
-class Citation(BaseModel):
-    """A page the answer was generated from; ``index`` is its ``[n]`` marker in the text."""
-
-    index: int
-    point_id: str
-    doc_id: str | None
-    file_name: str | None
-    page_number: int | None
-    score: float
-    image_url: str
-    thumb_url: str
-    regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
-
-
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -97,7 +83,7 @@ class ChatCompletion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
-    citations: list[Citation] = Field(description="The cited pages, in [n] order (colsmol's extra field).")
+    citations: list[HitOut] = Field(description="The cited pages, in [n] order (colsmol's extra field).")
     warnings: list[str] = Field(default_factory=list, description="Pages that could not be shown (colsmol's).")
 
 
@@ -121,7 +107,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    citations: list[Citation] | None = None
+    citations: list[HitOut] | None = None
 
 
 class ModelCard(BaseModel):
