@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -208,6 +209,8 @@ def ocr_image(image: Any, page_number: int, language: str = "eng", max_chars: in
                 text=True,
                 timeout=300,
                 check=False,
+                # One thread: Tesseract's OpenMP threads slow it down on a busy or small machine (its docs say so).
+                env={**os.environ, "OMP_THREAD_LIMIT": "1"},
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             logger.warning("OCR of page %d failed: %s", page_number, exc)

@@ -30,7 +30,7 @@ import numpy as np
 from indexer.errors import InvalidRequest
 from indexer.filters import Filter
 from indexer.store.base import VectorStore
-from indexer.store.sparse import ENCODER
+from indexer.store.sparse import ENCODER, TEXT_RRF_WEIGHT
 from retriever.regions import MAX_REGIONS, Region
 from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher, _hit
 
@@ -53,10 +53,14 @@ def parse_mode(mode: Any) -> Mode | None:
 
 def rrf(sides: Sequence[Sequence[str]], k: int) -> list[tuple[str, float, tuple[int, ...]]]:
     """Reciprocal Rank Fusion of ranked id lists: ``(id, sum 1 / (k + rank), which sides)``, best first
-    (ranks from 0, as Qdrant's ``Fusion.Rrf``; ties keep the order the ids were first seen in).
+    (ranks from 0, as Qdrant's ``Fusion.Rrf``). A tie goes to the page a later side found (the text side, whose
+    exact term match is the sharper evidence: an identifier's one page against the visual side's best guess), then
+    to the page seen first.
 
     >>> [(i, round(s, 4), by) for i, s, by in rrf([["a", "b"], ["b", "c"]], k=60)]
     [('b', 0.0331, (0, 1)), ('a', 0.0167, (0,)), ('c', 0.0164, (1,))]
+    >>> [i for i, _, _ in rrf([["v"], ["t"]], k=60)]
+    ['t', 'v']
     """
     scores: dict[str, float] = {}
     found: dict[str, list[int]] = {}
@@ -64,7 +68,7 @@ def rrf(sides: Sequence[Sequence[str]], k: int) -> list[tuple[str, float, tuple[
         for rank, pid in enumerate(ids):
             scores[pid] = scores.get(pid, 0.0) + 1.0 / (k + rank)
             found.setdefault(pid, []).append(side)
-    order = sorted(scores, key=lambda p: -scores[p])  # stable: first seen wins a tie
+    order = sorted(scores, key=lambda p: (-scores[p], -max(found[p])))  # stable: then first seen
     return [(p, scores[p], tuple(found[p])) for p in order]
 
 
@@ -239,7 +243,7 @@ class HybridSearcher:
             payloads = self.store.get_payloads([pid for pid, _ in fused])
             hits: list[Hit] = []
             for pid, score in fused:
-                from_text = 1.0 / (self.rrf_k + text_rank[pid]) if pid in text_rank else 0.0
+                from_text = TEXT_RRF_WEIGHT / (self.rrf_k + text_rank[pid]) if pid in text_rank else 0.0
                 by = ((VISUAL,) if score - from_text > 1e-7 else ()) + ((TEXT,) if pid in text_rank else ())
                 payload = payloads.get(pid, {})
                 if TEXT in by:

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, ImageFont
 
-from indexer.errors import InvalidRequest
+from indexer.errors import ConfigError, InvalidRequest
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor
 from indexer.store import EdgeStore
@@ -103,7 +103,7 @@ def test_ocr_on_without_tesseract_is_one_clear_error(tmp_path: Path, monkeypatch
 # ---------------------------------------------------------------------------------------------- fusion pieces
 def test_rrf_matches_qdrants_formula_and_keeps_side_order() -> None:
     fused = rrf([["a", "b", "c"], ["c", "d"]], k=60)
-    assert [p for p, _, _ in fused] == ["c", "a", "b", "d"]
+    assert [p for p, _, _ in fused] == ["c", "a", "d", "b"]  # b and d tie: the text side's page first
     assert fused[0][1] == pytest.approx(1 / 62 + 1 / 60) and fused[0][2] == (0, 1)
     assert [p for p, _, _ in rrf([["x", "y"], []], k=1)] == ["x", "y"]
 
@@ -333,3 +333,34 @@ def test_http_search_modes_documents_state_and_job_stages(rag: RAGPipeline, tiny
         assert page_point_id  # the uploaded file is searchable by its text
         hits = client.post("/v1/search", json={"query": "upload", "k": 3, "mode": "text"}).json()["hits"]
         assert hits and hits[0]["file_name"] == "new.pdf"
+
+
+# ---------------------------------------------------------------------------------------------- eval --mode
+@needs_tesseract
+def test_eval_modes_rank_an_image_corpus_by_its_ocr_text(tmp_path: Path, tiny_encoder) -> None:
+    import json as _json
+
+    from retriever.evaluation.datasets import load_dataset
+    from retriever.evaluation.modes import parse_modes
+    from retriever.evaluation.runner import run_eval
+
+    font = ImageFont.truetype("DejaVuSans.ttf", 40) if _has_dejavu() else ImageFont.load_default(40)
+    words = ["Zanzibar", "Quokka", "Fjordline", "Kestrel"]  # one per page, what the page is about
+    (tmp_path / "corpus").mkdir()
+    rows, queries, qrels = [], [], []
+    for i, word in enumerate(words):
+        img = Image.new("RGB", (640, 240), "white")
+        ImageDraw.Draw(img).text((30, 90), f"{word} report {i}", fill="black", font=font)
+        img.save(tmp_path / "corpus" / f"p{i}.png")
+        rows.append({"_id": f"p{i}", "image": f"corpus/p{i}.png"})
+        queries.append({"_id": f"q{i}", "text": word})
+        qrels.append({"query-id": f"q{i}", "corpus-id": f"p{i}", "score": 1})
+    for name, data in (("corpus", rows), ("queries", queries), ("qrels", qrels)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in data))
+    report = run_eval(load_dataset(tmp_path), tiny_encoder, "exact", [1], device="cpu",
+                      modes=parse_modes("visual,text,hybrid"))  # fmt: skip
+    assert [c.name for c in report.configs] == ["exact", "mode:text", "mode:hybrid"]
+    assert report.config("mode:text").metrics["mrr@10"] == 1.0 and report.config("mode:text").params["text"] == "ocr"
+    assert report.config("mode:hybrid").metrics["recall@1"] >= report.config("exact").metrics["recall@1"]
+    with pytest.raises(ConfigError, match="words is not a mode"):
+        parse_modes("visual,words")

@@ -47,7 +47,7 @@ from indexer.store.base import (
     SparseVector,
     tokens_array,
 )
-from indexer.store.sparse import TEXT_VECTOR
+from indexer.store.sparse import TEXT_RRF_WEIGHT, TEXT_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ class EdgeStore(QdrantStoreCore):
         req = qe.QueryRequest(
             limit=limit,
             prefetches=sides,
-            query=qe.Fusion.Rrf(k=rrf_k),
+            query=qe.Fusion.Rrf(k=rrf_k, weights=[1.0, TEXT_RRF_WEIGHT][: len(sides)]),
             filter=flt,
             with_payload=False,
             with_vector=False,

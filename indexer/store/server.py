@@ -34,7 +34,7 @@ from indexer.store.base import (
     SparseVector,
     tokens_array,
 )
-from indexer.store.sparse import TEXT_VECTOR
+from indexer.store.sparse import TEXT_RRF_WEIGHT, TEXT_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class ServerStore(QdrantStoreCore):
         res = self._live().query_points(
             self.collection,
             prefetch=sides,
-            query=m.RrfQuery(rrf=m.Rrf(k=rrf_k)),
+            query=m.RrfQuery(rrf=m.Rrf(k=rrf_k, weights=[1.0, TEXT_RRF_WEIGHT][: len(sides)])),
             limit=limit,
             query_filter=flt,
             with_payload=False,
