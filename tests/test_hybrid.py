@@ -364,3 +364,23 @@ def test_eval_modes_rank_an_image_corpus_by_its_ocr_text(tmp_path: Path, tiny_en
     assert report.config("mode:hybrid").metrics["recall@1"] >= report.config("exact").metrics["recall@1"]
     with pytest.raises(ConfigError, match="words is not a mode"):
         parse_modes("visual,words")
+
+
+def test_cli_modes_found_by_and_document_state(tiny_models, tmp_path: Path) -> None:
+    import json as _json
+
+    from tests.test_ingest import _cli_env, _colsmol
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(ROOT / "samples" / "northwind-annual-report-2023.pdf", docs)
+    item = known_items(_page_texts(docs), per_page=1, phrases=False)[-1]
+    env = dict(_cli_env(tiny_models, tmp_path / "data"), COLSMOL_OCR="off")
+    res = _colsmol("ingest", str(docs), "--dpi", "40", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    hits = _json.loads(_colsmol("search", item.query, "--mode", "text", "--json", "-k", "2", env=env).stdout)
+    assert hits[0]["found_by"] == ["text"] and hits[0]["page_number"] == item.page_number and hits[0]["regions"]
+    listed = _json.loads(_colsmol("documents", "--json", env=env).stdout)
+    assert [(d["state"], d["pages_visual"]) for d in listed] == [("complete", 3)]
+    bad = _colsmol("search", item.query, "--mode", "words", env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "visual, text, hybrid" in bad.stderr
