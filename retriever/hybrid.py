@@ -30,7 +30,7 @@ import numpy as np
 from indexer.errors import InvalidRequest
 from indexer.filters import Filter
 from indexer.store.base import VectorStore
-from indexer.store.sparse import ENCODER, TEXT_RRF_WEIGHT
+from indexer.store.sparse import ENCODER
 from retriever.regions import MAX_REGIONS, Region
 from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher, _hit
 
@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["visual", "text", "hybrid"]
 MODES: tuple[Mode, ...] = ("visual", "text", "hybrid")
+#: In a fusion, the text side keeps only pages scoring at least this share of its best page's BM25 score. RRF
+#: looks at ranks only: without a floor, a query such as an identifier ("QX-00012-1234": the rare part matches one
+#: page, "qx" matches them all) hands the fusion fifty weak text matches, and any of them that the visual side also
+#: ranks beats the one page that holds the identifier (bench/hybrid.py measured it: top 1 in 1 of 12 queries).
+TEXT_FLOOR = 0.5
 VISUAL: Final = "visual"
 TEXT: Final = "text"
 
@@ -55,7 +60,7 @@ def rrf(sides: Sequence[Sequence[str]], k: int) -> list[tuple[str, float, tuple[
     """Reciprocal Rank Fusion of ranked id lists: ``(id, sum 1 / (k + rank), which sides)``, best first
     (ranks from 0, as Qdrant's ``Fusion.Rrf``). A tie goes to the page a later side found (the text side, whose
     exact term match is the sharper evidence: an identifier's one page against the visual side's best guess), then
-    to the page seen first.
+    to the page seen first. (Qdrant's own fusion, used by two-stage search, may order such a tie the other way.)
 
     >>> [(i, round(s, 4), by) for i, s, by in rrf([["a", "b"], ["b", "c"]], k=60)]
     [('b', 0.0331, (0, 1)), ('a', 0.0167, (0,)), ('c', 0.0164, (1,))]
@@ -168,6 +173,14 @@ class HybridSearcher:
     def _text_ranked(self, query: str, limit: int, filter: Filter | None) -> list[tuple[str, float]]:
         return self.store.text_search(query, limit, filter)
 
+    def _text_side(self, query: str, limit: int, filter: Filter | None) -> list[tuple[str, float]]:
+        """The text side of a fusion: BM25 results down to ``TEXT_FLOOR`` of the best score."""
+        ranked = self._text_ranked(query, limit, filter)
+        if not ranked:
+            return ranked
+        floor = TEXT_FLOOR * ranked[0][1]
+        return [(pid, s) for pid, s in ranked if s >= floor]
+
     def _text(self, query: str, k: int, filter: Filter | None) -> list[Hit]:
         ranked = self._text_ranked(query, k, filter)
         payloads = self.store.get_payloads([pid for pid, _ in ranked])
@@ -193,7 +206,7 @@ class HybridSearcher:
             visual_rows = self.visual.search_batch(queries, depth, filter)
         out = []
         for i, (query, visual) in enumerate(zip(queries, visual_rows, strict=True)):
-            text = self._text_ranked(query, depth, filter)
+            text = self._text_side(query, depth, filter)
             fused = rrf([[h.point_id for h in visual], [pid for pid, _ in text]], self.rrf_k)[:k]
             by_id = {h.point_id: h for h in visual}
             own_score = dict(text) if not visual else {h.point_id: h.score for h in visual} if not text else None
@@ -236,14 +249,16 @@ class HybridSearcher:
         out = []
         for query, q in zip(queries, encoded, strict=True):
             qn = np.asarray(q, dtype=np.float32)
+            text_side = self._text_side(query, depth, filter)
             fused = self.store.hybrid_search(
-                qn, query, k, filter, depth=depth, rrf_k=self.rrf_k, candidates=max(visual.candidates, depth)
+                qn, query, k, filter, depth=depth, rrf_k=self.rrf_k, candidates=max(visual.candidates, depth),
+                text_depth=len(text_side) or None,  # BM25 order is the same: the pages above the floor
             )
-            text_rank = {pid: r for r, (pid, _) in enumerate(self._text_ranked(query, depth, filter))}
+            text_rank = {pid: r for r, (pid, _) in enumerate(text_side)}
             payloads = self.store.get_payloads([pid for pid, _ in fused])
             hits: list[Hit] = []
             for pid, score in fused:
-                from_text = TEXT_RRF_WEIGHT / (self.rrf_k + text_rank[pid]) if pid in text_rank else 0.0
+                from_text = 1.0 / (self.rrf_k + text_rank[pid]) if pid in text_rank else 0.0
                 by = ((VISUAL,) if score - from_text > 1e-7 else ()) + ((TEXT,) if pid in text_rank else ())
                 payload = payloads.get(pid, {})
                 if TEXT in by:

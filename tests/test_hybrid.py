@@ -298,8 +298,8 @@ def test_two_stage_hybrid_fuses_in_qdrant(rag: RAGPipeline, tiny_models, tmp_pat
     assert score_known_items(items, ranked)["recall@10"] == 1.0
     here = rag.search_batch([i.query for i in items], k=10, mode="hybrid")
     there = store_side.search_batch([i.query for i in items], k=10, mode="hybrid")
-    for a, b in zip(here, there, strict=True):  # the same fusion in Qdrant as in process (fp16 aside)
-        assert a[0].point_id == b[0].point_id
+    for i, (a, b) in enumerate(zip(here, there, strict=True)):  # the same fusion in Qdrant as in process
+        assert a[0].point_id == b[0].point_id, items[i]
         assert {h.point_id: h.found_by for h in a[:3]} == {h.point_id: h.found_by for h in b[:3]}
 
 

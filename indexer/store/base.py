@@ -215,9 +215,10 @@ class VectorStore(Protocol):
         depth: int = 50,
         rrf_k: int = 60,
         candidates: int = 200,
+        text_depth: int | None = None,
     ) -> list[tuple[str, float]]:
         """Qdrant-side fusion: RRF of the visual side (pooled prefetch of ``candidates``, rescored by full MaxSim,
-        ``depth`` kept) and the BM25 side (``depth``), best first."""
+        ``depth`` kept) and the BM25 side (``text_depth`` when given, else ``depth``), best first."""
 
     def visual_page_count(self, doc_id: str) -> int:
         """Pages of ``doc_id`` with their visual embedding stored."""
@@ -324,7 +325,15 @@ class QdrantStoreCore(ABC):
 
     @abstractmethod
     def _query_fused(
-        self, query: np.ndarray, sparse: SparseVector, limit: int, flt: Any, depth: int, rrf_k: int, candidates: int
+        self,
+        query: np.ndarray,
+        sparse: SparseVector,
+        limit: int,
+        flt: Any,
+        depth: int,
+        rrf_k: int,
+        candidates: int,
+        text_depth: int | None = None,
     ) -> list[tuple[str, float]]:
         """One Qdrant query: RRF of the visual side (pooled prefetch, MaxSim rescoring) and the sparse side."""
 
@@ -469,6 +478,7 @@ class QdrantStoreCore(ABC):
         depth: int = 50,
         rrf_k: int = 60,
         candidates: int = 200,
+        text_depth: int | None = None,
     ) -> list[tuple[str, float]]:
         q = np.asarray(query, dtype=np.float32)
         if q.ndim == 1:
@@ -478,7 +488,7 @@ class QdrantStoreCore(ABC):
             return []
         vector = self._query_text_vector(text) if self.text_enabled else SparseVector([], [])
         flt = self._filter(doc_filter)
-        return self._query_fused(q, vector, int(limit), flt, int(depth), int(rrf_k), int(candidates))
+        return self._query_fused(q, vector, int(limit), flt, int(depth), int(rrf_k), int(candidates), text_depth)
 
     def visual_page_count(self, doc_id: str) -> int:
         return self._count(self._not_text(self._filter(Filter.where(doc_id=doc_id))))

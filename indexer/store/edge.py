@@ -47,7 +47,7 @@ from indexer.store.base import (
     SparseVector,
     tokens_array,
 )
-from indexer.store.sparse import TEXT_RRF_WEIGHT, TEXT_VECTOR
+from indexer.store.sparse import TEXT_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -344,7 +344,15 @@ class EdgeStore(QdrantStoreCore):
             return [(str(p.id), float(p.score)) for p in self._live().query(req)]
 
     def _query_fused(
-        self, query: np.ndarray, sparse: SparseVector, limit: int, flt: Any, depth: int, rrf_k: int, candidates: int
+        self,
+        query: np.ndarray,
+        sparse: SparseVector,
+        limit: int,
+        flt: Any,
+        depth: int,
+        rrf_k: int,
+        candidates: int,
+        text_depth: int | None = None,
     ) -> list[tuple[str, float]]:
         qe = self._qe
         q = query.tolist()
@@ -353,11 +361,11 @@ class EdgeStore(QdrantStoreCore):
         sides = [qe.Prefetch(limit=depth, query=exact, prefetches=[pooled], filter=flt)]
         if sparse.indices:
             text = qe.Query.Nearest(qe.SparseVector(sparse.indices, sparse.values), using=TEXT_VECTOR)
-            sides.append(qe.Prefetch(limit=depth, query=text, filter=flt))
+            sides.append(qe.Prefetch(limit=text_depth or depth, query=text, filter=flt))
         req = qe.QueryRequest(
             limit=limit,
             prefetches=sides,
-            query=qe.Fusion.Rrf(k=rrf_k, weights=[1.0, TEXT_RRF_WEIGHT][: len(sides)]),
+            query=qe.Fusion.Rrf(k=rrf_k),
             filter=flt,
             with_payload=False,
             with_vector=False,

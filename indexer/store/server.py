@@ -34,7 +34,7 @@ from indexer.store.base import (
     SparseVector,
     tokens_array,
 )
-from indexer.store.sparse import TEXT_RRF_WEIGHT, TEXT_VECTOR
+from indexer.store.sparse import TEXT_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,15 @@ class ServerStore(QdrantStoreCore):
         return [(str(p.id), float(p.score)) for p in res.points]
 
     def _query_fused(
-        self, query: np.ndarray, sparse: SparseVector, limit: int, flt: Any, depth: int, rrf_k: int, candidates: int
+        self,
+        query: np.ndarray,
+        sparse: SparseVector,
+        limit: int,
+        flt: Any,
+        depth: int,
+        rrf_k: int,
+        candidates: int,
+        text_depth: int | None = None,
     ) -> list[tuple[str, float]]:
         m = self._m
         q = query.tolist()
@@ -266,11 +274,11 @@ class ServerStore(QdrantStoreCore):
         sides = [m.Prefetch(query=q, using=TOKENS_VECTOR, limit=depth, prefetch=[pooled], filter=flt)]
         if sparse.indices:
             text = m.SparseVector(indices=sparse.indices, values=sparse.values)
-            sides.append(m.Prefetch(query=text, using=TEXT_VECTOR, limit=depth, filter=flt))
+            sides.append(m.Prefetch(query=text, using=TEXT_VECTOR, limit=text_depth or depth, filter=flt))
         res = self._live().query_points(
             self.collection,
             prefetch=sides,
-            query=m.RrfQuery(rrf=m.Rrf(k=rrf_k, weights=[1.0, TEXT_RRF_WEIGHT][: len(sides)])),
+            query=m.RrfQuery(rrf=m.Rrf(k=rrf_k)),
             limit=limit,
             query_filter=flt,
             with_payload=False,

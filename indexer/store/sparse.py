@@ -21,9 +21,6 @@ logger = logging.getLogger(__name__)
 
 #: The sparse vector's name in both backends.
 TEXT_VECTOR = "text"
-#: RRF weight of the text side in Qdrant's fusion: a hair over the visual side's 1, so that a tie goes to the page
-#: the text side found, as the in-process fusion breaks ties (retriever.hybrid.rrf).
-TEXT_RRF_WEIGHT = 1.000001
 DEFAULT_LANGUAGE = "english"
 #: ISO 639-1 codes for the snowball languages Qdrant's BM25 knows (names are accepted as they are).
 ISO_CODES = {
