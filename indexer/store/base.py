@@ -466,7 +466,9 @@ class QdrantStoreCore(ABC):
         vector = self._query_text_vector(query)
         if not vector.indices:  # only stopwords
             return []
-        return self._query_sparse(vector, int(limit), self._filter(doc_filter))
+        # Equal BM25 scores (pages with the same words) in id order: the same ranking whatever order they were stored in.
+        hits = self._query_sparse(vector, int(limit), self._filter(doc_filter))
+        return sorted(hits, key=lambda h: (-h[1], h[0]))
 
     def hybrid_search(
         self,
