@@ -466,7 +466,7 @@ class QdrantStoreCore(ABC):
         vector = self._query_text_vector(query)
         if not vector.indices:  # only stopwords
             return []
-        # Equal BM25 scores (pages with the same words) in id order: the same ranking whatever order they were stored in.
+        # Equal BM25 scores (pages with the same words) in id order: one ranking whatever order they were stored in.
         hits = self._query_sparse(vector, int(limit), self._filter(doc_filter))
         return sorted(hits, key=lambda h: (-h[1], h[0]))
 
