@@ -11,6 +11,12 @@ The stages overlap: a render thread, a pool of preprocessing threads (Idefics3 t
 spot), the encoder on the calling thread and a writer thread. Queues are bounded, so memory stays
 flat however long a PDF is. A ``kill -9`` at any point leaves at worst an incomplete document, which
 the next run finishes (pages already stored are not embedded again).
+
+Text first: before any page is rendered for the encoder, every file of the batch has its pages' text
+(:mod:`indexer.text`: the PDF text layer, or OCR) stored as text-only points, so the whole batch is
+searchable by text within seconds; the embedding then replaces each point with its visual one, text kept.
+A run that dies between the two stages leaves text-only pages, which the next run embeds (their text is
+read back, never extracted twice).
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ from indexer.render import (
 from indexer.render.containers import CONVERTIBLE_SUFFIXES
 from indexer.render.office import OfficeConverter, needs_conversion
 from indexer.stages import StageClock
-from indexer.store.base import UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
+from indexer.store.base import STAGE_TEXT, UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
+from indexer.store.sparse import language_of
+from indexer.text import DEFAULT_MAX_CHARS, OcrMode, check_ocr, iter_page_texts
 from indexer.types import DocumentInfo, PageRecord, RenderedPage
 
 if TYPE_CHECKING:
@@ -62,7 +70,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Status = Literal["indexed", "unchanged", "failed", "skipped"]
-EventKind = Literal["file", "pages", "done", "stages"]
+EventKind = Literal["file", "text", "pages", "done", "stages"]
 
 
 class PageEncoder(Protocol):
@@ -171,9 +179,10 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """Fed to the ``progress`` callback: ``kind`` is "file" (a file started, ``total`` = its pages),
-    "pages" (``n`` pages stored), "done" (a file finished, ``result`` set) or "stages" (the run ended,
-    ``stages`` holds its seconds per stage, :mod:`indexer.stages`)."""
+    """Fed to the ``progress`` callback: ``kind`` is "file" (a file opened, ``total`` = its pages), "text" (the
+    text of ``n`` of its pages stored: searchable by text), "pages" (``n`` pages embedded and stored), "done"
+    (a file finished, ``result`` set) or "stages" (the run ended, ``stages`` holds its seconds per stage,
+    :mod:`indexer.stages`). Every "file" and "text" event of a batch comes before its first "pages"."""
 
     kind: EventKind
     path: str = ""
@@ -212,6 +221,10 @@ class _Doc:
     pending: int = 0  # pages sent to the encoder, not yet stored
     rendered_all: bool = False
     failed: bool = False
+    #: Page number -> the text payload fields (``text``, ``word_boxes``, ``text_source``), kept for the visual write.
+    texts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Pages whose visual embedding is already stored (a resumed run skips them).
+    visual_done: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -279,6 +292,8 @@ class Ingestor:
         on_encoder_load: Callable[[], None] | None = None,
         image_workers: int | None = None,
         converter: OfficeConverter | None = None,
+        ocr: OcrMode = "off",
+        text_max_chars: int = DEFAULT_MAX_CHARS,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -306,6 +321,8 @@ class Ingestor:
         self._source_names: dict[Path, str] = {}
         self._walked: set[str] = set()
         self.converter = converter or OfficeConverter(OfficeConverter.default_cache_dir(images.root))
+        self.ocr: OcrMode = ocr
+        self.text_max_chars = text_max_chars
 
     # ------------------------------------------------------------------ public
     def ingest(
@@ -337,6 +354,8 @@ class Ingestor:
         for p, reason in walk.skipped:
             report.files.append(FileResult(display_path(p), "skipped", error=reason))
         self.images.remove_stale_temporaries()
+        if walk.files:
+            check_ocr(self.ocr)  # COLSMOL_OCR=on without Tesseract: one clear error before any work
         clock.add_wall("setup", time.perf_counter() - started)
         try:
             self._run(walk.files, dict(metadata or {}), report, emit)
@@ -392,19 +411,24 @@ class Ingestor:
         write_q: queue.Queue[_Batch | _DocEnd | _Stop] = queue.Queue(maxsize=4)
         errors: list[BaseException] = []
         stop = threading.Event()
-
-        ahead: list[threading.Thread] = []
+        # Office files convert in the background meanwhile (several at a time), so opening them mostly waits less.
+        ahead: list[threading.Thread] = self._convert_ahead(files, stop)
+        # Text first, for the whole batch: every page is searchable by text before the first is embedded.
+        docs = []
+        with self._clock.wall("text"):
+            for path in files:
+                with self._clock.busy("render"):  # hashing, page counting and conversion included
+                    doc = self._open_doc(path, metadata, report, emit)
+                if doc is not None:
+                    with self._clock.busy("text"):
+                        self._store_text(doc, emit)
+                    docs.append(doc)
 
         def render_stage() -> None:
             try:
-                ahead.extend(self._convert_ahead(files, stop))
-                for path in files:
+                for doc in docs:
                     if stop.is_set():
                         break
-                    with self._clock.busy("render"):  # hashing and page counting included
-                        doc = self._open_doc(path, metadata, report, emit)
-                    if doc is None:
-                        continue
                     try:
                         for page in self._clock.timed_iter(self._pages_to_embed(doc), "render"):
                             if stop.is_set():
@@ -414,7 +438,7 @@ class Ingestor:
                     except DocumentError as exc:
                         self._fail(doc, exc.reason)
                     except Exception as exc:  # noqa: BLE001 - one file must not stop the batch
-                        log.exception("rendering %s failed", path)
+                        log.exception("rendering %s failed", doc.path)
                         self._fail(doc, f"rendering failed: {exc}")
                     # An end marker per document travels in order with its pages.
                     pages_q.put(_DocEnd(doc))
@@ -589,6 +613,7 @@ class Ingestor:
                 "content_hash": d.content_hash,
                 "ingested_at": d.ingested_at,
                 "metadata": d.metadata,
+                **d.texts.get(page.page_number, {}),
             }
             records.append(PageRecord(pid, vec, payload, pool))
         clock.add_busy("store", time.perf_counter() - started)
@@ -717,26 +742,88 @@ class Ingestor:
                 self._delete(doc.doc_id)
 
     def _pages_to_embed(self, doc: _Doc) -> Iterable[RenderedPage]:
-        """The document's pages, minus those a crashed earlier run already stored."""
-        done: set[int] = set()
-        stored = self.store.page_ids(doc.doc_id)
-        if stored:
-            payloads = self.store.get_payloads(stored)
-            for pid, pl in payloads.items():
-                if self.images.exists(pid):
-                    done.add(int(pl["page_number"]))
+        """The document's pages, minus those whose embedding an earlier (crashed) run already stored."""
+        done = doc.visual_done
+        if done:
             doc.result.pages += len(done)
-            log.info("%s: resuming, %d of %d pages already stored", doc.source, len(done), doc.page_count)
+            log.info("%s: resuming, %d of %d pages already embedded", doc.source, len(done), doc.page_count)
         for page in iter_file_pages(doc.path, self.renderer, self.dpi, self.password):
             if page.page_number not in done:
                 yield page
+
+    def _store_text(self, doc: _Doc, emit: Progress) -> None:
+        """Store the text of the document's pages not stored yet (text-only points); keep every page's text for
+        the visual write. Pages an earlier run stored keep their text (read back, never extracted again)."""
+        stored = self.store.page_ids(doc.doc_id)
+        have: set[int] = set()
+        if stored:
+            for pid, pl in self.store.get_payloads(stored).items():
+                n = int(pl["page_number"])
+                have.add(n)
+                if "text" in pl:
+                    doc.texts[n] = {k: pl[k] for k in ("text", "word_boxes", "text_source") if k in pl}
+                if pl.get("stage") != STAGE_TEXT and self.images.exists(pid):
+                    doc.visual_done.add(n)
+        if have:
+            emit(ProgressEvent("text", doc.result.path, n=len(have)))
+        if len(have) >= doc.page_count:
+            return
+        common = {
+            "kind": "page",
+            "doc_id": doc.doc_id,
+            "source": doc.sources[0],
+            "file_name": source_file_name(doc.sources[0]),
+            "page_count": doc.page_count,
+            "content_hash": doc.content_hash,
+            "ingested_at": doc.ingested_at,
+            "metadata": doc.metadata,
+        }
+        batch: list[tuple[str, dict[str, Any]]] = []
+        read = 0  # pages read since the last event
+
+        def flush() -> None:
+            nonlocal read
+            if batch:
+                pages = list(batch)
+                self.hooks.apply(lambda: self.store.upsert_text_pages(pages))
+                batch.clear()
+            if read:
+                emit(ProgressEvent("text", doc.result.path, n=read))
+                read = 0
+
+        try:
+            texts = iter_page_texts(
+                doc.path,
+                doc.page_count,
+                password=self.password,
+                ocr=self.ocr,
+                language=language_of(doc.metadata),
+                max_chars=self.text_max_chars,
+                skip=have,
+            )
+            for text in texts:
+                fields = text.payload()
+                doc.texts[text.page_number] = fields
+                read += 1
+                if self.store.text_enabled:
+                    pid = page_point_id(doc.doc_id, text.page_number)
+                    batch.append((pid, {**common, "page_number": text.page_number, **fields}))
+                if read >= 64:
+                    flush()
+            flush()
+        except DocumentError as exc:
+            log.warning("%s: no page text (%s); searched by images only", doc.source, exc.reason)
+        except ColsmolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no text is no reason to fail a file: its pictures still count
+            log.warning("%s: no page text (%s: %s); searched by images only", doc.source, type(exc).__name__, exc)
 
     def _finish_doc(self, doc: _Doc, emit: Progress) -> None:
         if doc.failed:
             # Rendering failures are deterministic (a corrupt page stays corrupt): drop the partial pages.
             self._delete(doc.doc_id)
         else:
-            stored = len(self.store.page_ids(doc.doc_id))
+            stored = self.store.visual_page_count(doc.doc_id)
             if stored != doc.page_count:
                 doc.failed = True
                 doc.result.status = "failed"

@@ -153,6 +153,28 @@ class Settings(BaseSettings):
         description="lean decoding: compute the answer model's page features at ingest (about 20-30 s a page on "
         "2 CPU cores) so questions pay for their text only; implies generator_page_features=disk.",
     )
+    ocr: Literal["auto", "off", "on"] = Field(
+        "auto",
+        description="OCR (Tesseract) for pages without a text layer (scans, photos): auto runs it when the tesseract "
+        "command is installed, on requires it, off never runs it.",
+    )
+    text_max_chars: int = Field(
+        20_000, ge=0, le=1_000_000, description="Most characters of text kept per page (payload size bound)."
+    )
+    query_mode: Literal["hybrid", "visual", "text"] = Field(
+        "hybrid",
+        description="Default search mode: hybrid (page images and page text, fused by RRF), visual (page images by "
+        "MaxSim) or text (BM25 over page text). A collection without a text index is searched by images.",
+    )
+    fusion_k: int = Field(60, ge=1, le=10_000, description="hybrid: the RRF constant (score = sum of 1/(k + rank)).")
+    fusion_depth: int = Field(
+        50, ge=1, le=1000, description="hybrid: pages each side (images, text) contributes to the fusion."
+    )
+    answer_page_text: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Give the answer model the cited pages' text besides their images: auto = on for the openai "
+        "backend (tokens are cheap there), off for smolvlm (a small context window).",
+    )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
     api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")
     qdrant_shard_number: int | None = Field(

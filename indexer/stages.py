@@ -30,8 +30,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 #: The order stages are shown in; a stage that never ran is left out.
-WALL_STAGES = ("setup", "load", "calibrate", "render", "preprocess", "encode", "write", "prune")
-BUSY_STAGES = ("load", "calibrate", "render", "preprocess", "encode", "images", "store")
+WALL_STAGES = ("setup", "text", "load", "calibrate", "render", "preprocess", "encode", "write", "prune")
+BUSY_STAGES = ("load", "calibrate", "render", "text", "preprocess", "encode", "images", "store")
 
 
 class StageClock:

@@ -24,7 +24,7 @@ import torch
 
 from indexer.filters import Filter
 from indexer.models.device import resolve_device
-from indexer.store.base import TOKENS_ONLY, VectorStore
+from indexer.store.base import STAGE_TEXT, TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, TritonShape, maxsim, pad_queries, quantize_int8, topk, warm_up
 from retriever.pooling import pool_tokens
 
@@ -368,6 +368,8 @@ class TokenIndex:
             n_pages = 0
             for page in store.iter_pages(batch_size=batch_size, vectors=TOKENS_ONLY):
                 if page.tokens is None:
+                    if page.payload.get("stage") == STAGE_TEXT:
+                        continue  # text only so far: found by the text side until its embedding is stored
                     raise ValueError(f"store page {page.point_id} came without vectors")
                 ids.append(page.point_id)
                 vecs.append(page.tokens)
@@ -531,7 +533,8 @@ class TokenIndex:
             if version == self._store_version:
                 return False
             known = {pid: self._bits[row] for pid, row in self._row_of.items()}
-        fresh = {page.point_id: page.payload for page in store.iter_pages(vectors=())}
+        # Text-only pages have no vectors yet: they join the index when their embedding is stored.
+        fresh = {p.point_id: p.payload for p in store.iter_pages(vectors=()) if p.payload.get("stage") != STAGE_TEXT}
         gone = set(known) - set(fresh)
         changed = sorted(pid for pid, p in fresh.items() if pid not in known or _content(known[pid]) != _content(p))
         # Same vectors, other payload (a document renamed or a copy gone): the bits change, not the tokens.

@@ -97,6 +97,14 @@ def eval_command(
             "openvino-bf16). exact always runs: the others are reported relative to it.",
         ),
     ] = "exact",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="Search modes, comma-separated: visual (the configurations above), text (BM25 over each page's "
+            "OCR text; needs Tesseract), hybrid (both, RRF-fused as colsmol search does). Reported as mode:NAME.",
+        ),
+    ] = "visual",
     max_queries: Annotated[
         int | None, typer.Option("--max-queries", help="Evaluate only the first N queries (whole corpus).")
     ] = None,
@@ -127,7 +135,10 @@ def eval_command(
     from retriever.evaluation.runner import parse_configs, parse_ks, run_eval
 
     s = settings_from(device=device, page_batch_size=batch_size, encoder_model=model)
+    from retriever.evaluation.modes import parse_modes
+
     cfgs = parse_configs(config)  # usage errors before any model loads
+    modes = parse_modes(mode)
     ks = parse_ks(k)
     if max_queries is not None and max_queries < 1:
         raise InvalidRequest("--max-queries must be at least 1")
@@ -144,6 +155,7 @@ def eval_command(
         "prefetch_pool_factor": prefetch_pool,
         "embed_chunk": max(4 * s.page_batch_size, 16),
         "encoder_for_runtime": lambda name: make_encoder(name).load(),
+        "modes": modes,
     }
     try:
         if json_out or not sys.stderr.isatty():

@@ -69,9 +69,18 @@ class Job:
     state: str = "queued"  # queued -> running -> done | failed; queued | running -> interrupted (restart)
     pages_done: int = 0
     pages_total: int = 0
+    #: Pages whose text is stored (searchable by text before they are embedded).
+    pages_text: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    @property
+    def stage(self) -> str:
+        """``text`` while pages' text is being read, ``visual`` while they are embedded, ``done`` at the end."""
+        if self.state not in ("queued", "running"):
+            return "done"
+        return "text" if self.pages_text < self.pages_total or self.pages_total == 0 else "visual"
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -81,6 +90,8 @@ class Job:
             "files_done": self.files_done,
             "pages_done": self.pages_done,
             "pages_total": self.pages_total,
+            "pages_text": self.pages_text,
+            "stage": self.stage,
             "errors": list(self.errors),
             "report": self.report,
         }
@@ -99,13 +110,18 @@ class JobLog:
             " pages_done INTEGER NOT NULL, pages_total INTEGER NOT NULL, errors TEXT NOT NULL, report TEXT,"
             " owner TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "pages_text" not in columns:  # a job log written before the text stage existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN pages_text INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT NOT NULL DEFAULT 'done'")
 
     def save(self, job: Job, owner: str) -> None:
         snap = job.snapshot()
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO jobs (id, state, files_total, pages_done, pages_total, errors, report, owner,"
+                " created_at, updated_at, pages_text, stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     snap["state"],
@@ -117,13 +133,16 @@ class JobLog:
                     owner,
                     job.created_at,
                     now,
+                    snap["pages_text"],
+                    snap["stage"],
                 ),
             )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, state, files_total, pages_done, pages_total, errors, report FROM jobs WHERE id = ?",
+                "SELECT id, state, files_total, pages_done, pages_total, errors, report, pages_text, stage FROM jobs"
+                " WHERE id = ?",
                 (job_id,),
             ).fetchone()
         if row is None:
@@ -136,6 +155,8 @@ class JobLog:
             "pages_total": row[4],
             "errors": json.loads(row[5]),
             "report": None if row[6] is None else json.loads(row[6]),
+            "pages_text": row[7],
+            "stage": row[8],
         }
 
     def interrupt_orphans(self, claim: ProcessClaim) -> list[str]:
@@ -330,13 +351,16 @@ class JobRunner:
             job.pages_total = sum(expected)
             self._save(job, progress_only=True)
         for saved, guess in zip(job.files, expected, strict=True):
-            counted = {"done": 0, "total": guess}  # this file's pages in the job's progress so far
+            counted = {"done": 0, "total": guess, "text": 0}  # this file's pages in the job's progress so far
 
             def progress(ev: ProgressEvent, name: str = saved.original_name, counted: dict[str, int] = counted) -> None:
                 with self._lock:
                     if ev.kind == "file":
                         job.pages_total += ev.total - counted["total"]
                         counted["total"] = ev.total
+                    elif ev.kind == "text":
+                        job.pages_text += ev.n
+                        counted["text"] += ev.n
                     elif ev.kind == "pages":
                         job.pages_done += ev.n
                         counted["done"] += ev.n
@@ -345,11 +369,13 @@ class JobRunner:
                         if result.status == "failed":
                             job.errors.append({"file": name, "error": for_interface(result.error or "failed", "http")})
                             job.pages_total -= counted["total"] - counted["done"]  # pages that will never come
+                            job.pages_text -= counted["text"] - counted["done"]
                         elif result.status in ("indexed", "unchanged"):
                             # Pages a crashed earlier run stored (resumed) or an unchanged file's pages are
                             # never reported as "pages" events: count them now, so done == total.
                             job.pages_total += max(0, result.pages - counted["total"])
                             job.pages_done += max(0, result.pages - counted["done"])
+                            job.pages_text += max(0, result.pages - counted["text"])
                         self._save(job)
                         return
                     self._save(job, progress_only=True)
@@ -386,6 +412,8 @@ class JobRunner:
             with self._lock:
                 if ev.kind == "file":
                     job.pages_total += ev.total
+                elif ev.kind == "text":
+                    job.pages_text += ev.n
                 elif ev.kind == "pages":
                     job.pages_done += ev.n
                 elif ev.kind == "done" and ev.result is not None:

@@ -90,8 +90,8 @@ def app_parts(app: FastAPI) -> Parts:
         raise ModelUnavailable("the server is still starting: models are loading; retry shortly")
     batcher = state.batcher
 
-    async def search(query: str, k: int, flt: Filter) -> list[Hit]:
-        hits: list[Hit] = await batcher.search(query, k, flt)
+    async def search(query: str, k: int, flt: Filter, mode: str | None = None) -> list[Hit]:
+        hits: list[Hit] = await batcher.search(query, k, flt, mode)
         return hits
 
     max_new_tokens = state.settings.max_new_tokens

@@ -260,6 +260,8 @@ def run_eval(
     embed_chunk: int = 64,
     progress: Progress | None = None,
     encoder_for_runtime: Callable[[str], Encoder] | None = None,
+    modes: Sequence[str] = ("visual",),
+    page_texts: Sequence[str] | None = None,
 ) -> EvalReport:
     """Evaluate ``encoder`` on ``dataset`` under each configuration; see the module docstring.
 
@@ -268,6 +270,8 @@ def run_eval(
     ``device`` is where the token indexes live and MaxSim runs. ``workdir`` keeps the two-stage Qdrant shard (in a
     fresh ``eval-*`` collection) instead of a temporary directory that is removed afterwards.
     ``encoder_for_runtime(name)`` builds the encoder of a ``runtime:NAME`` configuration (closed after use).
+    ``modes`` adds the search modes ``text`` and ``hybrid`` (:mod:`retriever.evaluation.modes`) as configurations
+    ``mode:text`` and ``mode:hybrid``, over ``page_texts`` (one per corpus page; OCR'd when None).
     """
     import torch
 
@@ -422,6 +426,32 @@ def run_eval(
                 )
             )
             logger.info("eval %s: %s", cfg.name, {m: round(v, 4) for m, v in metrics.items()})
+        extra = [m for m in modes if m != "visual"]
+        if extra:
+            from retriever.evaluation.modes import page_texts as ocr_texts
+            from retriever.evaluation.modes import rank_by_mode
+
+            texts = list(page_texts) if page_texts is not None else ocr_texts(dataset, progress)
+            queries = [dataset.queries[q] for q in qids]
+            by_mode = rank_by_mode(extra, pids, vectors, payloads, texts, queries, qvecs, depth, str(dev), progress)
+            for mode, (pid_rows, times, build_s) in by_mode.items():
+                ranked = [[cid_of[p] for p in row] for row in pid_rows]
+                metrics = evaluate_run(dict(zip(qids, ranked, strict=True)), dataset.qrels, ks)
+                relative = {m: (v / exact_metrics[m] if exact_metrics.get(m) else None) for m, v in metrics.items()}
+                results.append(
+                    ConfigResult(
+                        name=f"mode:{mode}",
+                        metrics=metrics,
+                        relative=relative,
+                        agreement_at_10=_agreement(ranked, exact_ranked),
+                        build_seconds=build_s,
+                        build_pages_per_s=len(pids) / build_s if build_s > 0 else float("inf"),
+                        latency_ms_p50=_percentile_ms(times, 50),
+                        latency_ms_p99=_percentile_ms(times, 99),
+                        index_mb=None,
+                        params={"mode": mode, "text": "given" if page_texts is not None else "ocr"},
+                    )
+                )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

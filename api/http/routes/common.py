@@ -72,6 +72,7 @@ class DocNames:
                     thumb_url=None if base_url is None else base_url + thumb_url,
                     page_uri=PAGE_URI.format(point_id=hit.point_id),
                     regions=[RegionOut(**r.to_dict()) for r in hit.regions],
+                    found_by=list(hit.found_by),
                 )
             )
         return out

@@ -192,7 +192,7 @@ async def chat_completions(
     created = int(time.time())
     if not body.stream:
         answer: Answer = await answers.run(
-            request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop)
+            request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode)
         )
         citations = await _citations(request, names, answer)
         return ChatCompletion(
@@ -206,7 +206,10 @@ async def chat_completions(
 
     # The first piece comes after search and the model's first token: a failure so far is a plain HTTP error.
     first, queue, stop = await start_stream(
-        request, answers, lambda stop: pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop), log
+        request,
+        answers,
+        lambda stop: pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode),
+        log,
     )
 
     def chunk(delta: ChunkDelta, finish: bool = False, citations: list[HitOut] | None = None) -> bytes:
