@@ -140,8 +140,9 @@ def test_ingest_fails_only_the_file_a_page_does_not_fit(encoder: ColSmolEncoder,
         assert "COLSMOL_PAGE_LONGEST_EDGE" in for_interface(failed.error, "cli")
         assert report.exit_code == 1 and max(budget.batches) == 1
         assert {d.file_name for d in store.list_documents()} == {"strips.pdf", "zz_after.pdf"}
-        # Nothing stored is lost: the pages of mixed.pdf that fitted stay, and the next run (more memory) resumes.
-        assert store.count_pages() == 3 + 1 + 2
+        # Nothing stored is lost: the pages of mixed.pdf that fitted stay embedded, the one that did not keeps its
+        # text (stored first, searchable by text), and the next run (more memory) resumes.
+        assert store.count_pages() == 3 + 1 + 3
         budget.views = 10_000
         calls = budget.calls
         again = ing.ingest([docs])
