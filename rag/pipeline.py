@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import HintedText, InvalidRequest, NotFound
 from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
+from indexer.models.encoder import ColSmolEncoder
 from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
 from indexer.store import open_store
@@ -102,16 +102,34 @@ class RAGPipeline:
         self.dpi = dpi
         #: After an ingest, let the generator do its per-page work for the new pages (``PrecomputesPages``).
         self.precompute_pages = precompute_pages
+        #: False where the model is shared with other pipelines (``rag.collections``): close() leaves it loaded.
+        self.owns_encoder = True
+        self.owns_generator = True
         self._write_lock = threading.Lock()
         self._closed = False
         self._resolution_checked = False
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> RAGPipeline:
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        collection: str | None = None,
+        encoder: ColSmolEncoder | None = None,
+        generator: Generator | None = None,
+    ) -> RAGPipeline:
+        """The pipeline ``settings`` describe. ``collection`` opens another collection of the same data dir, with
+        the settings it was created with (:mod:`rag.collections`). ``encoder`` and ``generator``, when given, are
+        shared with other pipelines: this one uses them and leaves closing them to their owner."""
         s = settings or Settings()
+        if collection is not None:
+            from rag.collections import collection_settings
+
+            s = collection_settings(s, collection)
         store = open_store(s)
+        owns = (encoder is None, generator is None)
         try:
-            encoder = ColSmolEncoder(
+            encoder = encoder or ColSmolEncoder(
                 s.encoder_model,
                 device=s.device,
                 batch_size=s.page_batch_size,
@@ -139,17 +157,19 @@ class RAGPipeline:
                     sync_interval_s=s.index_sync_interval_s,
                 )
                 searcher = ExactSearcher(live, encoder.embed_queries, regions=regions)
-            return cls(
+            rag = cls(
                 store,
                 PageImageStore(s.images_dir / s.collection),
                 encoder,
-                make_generator(s),
+                generator if generator is not None else make_generator(s),
                 live_index=live,
                 searcher=searcher,
                 renderer=s.renderer,
                 dpi=s.dpi,
                 precompute_pages=s.generator_precompute,
             )
+            rag.owns_encoder, rag.owns_generator = owns
+            return rag
         except BaseException:
             store.close()
             raise
@@ -168,8 +188,9 @@ class RAGPipeline:
         self._closed = True
         if self.live_index is not None:
             self.live_index.close()
-        self.encoder.close()
-        if self.generator is not None:
+        if self.owns_encoder:
+            self.encoder.close()
+        if self.generator is not None and self.owns_generator:
             self.generator.close()
         self.store.close()
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.store.base import VectorStore
 from indexer.models.token_layout import PageLayouts, TokenCells
+from indexer.store.base import VectorStore
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.models.device import resolve_device
 from indexer.filters import Filter
+from indexer.models.device import resolve_device
 from indexer.store.base import VectorStore
 from retriever.live_index import LiveIndex
 from retriever.regions import Region, RegionFinder, VectorsOf

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from indexer.models.device import resolve_device
 from indexer.filters import Filter
+from indexer.models.device import resolve_device
 from indexer.store.base import TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk
 from retriever.pooling import pool_tokens

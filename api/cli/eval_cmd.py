@@ -118,8 +118,8 @@ def eval_command(
 ) -> None:
     """Measure retrieval quality (nDCG@k, recall@k, MRR@10) and speed on a labelled dataset."""
     from api.cli.common import progress_bar, settings_from
-    from indexer.models.encoder import ColSmolEncoder
     from indexer.errors import InvalidRequest
+    from indexer.models.encoder import ColSmolEncoder
     from retriever.evaluation.datasets import load_dataset
     from retriever.evaluation.runner import parse_configs, parse_ks, run_eval
 

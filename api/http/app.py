@@ -13,34 +13,35 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path as FsPath
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Path
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from api.http import errors
 from api.cli.advert import publish as advertise
 from api.cli.advert import withdraw
-from api.http.batcher import SearchBatcher
+from api.http import errors
+from api.http.collections import CollectionServices
 from api.http.deps import require_api_key
 from api.http.docs import add_docs
-from api.http.jobs import JobRunner
 from api.http.limits import WorkQueue
-from api.http.routes import answer, documents, facets, health, local, pages, search
+from api.http.routes import answer, collections, documents, facets, health, local, pages, search
 from api.http.routes import mcp as mcp_routes
 from api.http.routes import openai as openai_compat
-from api.http.routes.common import DocNames
 from api.http.security import SecurityHeaders
+from api.keys import KeyStore
 from indexer.errors import ColsmolError, ConfigError
 from indexer.settings import Settings
+from rag.collections import NAME_HELP, NAME_PATTERN, Collections
 from rag.pipeline import RAGPipeline
 
 log = logging.getLogger(__name__)
-STATIC = Path(__file__).parent / "static"
+STATIC = FsPath(__file__).parent / "static"
 
 #: How long a client told "busy" (503) should wait before trying again.
 ANSWER_RETRY_AFTER_S = 5
@@ -58,24 +59,28 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = pipeline is None
         rag = pipeline if pipeline is not None else await run_in_threadpool(RAGPipeline.from_settings, settings)
+        registry = Collections(settings, default=rag)
         try:
             await run_in_threadpool(rag.warm_up)
-            app.state.doc_names = DocNames(rag.store)
             app.state.answers = WorkQueue("answer", settings.answer_queue, ANSWER_RETRY_AFTER_S)
             app.state.explains = WorkQueue("explain", settings.explain_queue, EXPLAIN_RETRY_AFTER_S)
-            app.state.batcher = SearchBatcher(rag, settings.search_batch_window_ms / 1000, settings.search_max_batch)
-            app.state.jobs = await run_in_threadpool(JobRunner, rag, settings.data_dir)
+            app.state.collections = CollectionServices(registry, settings)
+            default = await run_in_threadpool(app.state.collections.get, settings.collection)
+            # The default collection's workers, where single-collection code and tests look for them.
+            app.state.doc_names, app.state.batcher, app.state.jobs = default.doc_names, default.batcher, default.jobs
             app.state.pipeline = rag
             app.state.ready = True
             log.info("colsmol API ready")
             yield
         finally:
             app.state.ready = False
-            for name in ("jobs", "batcher", "answers", "explains"):
+            for name in ("collections", "answers", "explains"):
                 worker = getattr(app.state, name, None)
                 if worker is not None:
                     await run_in_threadpool(worker.close)
-            app.state.pipeline = None
+            app.state.pipeline = app.state.collections = None
+            app.state.doc_names = app.state.batcher = app.state.jobs = None
+            await run_in_threadpool(registry.close)
             if owned:
                 await run_in_threadpool(rag.close)
 
@@ -98,9 +103,16 @@ def create_app(
     app.add_exception_handler(HTTPException, errors.http_error)
     app.add_middleware(SecurityHeaders)
 
+    app.state.keys = KeyStore(settings.data_dir)
+
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for module in (documents, facets, search, answer, pages, local, openai_compat):
+    for module in (documents, facets, search, answer, pages, local, openai_compat, collections):
         v1.include_router(module.router)
+    # Every collection's routes: the same functions, the collection taken from the path (api.http.deps).
+    scoped = APIRouter(prefix="/collections/{collection}", dependencies=[Depends(_collection_param)])
+    for module in (documents, facets, search, answer, pages, local):
+        scoped.include_router(module.router)
+    v1.include_router(scoped)
     app.include_router(v1)
     app.include_router(health.router)
     mcp_routes.mount(app)
@@ -112,6 +124,12 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _collection_param(
+    collection: Annotated[str, Path(pattern=f"^{NAME_PATTERN}$", description=f"The collection: {NAME_HELP}.")],
+) -> None:
+    """Declares (and checks) the ``{collection}`` of the collection-scoped routes; api.http.deps reads it."""
 
 
 def app_from_env() -> FastAPI:

@@ -199,3 +199,4 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+    collections: dict[str, str] | None = None

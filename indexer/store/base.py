@@ -166,6 +166,9 @@ class VectorStore(Protocol):
 
     def close(self) -> None: ...
 
+    def drop(self) -> None:
+        """Delete the whole collection (points, vectors, payload indexes); the store is closed afterwards."""
+
     def __enter__(self) -> VectorStore: ...
 
     def __exit__(self, *exc: object) -> None: ...

@@ -39,8 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
-from indexer.models.device import attn_implementation, model_dtype, resolve_device
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest
+from indexer.models.device import attn_implementation, model_dtype, resolve_device
 from indexer.models.loading import LazyWeights, from_pretrained_kwargs
 from rag.generators.page_features import PageFeatureCache
 from rag.generators.prompt import PAGE_LONGEST_EDGE, SYSTEM_INSTRUCTION, fit_pages, question_text

@@ -12,8 +12,10 @@ from api.http.schemas import HitOut, RegionOut
 from retriever.search import Hit
 
 
-def page_urls(point_id: str) -> tuple[str, str]:
-    base = f"/v1/pages/{point_id}/image"
+def page_urls(point_id: str, prefix: str = "/v1") -> tuple[str, str]:
+    """A page image's URLs (full size, thumbnail) under ``prefix``: ``/v1`` or a collection's
+    ``/v1/collections/{name}``."""
+    base = f"{prefix}/pages/{point_id}/image"
     return f"{base}?size=full", f"{base}?size=thumb"
 
 
@@ -29,8 +31,10 @@ class DocNames:
     uploads from before sources named them need their document's ``metadata.original_name``, looked up once
     per document and cached."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, prefix: str = "/v1") -> None:
         self.store = store
+        #: Where this collection's routes are (page image URLs are built under it).
+        self.prefix = prefix
         self._names: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
@@ -52,7 +56,7 @@ class DocNames:
             await run_in_threadpool(self._lookup, missing)
         out = []
         for hit in hits:
-            image_url, thumb_url = page_urls(hit.point_id)
+            image_url, thumb_url = page_urls(hit.point_id, self.prefix)
             out.append(
                 HitOut(
                     point_id=hit.point_id,
