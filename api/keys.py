@@ -137,7 +137,7 @@ class KeyStore:
         record = KeyRecord(
             id=key_id,
             collection=collection,
-            role=role,  # type: ignore[arg-type]  # checked above
+            role=role,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             digest=self._digest(token),
         )

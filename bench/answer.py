@@ -46,7 +46,7 @@ cached: what a question over pages seen before, or precomputed at ingest, pays).
 (N - 1) / (last token - first token). ``same tokens`` compares the greedy ids with the first row's over the
 same input (only rows with the first row's page budget). Ratios are against the first row (eager)::
 
-    OMP_WAIT_POLICY=passive flock /work/bench.lock python bench/answer.py --model /tmp/ckpt/generator --device cpu \
+    OMP_WAIT_POLICY=passive python bench/answer.py --model /tmp/ckpt/generator --device cpu \
         --cpu --decode eager,lean,lean-fp16,lean-fp16@1024,lean-fp16@regions --new-tokens 32 --reps 2
 """
 

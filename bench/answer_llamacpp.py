@@ -15,7 +15,7 @@ llama.cpp made of a page: its own Idefics3 preprocessing picks the tile grid (it
 The checkpoint needs ``"\\n\\n"`` as one token, as SmolVLM's vocabulary has (``bench/make_checkpoints.py`` writes
 it so).
 
-    OMP_WAIT_POLICY=passive flock /work/bench.lock python bench/answer_llamacpp.py --model /tmp/ckpt/generator \\
+    OMP_WAIT_POLICY=passive python bench/answer_llamacpp.py --model /tmp/ckpt/generator \\
         --outtype q8_0,f16 --reps 3
 """
 

@@ -28,7 +28,7 @@ the full-size random checkpoint (bench/make_checkpoints.py):
 
 On a 2-core CPU a full-size page takes seconds to tens of seconds: use a few pages, e.g.
 
-    flock /work/bench.lock python bench/ingest.py --model /tmp/ckpt/encoder --device cpu --text-pages 4 \
+    python bench/ingest.py --model /tmp/ckpt/encoder --device cpu --text-pages 4 \
         --scan-pages 2 --doc-pages 3 --batch 2 --baseline-pages 4 --longest-edge 1024
 
 ``--smoke`` runs a few pages on CPU with whatever model is given, to check the script itself.
@@ -111,9 +111,9 @@ def main() -> None:
 
     import torch
 
-    from indexer.models.encoder import ColSmolEncoder
     from indexer.images import PageImageStore
     from indexer.ingest import Ingestor
+    from indexer.models.encoder import ColSmolEncoder
     from indexer.render import iter_file_pages, make_renderer
     from indexer.store.base import page_point_id
     from indexer.store.edge import EdgeStore

@@ -8,7 +8,7 @@ embeddings against fp32 (min and mean over all tokens of all pages). Then ``auto
 cache: which runtime the probe picks on this machine and what the probe cost.
 
     python bench/make_checkpoints.py /tmp/ckpt
-    flock /work/bench.lock python bench/runtimes.py --model /tmp/ckpt/encoder --longest-edge 1024,2048 --out rt.json
+    python bench/runtimes.py --model /tmp/ckpt/encoder --longest-edge 1024,2048 --out rt.json
 """
 
 from __future__ import annotations

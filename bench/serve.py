@@ -179,8 +179,8 @@ def main() -> None:
     import uvicorn
 
     from api.http.app import create_app
-    from indexer.models.encoder import ColSmolEncoder
     from indexer.images import PageImageStore
+    from indexer.models.encoder import ColSmolEncoder
     from indexer.settings import Settings
     from indexer.store.edge import EdgeStore
     from rag.pipeline import RAGPipeline
@@ -198,7 +198,7 @@ def main() -> None:
             search_max_batch=args.max_batch,
         )
         store = EdgeStore(tmp / "qdrant", "bench")
-        encoder = ColSmolEncoder(args.model, device=args.device, query_batch_size=args.max_batch)
+        encoder = ColSmolEncoder.from_settings(settings, model=args.model, query_batch_size=args.max_batch)
         pipeline = RAGPipeline(
             store,
             PageImageStore(tmp / "images"),

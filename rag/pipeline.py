@@ -129,16 +129,7 @@ class RAGPipeline:
         store = open_store(s)
         owns = (encoder is None, generator is None)
         try:
-            encoder = encoder or ColSmolEncoder(
-                s.encoder_model,
-                device=s.device,
-                batch_size=s.page_batch_size,
-                query_batch_size=s.query_batch_size,
-                preprocess=s.preprocess,
-                longest_edge=s.page_longest_edge,
-                runtime=s.encoder_runtime,
-                runtime_cache=s.runtimes_dir,
-            )
+            encoder = encoder or ColSmolEncoder.from_settings(s)
             live: LiveIndex | None = None
             searcher: Searcher
             regions = cited_regions(store, encoder)

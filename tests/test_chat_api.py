@@ -85,7 +85,7 @@ def test_chat_completion_cites_pages_and_streams_the_same_answer(client: openai.
     text = done.choices[0].message.content or ""
     citations = (done.model_extra or {})["citations"]
     assert done.object == "chat.completion" and done.model == "colsmol" and done.choices[0].finish_reason == "stop"
-    assert len(citations) == 2 and [c["index"] for c in citations] == [1, 2]
+    assert len(citations) == 2 and [c["rank"] for c in citations] == [1, 2]
     assert text.endswith(f"- [2] {citations[1]['file_name']}, page {citations[1]['page_number']}")
     assert "Sources:\n- [1] " in text
     image = httpx.get(citations[0]["image_url"], timeout=30)  # absolute URLs a client can fetch as they are

@@ -7,12 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import InvalidRequest, ModelUnavailable
+from indexer.models.encoder import ColSmolEncoder
 
 # Aspect ratios chosen so Idefics3 splits them into different tile counts (5, 3 and 3 tiles incl. the
 # global view), which forces left padding inside one batch.
 SIZES = [(85, 110), (100, 20), (15, 100), (20, 30), (100, 100)]
+#: Smallest token cosine allowed between colsmol's vectors and the reference's: measured 0.9999996 on these pages
+#: with the tiny checkpoint (the tensor path's pixel rounding), so a wrong token or a mis-stripped row fails.
+COSINE_FLOOR = 0.9999
 
 
 def _pages(seed: int = 0) -> list[Image.Image]:
@@ -21,14 +24,12 @@ def _pages(seed: int = 0) -> list[Image.Image]:
 
 
 def _reference(encoder: ColSmolEncoder, images: list[Image.Image]) -> list[np.ndarray]:
-    """colpali-engine's own forward, one input at a time (so no padding), padding rows dropped.
-
-    The inputs are the encoder's own preprocessing: this compares the forward and the padding
-    removal; tests/test_preprocess.py compares the preprocessing paths.
-    """
+    """The colpali-engine README loop, one page at a time (so no padding): its own processor
+    (``ColIdefics3Processor.process_images``, the PIL reference, not colsmol's tensor preprocessing), its
+    model forward, padding rows dropped by the attention mask."""
     out = []
     for img in images:
-        batch = encoder.preprocess_pages([img])
+        batch = encoder.processor.process_images([img])
         with torch.no_grad():
             emb = encoder.model(**batch)[0]
         out.append(emb[batch["attention_mask"][0].bool()].numpy())
@@ -36,6 +37,9 @@ def _reference(encoder: ColSmolEncoder, images: list[Image.Image]) -> list[np.nd
 
 
 def test_pages_equal_colpali_forward(tiny_encoder: ColSmolEncoder) -> None:
+    """colsmol's batched path (tensor preprocessing, sorted batches with left padding, padding stripped) gives
+    the reference's tokens: the same count per page and the same vectors, within the tensor path's pixel
+    rounding (two 8-bit levels, tests/test_preprocess.py)."""
     images = _pages()
     ours = tiny_encoder.embed_pages(images)
     ref = _reference(tiny_encoder, images)
@@ -43,7 +47,8 @@ def test_pages_equal_colpali_forward(tiny_encoder: ColSmolEncoder) -> None:
     for mine, theirs in zip(ours, ref, strict=True):
         assert mine.shape == theirs.shape
         assert mine.shape[1] == 128 and mine.dtype == np.float32
-        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+        cosine = (mine * theirs).sum(axis=1) / np.linalg.norm(mine, axis=1) / np.linalg.norm(theirs, axis=1)
+        assert cosine.min() > COSINE_FLOOR, cosine.min()
 
 
 def test_queries_equal_colpali_forward(tiny_encoder: ColSmolEncoder) -> None:

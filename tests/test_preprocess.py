@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import InvalidRequest
+from indexer.models.encoder import ColSmolEncoder
 from indexer.models.preprocess import TensorPreprocessor, tile_layout, view_count
-from indexer.render import iter_file_pages
 from indexer.models.resample import resize, vertical_first
+from indexer.render import iter_file_pages
 from testkit.checkpoints import LONGEST_EDGE, TILE, build_processor, build_tokenizer
 from testkit.pdfs import A4, A4_LANDSCAPE, LETTER, LETTER_LANDSCAPE, PageSpec, write_pdf
 

@@ -69,13 +69,13 @@ def test_search_filters_and_batches(rag: RAGPipeline) -> None:
 
 def test_explain_heatmap(rag: RAGPipeline) -> None:
     hit = rag.search("revenue table", k=1)[0]
-    smap = retriever.explain("revenue table", hit)
+    smap = rag.explain("revenue table", hit)
     page = rag.images.load(hit.point_id)
     assert smap.heatmap.shape == (page.height, page.width)
     assert float(np.ptp(smap.heatmap)) > 0
     assert smap.overlay().size == page.size
     with pytest.raises(NotFound):
-        retriever.explain("revenue", "not-a-point-id")
+        rag.explain("revenue", "not-a-point-id")
 
 
 @pytest.mark.parametrize(

@@ -413,7 +413,7 @@ def test_triton_kernel_logic_in_interpreter():
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run via the device tool)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.mark.gpu

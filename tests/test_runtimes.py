@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.models.encoder import ColSmolEncoder
 from indexer.errors import ConfigError, InvalidRequest
+from indexer.models.encoder import ColSmolEncoder
 from indexer.models.runtimes import Candidate, ChoiceCache, choose, token_cosine_min
 
 REF = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])

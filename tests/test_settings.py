@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.models.device import resolve_device
 from indexer.errors import ConfigError
+from indexer.models.device import resolve_device
 from indexer.settings import Settings
 
 

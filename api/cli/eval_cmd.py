@@ -132,16 +132,7 @@ def eval_command(
         raise InvalidRequest("--candidates and --prefetch-pool must be at least 1")
     data = load_dataset(dataset, split=split).head(max_queries)
     def make_encoder(runtime: str) -> ColSmolEncoder:
-        return ColSmolEncoder(
-            s.encoder_model,
-            device=s.device,
-            batch_size=s.page_batch_size,
-            query_batch_size=s.query_batch_size,
-            preprocess=s.preprocess,
-            longest_edge=s.page_longest_edge,
-            runtime=runtime,
-            runtime_cache=s.runtimes_dir,
-        )
+        return ColSmolEncoder.from_settings(s, runtime=runtime)
 
     encoder = make_encoder(s.encoder_runtime)
     kwargs: dict[str, Any] = {

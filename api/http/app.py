@@ -1,8 +1,9 @@
 """The HTTP API: ``create_app`` builds the FastAPI app, ``serve`` runs it under uvicorn.
 
 Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Searches go through
-one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs) whose job records
-survive restarts, answers and heatmaps through one bounded worker each (api.http.limits: a short line, then 503).
+one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs)
+whose job records survive restarts, answers and heatmaps through one bounded worker each (api.http.limits:
+a short line, then 503).
 Every ``ColsmolError`` and every validation failure maps to a 4xx/503 JSON body in api.http.errors; uploads and
 deletes refuse cross-origin browser requests, and every response carries security headers (api.http.security).
 """
@@ -31,10 +32,10 @@ from api.http.deps import require_api_key
 from api.http.docs import add_docs
 from api.http.limits import WorkQueue
 from api.http.routes import answer, collections, documents, facets, health, local, pages, search
-from api.http.routes import mcp as mcp_routes
 from api.http.routes import openai as openai_compat
 from api.http.security import SecurityHeaders
 from api.keys import KeyStore
+from api.mcp import mount as mcp_mount
 from indexer.errors import ColsmolError, ConfigError
 from indexer.settings import Settings
 from rag.collections import NAME_HELP, NAME_PATTERN, Collections
@@ -115,7 +116,7 @@ def create_app(
     v1.include_router(scoped)
     app.include_router(v1)
     app.include_router(health.router)
-    mcp_routes.mount(app)
+    mcp_mount.mount(app)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from api.http.schemas import FILTER_HELP, REGIONS_HELP, FilterBody, RegionOut
+from api.http.schemas import FILTER_HELP, FilterBody, HitOut
 from rag.pipeline import MAX_ANSWER_K
 
 #: The one model colsmol serves: RAG over the collection.
@@ -63,20 +63,6 @@ class ChatCompletionRequest(BaseModel):
     filter: FilterBody | None = Field(None, description=FILTER_HELP)
 
 
-class Citation(BaseModel):
-    """A page the answer was generated from; ``index`` is its ``[n]`` marker in the text."""
-
-    index: int
-    point_id: str
-    doc_id: str | None
-    file_name: str | None
-    page_number: int | None
-    score: float
-    image_url: str
-    thumb_url: str
-    regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
-
-
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -95,7 +81,7 @@ class ChatCompletion(BaseModel):
     created: int
     model: str
     choices: list[Choice]
-    citations: list[Citation] = Field(description="The cited pages, in [n] order (colsmol's extra field).")
+    citations: list[HitOut] = Field(description="The cited pages, in [n] order (colsmol's extra field).")
     warnings: list[str] = Field(default_factory=list, description="Pages that could not be shown (colsmol's).")
 
 
@@ -119,7 +105,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChunkChoice]
-    citations: list[Citation] | None = None
+    citations: list[HitOut] | None = None
 
 
 class ModelCard(BaseModel):

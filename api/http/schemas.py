@@ -80,14 +80,21 @@ REGIONS_HELP = (
 
 
 class HitOut(BaseModel):
-    point_id: str
+    """One ranked page, the same shape in search results, answer sources, OpenAI citations and MCP tool results."""
+
+    rank: int = Field(description="1 for the best page; the [n] marker in an answer's text.")
+    point_id: str = Field(description="The page's id (image, explain and MCP get_page take it).")
     doc_id: str | None
     source: str | None = Field(None, description="Where the page's document is: a path, or upload:<name>.")
     file_name: str | None
     page_number: int | None
     score: float
-    image_url: str
-    thumb_url: str
+    image_url: str | None = Field(
+        description="The page image over HTTP: relative on /v1 routes, absolute in OpenAI citations and MCP over "
+        "HTTP, null over MCP's stdio."
+    )
+    thumb_url: str | None = Field(description="A small version of the page image (same rules as image_url).")
+    page_uri: str = Field(description="The page image as an MCP resource (colsmol://pages/<point_id>).")
     regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
 
 

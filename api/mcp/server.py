@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from api.http.routes.common import DocNames, shown_name
-from api.http.schemas import REGIONS_HELP, FilterValue, RegionOut
+from api.http.routes.common import PAGE_URI, DocNames, shown_name, sources_text
+from api.http.schemas import FilterValue, HitOut
 from indexer.errors import ColsmolError, InvalidRequest, NotFound
 from indexer.filters import Filter
 from rag.pipeline import MAX_ANSWER_K, MAX_K
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from rag.types import Answer
     from retriever.search import Hit
 
-PAGE_URI = "colsmol://pages/{point_id}"
 INSTRUCTIONS = (
     "colsmol searches and answers questions over an indexed collection of document pages (PDFs, scans). "
     "Use `answer` for a question answered from the pages with citations, `search` to find pages, `get_page` to "
@@ -72,22 +71,9 @@ class Parts:
 PartsFor = Callable[[str | None, Any], Parts]
 
 
-class PageHit(BaseModel):
-    rank: int = Field(description="1 for the best page; the [n] marker in an answer.")
-    point_id: str = Field(description="Page id, for get_page.")
-    doc_id: str | None
-    file_name: str | None
-    page_number: int | None
-    score: float
-    page_uri: str = Field(description="MCP resource with the page image (colsmol://pages/<point_id>).")
-    image_url: str | None = Field(None, description="The page image over HTTP (when served over HTTP).")
-    thumb_url: str | None = Field(None, description="A small version of it (when served over HTTP).")
-    regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
-
-
 class AnswerResult(BaseModel):
     text: str = Field(description="The answer, then the cited pages as [n] markers.")
-    sources: list[PageHit] = Field(description="The pages the answer was generated from, in [n] order.")
+    sources: list[HitOut] = Field(description="The pages the answer was generated from, in [n] order.")
     warnings: list[str]
 
 
@@ -118,34 +104,6 @@ def _base_url(ctx: "Context | None") -> str | None:
     return str(base).rstrip("/") if base is not None else None
 
 
-async def _hits(parts: Parts, hits: list["Hit"], base: str | None) -> list[PageHit]:
-    shown = await parts.doc_names.hits_out(hits)
-    out = []
-    for rank, (hit, named) in enumerate(zip(hits, shown, strict=True), 1):
-        image_url, thumb_url = named.image_url, named.thumb_url
-        out.append(
-            PageHit(
-                rank=rank,
-                point_id=hit.point_id,
-                doc_id=hit.doc_id,
-                file_name=named.file_name,
-                page_number=hit.page_number,
-                score=round(float(hit.score), 6),
-                page_uri=PAGE_URI.format(point_id=hit.point_id),
-                image_url=base + image_url if base else None,
-                thumb_url=base + thumb_url if base else None,
-                regions=named.regions,
-            )
-        )
-    return out
-
-
-def _sources_text(sources: list[PageHit]) -> str:
-    if not sources:
-        return ""
-    return "\n\nSources:\n" + "\n".join(f"- [{s.rank}] {s.file_name}, page {s.page_number}" for s in sources)
-
-
 async def _tool_call(work: Awaitable[T]) -> T:
     """Run a tool body; a colsmol error becomes a tool error with its one-line message (the SDK would hide it)."""
     from mcp.server.mcpserver.exceptions import ToolError
@@ -171,13 +129,13 @@ def build_server(parts: PartsFor) -> "MCPServer":
         filter: FilterArg = None,
         collection: CollectionArg = None,
         ctx: Context | None = None,
-    ) -> list[PageHit]:
-        async def run() -> list[PageHit]:
+    ) -> list[HitOut]:
+        async def run() -> list[HitOut]:
             p = await _parts(parts, collection, ctx)
             if not query.strip():
                 raise InvalidRequest("the query is empty")
             hits = await p.search(query, k, Filter.parse(filter))
-            return await _hits(p, hits, _base_url(ctx))
+            return await p.doc_names.hits_out(hits, _base_url(ctx))
 
         return await _tool_call(run())
 
@@ -192,8 +150,8 @@ def build_server(parts: PartsFor) -> "MCPServer":
         async def run() -> AnswerResult:
             p = await _parts(parts, collection, ctx)
             result = await p.answer(question, k, Filter.parse(filter))
-            sources = await _hits(p, result.sources, _base_url(ctx))
-            return AnswerResult(text=result.text + _sources_text(sources), sources=sources, warnings=result.warnings)
+            sources = await p.doc_names.hits_out(result.sources, _base_url(ctx))
+            return AnswerResult(text=result.text + sources_text(sources), sources=sources, warnings=result.warnings)
 
         return await _tool_call(run())
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from indexer.settings import Settings
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "COLSMOL_ENCODER_MODEL"
@@ -50,8 +52,8 @@ class ColSmolEncoder:
 
     ``runtime`` picks what runs the vision tower on a CPU (:mod:`indexer.models.vision_runtimes`): a name,
     or ``"auto"`` to time each candidate once on one tile, check it against fp32, and keep the fastest
-    faithful one (:mod:`indexer.models.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
-    the model runs in bf16 and ``runtime`` is not used.
+    faithful one (:mod:`indexer.models.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine.
+    On CUDA the model runs in bf16 and ``runtime`` is not used.
     """
 
     def __init__(
@@ -91,6 +93,23 @@ class ColSmolEncoder:
         self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
         self._weights_of: ColSmolEncoder | None = None  # see sibling()
         self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ColSmolEncoder:
+        """The encoder that ``settings`` describe (model, device, batch sizes, preprocessing, page resolution,
+        CPU runtime and its cache); ``overrides`` replace single constructor arguments, e.g. ``runtime="fp32"``.
+        The one place the pipeline, ``colsmol eval`` and the benches build an encoder from settings."""
+        kwargs: dict[str, Any] = {
+            "device": settings.device,
+            "batch_size": settings.page_batch_size,
+            "query_batch_size": settings.query_batch_size,
+            "preprocess": settings.preprocess,
+            "longest_edge": settings.page_longest_edge,
+            "runtime": settings.encoder_runtime,
+            "runtime_cache": settings.runtimes_dir,
+        }
+        kwargs.update(overrides)
+        return cls(kwargs.pop("model", settings.encoder_model), **kwargs)
 
     # ------------------------------------------------------------------ loading
     def load(self) -> ColSmolEncoder:

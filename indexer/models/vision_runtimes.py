@@ -215,8 +215,9 @@ def choose_tower(
     key: dict[str, Any] | None = None,
 ) -> Choice[Any]:
     """Put into the Idefics3 ``model`` (fp32, on the CPU) the vision tower runtime ``requested``, or with ``auto``
-    the one :func:`indexer.models.runtimes.choose` measures fastest and faithful on ``inputs`` (one tile through the whole
-    model: the parts left in fp32 are in the timing). ``weights`` names the weights (``models.weights_identity``);
+    the one :func:`indexer.models.runtimes.choose` measures fastest and faithful on ``inputs`` (one tile through
+    the whole model: the parts left in fp32 are in the timing). ``weights`` names the weights
+    (``models.weights_identity``);
     ``cache_dir`` keeps ``choices.json`` and the converted graphs. Fidelity: the smallest per-token cosine of the
     output (a ColIdefics3's embeddings, or a generator's logits) over the positions ``inputs["attention_mask"]`` sets.
     """

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
@@ -235,7 +236,7 @@ def tokens_array(rows: Sequence[Sequence[float]]) -> np.ndarray:
     return flat.reshape(n, DIM)
 
 
-class QdrantStoreCore:
+class QdrantStoreCore(ABC):
     """Document-level logic shared by ``EdgeStore`` and ``ServerStore``.
 
     Subclasses supply a handful of primitives over their API (ids are strings, filters come from
@@ -254,39 +255,49 @@ class QdrantStoreCore:
         """The backend's filter object (callers check ``matches_nothing`` first)."""
         return (doc_filter or Filter()).qdrant(self._api, kind)
 
+    @abstractmethod
     def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _delete_ids(self, ids: list[str]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _delete_where(self, flt: Any) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _set_payload_where(self, payload: dict[str, Any], flt: Any) -> None:
         """Set (merge) these payload fields on every point matching ``flt``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _scroll(
         self, flt: Any, limit: int, offset: Any, payload: bool | list[str], vectors: list[str] | None
     ) -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], Any]:
         """One page of ``(id, {name: float32 (n, 128) array}, payload)`` and the next offset (None at end)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _count(self, flt: Any) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _facet(self, key: str, flt: Any) -> dict[Any, int]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _retrieve(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _retrieve_tokens(self, ids: list[str]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
-        raise NotImplementedError
+        ...
 
     def _changed(self) -> None:
         """Called after every write, so that ``version()`` moves: a fresh random token in the state point.

@@ -7,8 +7,8 @@ Configurations (``parse_configs``):
 - ``poolN`` (``pool2``, ``pool3``...): tokens hierarchically pooled by a factor N at index time (fp16);
   ``int8-poolN`` combines both;
 - ``runtime:NAME`` (``runtime:int8``, ``runtime:openvino-bf16``...): the corpus and the queries embedded again with
-  the encoder's vision tower on that CPU runtime (:mod:`indexer.models.vision_runtimes`), then ranked like ``exact``: what
-  a runtime costs in ranking quality on real data (``exact`` uses the encoder as configured,
+  the encoder's vision tower on that CPU runtime (:mod:`indexer.models.vision_runtimes`), then ranked like
+  ``exact``: what a runtime costs in ranking quality on real data (``exact`` uses the encoder as configured,
   ``COLSMOL_ENCODER_RUNTIME``);
 - ``two-stage``: pages written to an ephemeral Qdrant Edge shard with their pooled prefetch vectors
   (``prefetch_pool_factor``, 16 as ``colsmol ingest`` writes them); Qdrant prefetches ``candidates`` pages per query,
@@ -255,7 +255,8 @@ def run_eval(
 ) -> EvalReport:
     """Evaluate ``encoder`` on ``dataset`` under each configuration; see the module docstring.
 
-    ``encoder`` needs ``embed_pages(images)`` and ``embed_queries(texts)`` (a :class:`~indexer.models.encoder.ColSmolEncoder`).
+    ``encoder`` needs ``embed_pages(images)`` and ``embed_queries(texts)`` (a
+    :class:`~indexer.models.encoder.ColSmolEncoder`).
     ``device`` is where the token indexes live and MaxSim runs. ``workdir`` keeps the two-stage Qdrant shard (in a
     fresh ``eval-*`` collection) instead of a temporary directory that is removed afterwards.
     ``encoder_for_runtime(name)`` builds the encoder of a ``runtime:NAME`` configuration (closed after use).

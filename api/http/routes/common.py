@@ -11,6 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from api.http.schemas import HitOut, RegionOut
 from retriever.search import Hit
 
+#: The MCP resource of a page image (:mod:`api.mcp.server` serves it).
+PAGE_URI = "colsmol://pages/{point_id}"
+
 
 def page_urls(point_id: str, prefix: str = "/v1") -> tuple[str, str]:
     """A page image's URLs (full size, thumbnail) under ``prefix``: ``/v1`` or a collection's
@@ -50,24 +53,43 @@ class DocNames:
             with self._lock:
                 self._names[doc_id] = name
 
-    async def hits_out(self, hits: Sequence[Hit]) -> list[HitOut]:
+    async def hits_out(self, hits: Sequence[Hit], base_url: str | None = "") -> list[HitOut]:
+        """The one mapping from ranked core hits to their output model. ``base_url`` prefixes the image links:
+        ``""`` keeps them relative (the /v1 routes), a server address makes them absolute (OpenAI citations,
+        MCP over HTTP), ``None`` leaves them out (MCP over stdio, where no HTTP server exists)."""
         missing = sorted({h.doc_id for h in hits if h.doc_id and h.doc_id not in self._names})
         if missing:
             await run_in_threadpool(self._lookup, missing)
         out = []
-        for hit in hits:
+        for rank, hit in enumerate(hits, 1):
             image_url, thumb_url = page_urls(hit.point_id, self.prefix)
             out.append(
                 HitOut(
+                    rank=rank,
                     point_id=hit.point_id,
                     doc_id=hit.doc_id,
                     source=hit.source,
                     file_name=self._names.get(hit.doc_id or "") or hit.file_name,
                     page_number=hit.page_number,
-                    score=hit.score,
-                    image_url=image_url,
-                    thumb_url=thumb_url,
+                    score=round(float(hit.score), 6),
+                    image_url=None if base_url is None else base_url + image_url,
+                    thumb_url=None if base_url is None else base_url + thumb_url,
+                    page_uri=PAGE_URI.format(point_id=hit.point_id),
                     regions=[RegionOut(**r.to_dict()) for r in hit.regions],
                 )
             )
         return out
+
+
+def sources_text(hits: Sequence[HitOut]) -> str:
+    """The ``[n]`` list appended to an answer's text (Markdown that reads as plain text too).
+
+    >>> h = HitOut(rank=1, point_id="p", doc_id="d", file_name="a.pdf", page_number=2, score=1.0,
+    ...            image_url=None, thumb_url=None, page_uri="colsmol://pages/p")
+    >>> sources_text([h])
+    '\\n\\nSources:\\n- [1] a.pdf, page 2'
+    """
+    if not hits:
+        return ""
+    lines = [f"- [{h.rank}] {h.file_name or h.doc_id}, page {h.page_number}" for h in hits]
+    return "\n\nSources:\n" + "\n".join(lines)

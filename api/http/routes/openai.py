@@ -36,13 +36,13 @@ from api.http.openai_schemas import (
     Choice,
     ChunkChoice,
     ChunkDelta,
-    Citation,
     ModelCard,
     ModelList,
     OpenAIError,
     error_body,
 )
-from api.http.routes.common import DocNames
+from api.http.routes.common import DocNames, sources_text
+from api.http.schemas import HitOut
 from api.http.streams import EventStream, relay, start_stream
 from api.keys import Principal
 from indexer.errors import ColsmolError, InvalidRequest, ModelUnavailable, NotFound, StoreUnavailable
@@ -185,37 +185,8 @@ def question_of(messages: Sequence[ChatMessage]) -> str:
     raise InvalidRequest("no user message: the last message with role 'user' is the question")
 
 
-async def _citations(request: Request, names: DocNames, answer: Answer) -> list[Citation]:
-    base = str(request.base_url).rstrip("/")
-    hits = await names.hits_out(answer.sources)
-    return [
-        Citation(
-            index=i,
-            point_id=h.point_id,
-            doc_id=h.doc_id,
-            file_name=h.file_name,
-            page_number=h.page_number,
-            score=h.score,
-            image_url=base + h.image_url,
-            thumb_url=base + h.thumb_url,
-            regions=h.regions,
-        )
-        for i, h in enumerate(hits, 1)
-    ]
-
-
-def sources_text(citations: Sequence[Citation]) -> str:
-    """The ``[n]`` list appended to the answer text (Markdown that reads as plain text too).
-
-    >>> c = Citation(index=1, point_id="p", doc_id="d", file_name="a.pdf", page_number=2, score=1.0,
-    ...              image_url="u", thumb_url="t")
-    >>> sources_text([c])
-    '\\n\\nSources:\\n- [1] a.pdf, page 2'
-    """
-    if not citations:
-        return ""
-    lines = [f"- [{c.index}] {c.file_name or c.doc_id}, page {c.page_number}" for c in citations]
-    return "\n\nSources:\n" + "\n".join(lines)
+async def _citations(request: Request, names: DocNames, answer: Answer) -> list[HitOut]:
+    return await names.hits_out(answer.sources, base_url=str(request.base_url).rstrip("/"))
 
 
 @router.post(
@@ -265,7 +236,7 @@ async def chat_completions(
         request, answers, lambda stop: pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop), log
     )
 
-    def chunk(delta: ChunkDelta, finish: bool = False, citations: list[Citation] | None = None) -> bytes:
+    def chunk(delta: ChunkDelta, finish: bool = False, citations: list[HitOut] | None = None) -> bytes:
         event = ChatCompletionChunk(
             id=completion_id,
             created=created,
