@@ -318,9 +318,10 @@ class Collections:
         with self._lock:
             rag = self._pipelines.get(name)
             state = self._states.get(name, "cold")
-        if state == "ready" and rag is not None and not _index_loaded(rag):
-            return "cold"  # unloaded under the budget
-        return state
+        if state == "loading" or state.startswith("failed"):
+            return state
+        # Loaded by whoever (a warm-up, a first search), or unloaded under the budget since.
+        return "ready" if rag is not None and _index_loaded(rag) else "cold"
 
     def states(self) -> dict[str, str]:
         return {name: self.state(name) for name in self.names()}

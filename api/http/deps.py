@@ -19,6 +19,7 @@ from api.http.routes.common import DocNames
 from api.keys import GLOBAL_ADMIN, KeyStore, Principal, Role
 from indexer.errors import ModelUnavailable, NotFound
 from indexer.settings import Settings
+from rag.collections import check_name
 from rag.pipeline import RAGPipeline
 
 _bearer = HTTPBearer(auto_error=False, description="Needed only when COLSMOL_API_KEY is set.")
@@ -56,6 +57,8 @@ def visible_collection(request: Request, principal: Principal, name: str | None 
     """``name`` (default: the request's collection) when this principal may see it and it exists; else 404,
     the same answer for a collection that exists and one that does not."""
     name = name if name is not None else collection_of(request)
+    if name != request.app.state.settings.collection:
+        check_name(name)  # a 422 saying what a name may be, before anything looks it up
     registry: CollectionServices | None = getattr(request.app.state, "collections", None)
     if not principal.sees(name) or (registry is not None and not registry.registry.exists(name)):
         raise NotFound(

@@ -123,8 +123,16 @@ def app_parts(app: FastAPI, collection: str | None, request: Any) -> Parts:
             raise ColsmolError(str(exc.detail)) from None
         return result
 
-    names = [n for n in state.collections.registry.names() if principal.sees(n)]
-    return Parts(pipeline, services.doc_names, search, answer, max_new_tokens, names)
+    return Parts(pipeline, services.doc_names, search, answer, max_new_tokens, visible_names(app, request))
+
+
+def visible_names(app: FastAPI, request: Any) -> list[str]:
+    """The collections the calling key may use (``list_collections``)."""
+    principal = getattr(getattr(request, "state", None), PRINCIPAL, None) if request is not None else None
+    services = getattr(app.state, "collections", None)
+    if principal is None or services is None:
+        return []
+    return [n for n in services.registry.names() if principal.sees(n)]
 
 
 def mount(app: FastAPI) -> None:
@@ -141,7 +149,10 @@ def mount(app: FastAPI) -> None:
 
             from api.mcp.server import build_server
 
-            server = build_server(lambda collection, request: app_parts(app, collection, request))
+            server = build_server(
+                lambda collection, request: app_parts(app, collection, request),
+                lambda request: visible_names(app, request),
+            )
             # The Host check assumes a loopback-only server; colsmol is also served behind proxies and on
             # 0.0.0.0. The key and the Origin check above stand in for it.
             server.streamable_http_app(

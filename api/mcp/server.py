@@ -114,9 +114,10 @@ async def _tool_call(work: Awaitable[T]) -> T:
         raise ToolError(str(exc)) from None
 
 
-def build_server(parts: PartsFor) -> "MCPServer":
+def build_server(parts: PartsFor, collections: Callable[[Any], list[str]] | None = None) -> "MCPServer":
     """The MCP server; ``parts(collection, request)`` is called per tool call (on the HTTP server the pipeline
-    exists only once the app has started, and which collections a caller may use depends on its key)."""
+    exists only once the app has started, and which collections a caller may use depends on its key).
+    ``collections(request)`` names the collections the caller may use (default: the default one's parts say)."""
     from mcp.server.mcpserver import Context, Image, MCPServer
     from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
@@ -195,6 +196,8 @@ def build_server(parts: PartsFor) -> "MCPServer":
     @server.tool(description="The collections (document sets) you can search; pass one as `collection` to the others.")
     async def list_collections(ctx: Context | None = None) -> list[str]:
         async def run() -> list[str]:
+            if collections is not None:
+                return await asyncio.to_thread(collections, _request(ctx))
             return (await _parts(parts, None, ctx)).collections
 
         return await _tool_call(run())
