@@ -133,7 +133,7 @@ def test_the_unprefixed_routes_still_serve_the_default_collection(live: httpx.Cl
     same = live.post("/v1/collections/colsmol/search", json={"query": "home", "k": 10}).json()["hits"]
     assert [h["point_id"] for h in same] == [h["point_id"] for h in hits]
     models = [m["id"] for m in live.get("/v1/models").json()["data"]]
-    assert models == ["colsmol", "colsmol/colsmol", "colsmol/alpha", "colsmol/beta"]
+    assert models == ["colsmol", "colsmol/alpha", "colsmol/beta"]
 
 
 def test_names_are_checked(live: httpx.Client, corpus: dict[str, Any]) -> None:
@@ -324,3 +324,36 @@ def test_pipeline_opens_a_created_collection(tiny_models: dict[str, Path], tmp_p
 
     with pytest.raises(NotFound, match="no collection named 'other'"):
         RAGPipeline.from_settings(s, collection="other")
+
+
+def test_the_command_line(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """``colsmol collections``, ``--collection NAME`` (with the settings it was created with) and ``colsmol keys``,
+    as separate processes."""
+    from testkit.pdfs import write_pdf
+    from tests.test_ingest import _cli_env, _colsmol
+
+    env = _cli_env(tiny_models, tmp_path / "data")
+    res = _colsmol("collections", "create", "small", "--page-longest-edge", "32", "--language", "de", env=env)
+    assert res.returncode == 0, res.stderr
+    assert _colsmol("collections", "create", "../x", env=env).returncode == 2
+    listed = json.loads(_colsmol("collections", "--json", env=env).stdout)
+    assert [(c["name"], c["page_longest_edge"], c["language"]) for c in listed] == [
+        ("colsmol", None, None),
+        ("small", 32, "de"),
+    ]
+    write_pdf(tmp_path / "s.pdf", [PageSpec(*LETTER, text="small one")])
+    assert _colsmol("ingest", str(tmp_path / "s.pdf"), "-c", "small", "--dpi", "50", env=env).returncode == 0
+    from indexer.store import EdgeStore
+
+    with EdgeStore(tmp_path / "data" / "qdrant", "small") as store:
+        assert store.get_meta().get("page_longest_edge") == 32  # indexed at the collection's own resolution
+
+    made = _colsmol("keys", "create", "--collection", "small", "--role", "read", env=env)
+    key = made.stdout.strip()
+    assert made.returncode == 0 and key.startswith("csk_") and "shown only now" in made.stderr
+    assert key not in (tmp_path / "data" / "keys.json").read_text()
+    keys = json.loads(_colsmol("keys", "list", "--json", env=env).stdout)
+    assert [(k["collection"], k["role"]) for k in keys] == [("small", "read")] and "key" not in keys[0]
+    assert _colsmol("keys", "revoke", keys[0]["id"], env=env).returncode == 0
+    assert _colsmol("collections", "delete", "small", "--yes", env=env).returncode == 0
+    assert not (tmp_path / "data" / "pages" / "small").exists()

@@ -128,12 +128,12 @@ def _model_card(model: str = MODEL_ID) -> ModelCard:
 
 
 def _model_ids(request: Request, principal: Principal) -> list[str]:
-    """``colsmol`` (the default collection) and ``colsmol/{name}`` for every collection this key can use."""
+    """``colsmol`` (the default collection) and ``colsmol/{name}`` for every other collection this key can use."""
     settings: Settings = request.app.state.settings
     services = getattr(request.app.state, "collections", None)
     names = services.registry.names() if services is not None else [settings.collection]
     ids = [MODEL_ID] if principal.sees(settings.collection) else []
-    return ids + [f"{MODEL_ID}/{n}" for n in names if principal.sees(n)]
+    return ids + [f"{MODEL_ID}/{n}" for n in names if principal.sees(n) and n != settings.collection]
 
 
 @router.get("/models", response_model=ModelList)
