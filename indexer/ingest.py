@@ -115,6 +115,8 @@ class IngestReport:
     seconds: float = 0.0
     #: Seconds spent loading the encoder (not part of pages/s).
     load_seconds: float = 0.0
+    #: Busy seconds per stage, summed over its threads (render, preprocess, encode, store): where the time goes.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -142,6 +144,7 @@ class IngestReport:
             "pages_embedded": self.pages_embedded,
             "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "pages_per_second": round(self.pages_per_second, 2),
             "pruned": self.pruned,
             "files": [asdict(f) for f in self.files],
@@ -271,6 +274,8 @@ class Ingestor:
         self._embedded = 0
         self.hooks: WriteHooks = hooks or _NoHooks()
         self._load_seconds = 0.0
+        self._stages: dict[str, float] = {}
+        self._stages_lock = threading.Lock()
         self._encoder_checked = False
         self._source_names: dict[Path, str] = {}
         self._walked: set[str] = set()
@@ -294,6 +299,7 @@ class Ingestor:
         emit: Progress = progress or (lambda _e: None)
         self._embedded = 0
         self._load_seconds = 0.0
+        self._stages = {}
         self._encoder_checked = False
         self._source_names = {Path(k): v for k, v in (source_names or {}).items()}
         paths = [Path(p) for p in paths]
@@ -315,6 +321,7 @@ class Ingestor:
         finally:
             report.pages_embedded = self._embedded
             report.load_seconds = self._load_seconds
+            report.stage_seconds = dict(self._stages)
         if prune:
             report.pruned = self.prune(paths)
         report.seconds = time.perf_counter() - started
@@ -365,11 +372,14 @@ class Ingestor:
                     if doc is None:
                         continue
                     try:
+                        t = time.perf_counter()
                         for page in self._pages_to_embed(doc):
+                            self._stage_time("render", time.perf_counter() - t)
                             if stop.is_set():
                                 break
                             doc.pending += 1
                             pages_q.put(_Page(doc, page))
+                            t = time.perf_counter()
                     except DocumentError as exc:
                         self._fail(doc, exc.reason)
                     except Exception as exc:  # noqa: BLE001 - one file must not stop the batch
@@ -388,7 +398,7 @@ class Ingestor:
                     if isinstance(job, _DocEnd):
                         self._finish_doc(job.doc, emit)
                     else:
-                        self._write(job.items, job.vectors, emit)
+                        self._timed("store", self._write, job.items, job.vectors, emit)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
@@ -435,13 +445,14 @@ class Ingestor:
                 nonlocal batch
                 if batch:
                     images = [it.page.image for it in batch]
-                    in_flight.append((batch, pool.submit(self.encoder.preprocess_pages, images)))
+                    work = pool.submit(self._timed, "preprocess", self.encoder.preprocess_pages, images)
+                    in_flight.append((batch, work))
                     batch = []
 
             def drain(keep: int) -> None:
                 while len(in_flight) > keep:
                     items, fut = in_flight.pop(0)
-                    vectors = self.encoder.embed_preprocessed(fut.result())
+                    vectors = self._timed("encode", self.encoder.embed_preprocessed, fut.result())
                     write_q.put(_Batch(items, vectors))
 
             while True:
@@ -462,6 +473,17 @@ class Ingestor:
             if not stop.is_set():
                 submit()
                 drain(0)
+
+    def _stage_time(self, stage: str, seconds: float) -> None:
+        with self._stages_lock:
+            self._stages[stage] = self._stages.get(stage, 0.0) + seconds
+
+    def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._stage_time(stage, time.perf_counter() - t)
 
     def _load_encoder(self) -> None:
         t = time.perf_counter()

@@ -27,6 +27,7 @@ import re
 import shutil
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,8 +259,9 @@ class Collections:
         self._owned_encoders: list[ColSmolEncoder] = []
         self._generator: Generator | None = None
         self._owns_generator = False
-        #: How long each index load took, in seconds (metrics read it): ``(name, seconds)``, newest last.
-        self.on_load: list[Any] = []
+        #: The last index loads, ``(name, seconds)``, newest last; ``on_load(name, seconds)`` hears of each.
+        self.loads: list[tuple[str, float]] = []
+        self.on_load: Callable[[str, float], None] | None = None
         if default is not None:
             self._pipelines[self.default_name] = default
             self._borrowed.add(self.default_name)
@@ -374,9 +376,16 @@ class Collections:
         seconds = time.perf_counter() - started
         with self._lock:
             self._states[name] = "ready"
-            self.on_load.append((name, seconds))
-            del self.on_load[:-100]
+            self.loads.append((name, seconds))
+            del self.loads[:-100]
+        if self.on_load is not None:
+            self.on_load(name, seconds)
         log.info("collection %r: search index loaded in %.2f s (%d bytes)", name, seconds, rag.live_index.nbytes())
+
+    def opened(self) -> list[tuple[str, RAGPipeline]]:
+        """The collections open in this process, with their pipelines."""
+        with self._lock:
+            return list(self._pipelines.items())
 
     def index_bytes(self, name: str) -> int:
         with self._lock:

@@ -266,7 +266,8 @@ def test_mcp_takes_a_collection_and_hides_the_others(live: httpx.Client, corpus:
     out = asyncio.run(_mcp_http(url, key, work))
     assert out["collections"].structured_content["result"] == ["alpha"]
     hits = out["alpha"].structured_content["result"]
-    assert [h["file_name"] for h in hits] == ["a.pdf", "a.pdf"] and "/v1/collections/alpha/pages/" in hits[0]["image_url"]
+    assert [h["file_name"] for h in hits] == ["a.pdf", "a.pdf"]
+    assert "/v1/collections/alpha/pages/" in hits[0]["image_url"]
     for name in ("beta", "default", "page"):
         assert out[name].is_error and "no collection named" in json.dumps(out[name].model_dump(mode="json")), name
     admin = asyncio.run(_mcp_http(url, ADMIN, work))
@@ -289,7 +290,7 @@ def test_cold_collections_load_on_first_use_under_the_budget(live: httpx.Client,
         assert states["alpha"] == "ready" and states["beta"] == "cold", states
     finally:
         registry._budget = None
-    assert [name for name, _ in registry.on_load][-1] == "alpha"
+    assert [name for name, _ in registry.loads][-1] == "alpha"
 
 
 def test_deleting_a_collection_removes_it_and_nothing_else(live: httpx.Client, corpus: dict[str, Any]) -> None:
@@ -357,3 +358,60 @@ def test_the_command_line(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     assert _colsmol("keys", "revoke", keys[0]["id"], env=env).returncode == 0
     assert _colsmol("collections", "delete", "small", "--yes", env=env).returncode == 0
     assert not (tmp_path / "data" / "pages" / "small").exists()
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from Prometheus text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, _, value = line.rpartition(" ")
+            got = ",".join(sorted(head[len(name) :].strip("{}").split(","))) if "{" in head else ""
+            if all(part in got.split(",") for part in want.split(",") if part):
+                return float(value)
+    return 0.0
+
+
+def test_metrics_move_and_requests_carry_an_id(live: httpx.Client, corpus: dict[str, Any]) -> None:
+    import logging
+
+    from api.http.logs import JsonFormatter, RequestIdFilter
+
+    route = "/v1/collections/{collection}/search"
+    before = live.get("/metrics")
+    assert before.status_code == 200 and before.headers["content-type"].startswith("text/plain")
+    count = _sample(before.text, "colsmol_http_request_duration_seconds_count", route=route, status="200")
+    for q in ("revenue", "costs", "plans"):
+        assert live.post("/v1/collections/alpha/search", json={"query": q}).status_code == 200
+    text = live.get("/metrics").text
+    assert _sample(text, "colsmol_http_request_duration_seconds_count", route=route, status="200") == count + 3
+    assert _sample(text, "colsmol_http_requests_total", method="POST", route=route, status="200") >= 3
+    assert _sample(text, "colsmol_search_batch_size_count") >= 3
+    assert _sample(text, "colsmol_search_queue_wait_seconds_count") >= 3
+    assert _sample(text, "colsmol_ingest_pages_total", collection="alpha") >= 2
+    assert _sample(text, "colsmol_ingest_stage_seconds_total", collection="alpha", stage="encode") > 0
+    assert _sample(text, "colsmol_index_bytes", collection="alpha") > 0
+    assert _sample(text, "colsmol_index_pages", collection="beta") == 1
+    assert "process_resident_memory_bytes" in text and "/pages/b8" not in text  # templates, never raw paths
+    assert live.get("/metrics", headers=_key(live, "alpha", "admin")).status_code == 403  # the server's admin only
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.addFilter(RequestIdFilter())
+    handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
+    logger = logging.getLogger("colsmol.access")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        r = live.get("/v1/collections", headers={"X-Request-ID": "trace-42"})
+        fresh = live.get("/healthz")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert r.headers["x-request-id"] == "trace-42" and len(fresh.headers["x-request-id"]) == 32
+    records = [json.loads(line) for line in lines]
+    mine = [rec for rec in records if rec["request_id"] == "trace-42"]
+    assert mine and mine[0]["route"] == "/v1/collections" and mine[0]["status"] == 200
+    bad = live.get("/healthz", headers={"X-Request-ID": "x" * 500 + " <script>"}).headers["x-request-id"]
+    assert len(bad) == 32  # an id that cannot be logged safely is replaced

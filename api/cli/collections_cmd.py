@@ -79,7 +79,9 @@ def create_collection(
         search_mode=search_mode,
         encoder_model=encoder_model,
     )
-    typer.echo(f"created collection {spec.name!r}; use it with --collection {spec.name} (or /v1/collections/{spec.name})")
+    typer.echo(
+        f"created collection {spec.name!r}; use it with --collection {spec.name} (or /v1/collections/{spec.name})"
+    )
 
 
 @collections_app.command("delete")

@@ -44,7 +44,6 @@ def settings_from(**overrides: Any) -> Settings:
     from pydantic import ValidationError
 
     from indexer.settings import Settings
-
     from rag.collections import with_collection
 
     try:

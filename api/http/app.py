@@ -17,20 +17,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from api.cli.advert import publish as advertise
 from api.cli.advert import withdraw
-from api.http import errors
+from api.http import errors, metrics
 from api.http.collections import CollectionServices
-from api.http.deps import require_api_key
+from api.http.deps import principal_for, require_api_key
 from api.http.docs import add_docs
 from api.http.limits import WorkQueue
+from api.http.logs import RequestId
+from api.http.logs import configure as configure_logs
 from api.http.routes import answer, collections, documents, facets, health, local, pages, search
 from api.http.routes import openai as openai_compat
 from api.http.security import SecurityHeaders
@@ -61,8 +63,9 @@ def create_app(
         owned = pipeline is None
         rag = pipeline if pipeline is not None else await run_in_threadpool(RAGPipeline.from_settings, settings)
         registry = Collections(settings, default=rag)
+        metrics.watch(registry)
         try:
-            await run_in_threadpool(rag.warm_up)
+            await run_in_threadpool(metrics.load_models, rag)
             app.state.answers = WorkQueue("answer", settings.answer_queue, ANSWER_RETRY_AFTER_S)
             app.state.explains = WorkQueue("explain", settings.explain_queue, EXPLAIN_RETRY_AFTER_S)
             app.state.collections = CollectionServices(registry, settings)
@@ -103,6 +106,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(HTTPException, errors.http_error)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(RequestId)  # outermost: the id is set for everything inside
 
     app.state.keys = KeyStore(settings.data_dir)
 
@@ -119,6 +124,19 @@ def create_app(
     mcp_mount.mount(app)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    if settings.metrics_port is None:
+
+        @app.get("/metrics", include_in_schema=False)
+        def metrics_route(request: Request) -> Response:
+            """Prometheus metrics (api.http.metrics), for the admin key (COLSMOL_API_KEY)."""
+            keys = request.app.state.keys
+            auth = request.headers.get("authorization", "")
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+            if not principal_for(settings, keys, token).may("admin", None):
+                raise HTTPException(403, "GET /metrics needs the admin key (COLSMOL_API_KEY)")
+            body, content_type = metrics.exposition()
+            return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -150,6 +168,7 @@ def serve(
 
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    configure_logs(settings.log_format)
     if workers == 1:
         # Build and warm the pipeline before uvicorn starts, so a missing model or a store held by
         # another process is one clear line from the CLI, not a traceback from the lifespan.
@@ -157,12 +176,14 @@ def serve(
         try:
             if rag.live_index is not None:
                 rag.live_index.progress = progress  # a first start builds the search index: say so
-            rag.warm_up()
+            metrics.load_models(rag)
+            if settings.metrics_port is not None:
+                metrics.serve_separately(settings.metrics_port, host)
             # Tell colsmol commands on this machine that this process owns the data dir (api.cli.advert).
             advert = advertise(settings.data_dir, settings.collection, host, port, auth=settings.api_key is not None)
             try:
                 app = create_app(settings, pipeline=rag, local_token=advert.token)
-                uvicorn.run(app, host=host, port=port, log_level="info")
+                uvicorn.run(app, host=host, port=port, log_config=None, access_log=settings.log_format != "json")
             finally:
                 withdraw(settings.data_dir, settings.collection, advert)
         finally:
@@ -177,4 +198,12 @@ def serve(
     for name, value in settings.model_dump().items():
         if value is not None:
             os.environ[f"COLSMOL_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
-    uvicorn.run("api.http.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run(
+        "api.http.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=settings.log_format != "json",
+    )

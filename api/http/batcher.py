@@ -13,9 +13,10 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from api.http.metrics import observe_batch
 from indexer.filters import Filter
 from rag.pipeline import RAGPipeline
 from retriever.search import Hit
@@ -30,6 +31,7 @@ class _Request:
     filter: Filter
     future: asyncio.Future[list[Hit]]
     loop: asyncio.AbstractEventLoop
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -88,6 +90,8 @@ class SearchBatcher:
                 return
 
     def _run_batch(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        observe_batch(len(batch), (started - r.queued_at for r in batch))
         groups: dict[Filter, list[_Request]] = {}
         for req in batch:
             groups.setdefault(req.filter, []).append(req)

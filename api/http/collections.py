@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from api.http import metrics
 from api.http.batcher import SearchBatcher
 from api.http.jobs import JobRunner
 from api.http.routes.common import DocNames
@@ -60,7 +61,7 @@ class CollectionServices:
                 name=name,
                 pipeline=rag,
                 batcher=SearchBatcher(rag, s.search_batch_window_ms / 1000, s.search_max_batch),
-                jobs=JobRunner(rag, data),
+                jobs=JobRunner(rag, data, on_report=metrics.observe_ingest(name)),
                 doc_names=DocNames(rag.store, url_prefix(name, self.registry.default_name)),
             )
             self._services[name] = services

@@ -26,6 +26,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from api.http.deps import AnswersDep, PrincipalDep, SettingsDep, services_for, visible_collection
+from api.http.metrics import timed_stream
 from api.http.openai_schemas import (
     MODEL_ID,
     AssistantMessage,
@@ -233,7 +234,10 @@ async def chat_completions(
 
     # The first piece comes after search and the model's first token: a failure so far is a plain HTTP error.
     first, queue, stop = await start_stream(
-        request, answers, lambda stop: pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop), log
+        request,
+        answers,
+        lambda stop: timed_stream(pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop)),
+        log,
     )
 
     def chunk(delta: ChunkDelta, finish: bool = False, citations: list[HitOut] | None = None) -> bytes:
