@@ -415,3 +415,19 @@ def test_metrics_move_and_requests_carry_an_id(live: httpx.Client, corpus: dict[
     assert mine and mine[0]["route"] == "/v1/collections" and mine[0]["status"] == 200
     bad = live.get("/healthz", headers={"X-Request-ID": "x" * 500 + " <script>"}).headers["x-request-id"]
     assert len(bad) == 32  # an id that cannot be logged safely is replaced
+
+
+def test_the_cli_reaches_a_created_collection_through_the_server(live: httpx.Client, corpus: dict[str, Any]) -> None:
+    """``colsmol search -c alpha`` while a server owns the data dir: the server's /v1/collections/alpha routes."""
+    from api.cli.advert import Advert
+    from api.cli.backends import RemoteBackend
+    from indexer.filters import Filter
+
+    settings = live.app.state.settings.model_copy(update={"collection": "alpha"})  # type: ignore[attr-defined]
+    advert = Advert(str(live.base_url).rstrip("/"), os.getpid(), "colsmol", True, "token", "")
+    backend = RemoteBackend(advert, settings)
+    try:
+        assert [h["file_name"] for h in backend.search("revenue", 5, Filter())] == ["a.pdf", "a.pdf"]
+        assert [d["file_name"] for d in backend.documents()] == ["a.pdf"]
+    finally:
+        backend.close()
