@@ -431,3 +431,24 @@ def test_the_cli_reaches_a_created_collection_through_the_server(live: httpx.Cli
         assert [d["file_name"] for d in backend.documents()] == ["a.pdf"]
     finally:
         backend.close()
+
+
+def test_fuzz_collection_and_key_routes_never_5xx(live: httpx.Client, corpus: dict[str, Any]) -> None:
+    """schemathesis over /v1/collections and /v1/keys (last in this module: it creates and deletes at random)."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given
+    from hypothesis import settings as hyp_settings
+
+    url = str(live.base_url).rstrip("/")
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", headers=ADMIN).include(tag="collections")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 7
+    for op in operations:
+
+        @given(op.as_strategy())
+        @hyp_settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def run(case: Any) -> None:
+            response = case.call(base_url=url, headers=ADMIN, timeout=60)
+            assert response.status_code < 500, (case.method, case.path, case.path_parameters, case.body, response.text)
+
+        run()
