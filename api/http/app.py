@@ -1,9 +1,11 @@
 """The HTTP API: ``create_app`` builds the FastAPI app, ``serve`` runs it under uvicorn.
 
-Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Searches go through
-one batching worker thread (api.http.batcher), uploads through one ingest worker thread (api.http.jobs)
-whose job records survive restarts, answers and heatmaps through one bounded worker each (api.http.limits:
-a short line, then 503).
+Models load once, in the lifespan, and are warmed up before ``/readyz`` says ready. Every collection
+(rag.collections) has its routes under ``/v1/collections/{collection}/``, the default one also at ``/v1/``;
+each has one batching search thread (api.http.batcher) and one ingest thread (api.http.jobs) whose job records
+survive restarts (api.http.collections); answers and heatmaps go through one bounded worker each
+(api.http.limits: a short line, then 503). Who may reach which collection: api.http.deps and api.keys.
+Metrics at ``/metrics`` (api.http.metrics); request ids and JSON logs (api.http.logs).
 Every ``ColsmolError`` and every validation failure maps to a 4xx/503 JSON body in api.http.errors; uploads and
 deletes refuse cross-origin browser requests, and every response carries security headers (api.http.security).
 """
