@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or REQUEST_ID.get() or None,
+            "request_id": REQUEST_ID.get() or (None if getattr(record, "request_id", "-") == "-" else record.request_id),
         }
         for key in ("method", "route", "status", "seconds"):
             if hasattr(record, key):
@@ -61,8 +61,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def configure(log_format: str, level: int = logging.INFO) -> None:
-    """The server's log handler (on the root logger, replacing others), in ``text`` or ``json``."""
+def configure(log_format: str, level: int = logging.WARNING) -> None:
+    """The server's log handler (on the root logger, replacing others), in ``text`` or ``json``: warnings from
+    everything, plus uvicorn's and the access lines at info, and collections opening, loading and unloading."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     if log_format == "json":
@@ -77,6 +78,8 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    for name in ("uvicorn", "colsmol.access", "rag.collections", "api.http.app"):
+        logging.getLogger(name).setLevel(min(level, logging.INFO))
 
 
 class RequestId:
