@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "request_id": REQUEST_ID.get() or (None if getattr(record, "request_id", "-") == "-" else record.request_id),
+            "request_id": REQUEST_ID.get() or _record_id(record),
         }
         for key in ("method", "route", "status", "seconds"):
             if hasattr(record, key):
@@ -59,6 +59,11 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def _record_id(record: logging.LogRecord) -> str | None:
+    value = getattr(record, "request_id", None)
+    return None if value in (None, "-") else str(value)
 
 
 def configure(log_format: str, level: int = logging.WARNING) -> None:
