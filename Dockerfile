@@ -58,7 +58,9 @@ RUN set -eux; \
 
 # Then colsmol itself (the same `pip install -c constraints.txt .`; its dependencies are already there).
 # setup.py builds the optional CPU MaxSim kernel (retriever/_cpu_maxsim.cpp, several times faster than the torch path on
-# AVX2 CPUs): a compiler (and Python's headers where the base lacks them) is installed for that step only.
+# AVX2 CPUs). The compiler and Python's headers stay in the image: at run time Triton builds its kernel launcher with
+# them (the fused GPU MaxSim kernel) and torch.compile builds its generated code (the static decode of answers);
+# without them both always fall back to their slower paths.
 COPY README.md setup.py ./
 COPY indexer ./indexer
 COPY retriever ./retriever
@@ -69,11 +71,14 @@ RUN set -eux; \
     extra=""; \
     python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
         || extra="python3-dev"; \
-    apt-get install -y --no-install-recommends g++ $extra; \
+    apt-get install -y --no-install-recommends gcc g++ libc6-dev $extra; \
+    rm -rf /var/lib/apt/lists/*; \
     pip install -c constraints.txt .; \
     (cd / && python -c 'from retriever.cpu_maxsim import kernel_available as k; print("CPU MaxSim kernel:", k())'); \
-    apt-get purge -y --auto-remove g++ $extra; \
-    rm -rf /var/lib/apt/lists/* /app/build
+    rm -rf /app/build
+
+# The image's Python finds a C compiler and its own headers (what Triton and torch.compile look for).
+RUN python -c "import os, shutil, sys, sysconfig; sys.exit(shutil.which('gcc') is None or not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"
 
 RUN set -eux; \
     useradd --system --uid 10001 --user-group --home-dir /home/colsmol --create-home --shell /usr/sbin/nologin colsmol; \

@@ -110,5 +110,15 @@ class DiskFull(StoreUnavailable):
     """
 
 
+class DeviceOutOfMemory(ColsmolError):
+    """The accelerator ran out of memory on the smallest unit of work (one page, one query, one answer).
+
+    Often transient (another request held the memory): the API answers 503 with ``Retry-After``
+    (``retry_after_s`` seconds), ingest fails only the file being embedded and goes on with the others.
+    """
+
+    retry_after_s = 5
+
+
 class EncryptedDocument(DocumentError):
     """A PDF that needs a user password to open (none was given, or the one given is wrong)."""

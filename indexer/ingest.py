@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 import numpy as np
 
 from indexer.disk import full_disk, is_disk_full, require_free
-from indexer.errors import ColsmolError, DiskFull, DocumentError, InvalidRequest
+from indexer.errors import (
+    ColsmolError,
+    DeviceOutOfMemory,
+    DiskFull,
+    DocumentError,
+    HintedText,
+    InvalidRequest,
+    for_interface,
+)
 from indexer.hashing import sha256_file
 from indexer.images import PageImageStore
 from indexer.render import display_path, file_page_count, iter_file_pages, make_renderer, walk_inputs
@@ -452,8 +460,19 @@ class Ingestor:
             def drain(keep: int) -> None:
                 while len(in_flight) > keep:
                     items, fut = in_flight.pop(0)
-                    vectors = self._timed("encode", self.encoder.embed_preprocessed, fut.result())
+                    if all(it.doc.result.status == "failed" for it in items):
+                        continue  # its file already failed on the device: the rest of it is not embedded
+                    try:
+                        vectors = self._timed("encode", self.encoder.embed_preprocessed, fut.result())
+                    except DeviceOutOfMemory as exc:  # a page that does not fit alone fails its file, not the run
+                        log.warning("%s", for_interface(exc, "cli"))
+                        for it in items:
+                            it.doc.result.status, it.doc.result.error = "failed", HintedText(str(exc), exc.hints)
+                        continue
                     write_q.put(_Batch(items, vectors))
+
+            # On an accelerator each preprocessed batch sits in its memory: one waits while one runs, no more.
+            ahead = min(self.preprocess_workers, getattr(self.encoder, "batches_ahead", None) or 1 << 30)
 
             while True:
                 item = pages_q.get()
@@ -469,7 +488,7 @@ class Ingestor:
                 batch.append(item)
                 if len(batch) >= self.batch_size:
                     submit()
-                    drain(self.preprocess_workers)
+                    drain(ahead)
             if not stop.is_set():
                 submit()
                 drain(0)
@@ -641,7 +660,7 @@ class Ingestor:
             if stored != doc.page_count:
                 doc.failed = True
                 doc.result.status = "failed"
-                doc.result.error = f"only {stored} of {doc.page_count} pages could be stored"
+                doc.result.error = doc.result.error or f"only {stored} of {doc.page_count} pages could be stored"
             else:
                 primary = doc.sources[0]
                 info = DocumentInfo(

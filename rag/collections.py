@@ -443,16 +443,7 @@ class Collections:
             if root is not None:
                 encoder = root.sibling(s.page_longest_edge)
             else:
-                encoder = ColSmolEncoder(
-                    s.encoder_model,
-                    device=s.device,
-                    batch_size=s.page_batch_size,
-                    query_batch_size=s.query_batch_size,
-                    preprocess=s.preprocess,
-                    longest_edge=s.page_longest_edge,
-                    runtime=s.encoder_runtime,
-                    runtime_cache=s.runtimes_dir,
-                )
+                encoder = ColSmolEncoder.from_settings(s)
             self._encoders[key] = encoder
             self._owned_encoders.append(encoder)
             return encoder

@@ -192,7 +192,7 @@ class RAGPipeline:
         if self.generator is not None:
             self.generator.load()
         if self.live_index is not None:
-            self.live_index.load()
+            self.live_index.load().warm_up()  # on a GPU: compile the MaxSim kernel's common shapes
 
     # ------------------------------------------------------------------ ingest
     def ingestor(

@@ -21,14 +21,19 @@ Three implementations give the same numbers:
   similarity block (falls back to :func:`maxsim_torch` where it is not built or the CPU lacks AVX2).
 - :func:`maxsim_triton`: a fused CUDA kernel. One program handles one page x a block of queries with all
   their tokens: it streams the page's tokens tile by tile, keeps a running max per query token in registers
-  and writes one score per (query, page); the full similarity matrix is never written.
+  and writes one score per (query, page); the full similarity matrix is never written. Query rows per program
+  are capped (:data:`ROWS_PER_PROGRAM`; longer queries are scored in row groups), each compiled shape
+  (:class:`TritonShape`) is checked once against the torch path and falls back alone, and :func:`warm_up`
+  compiles the common shapes when an index starts on a GPU.
   Triton is imported lazily and only when CUDA is available, so CPU-only machines never touch it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -242,7 +247,9 @@ def _build_triton_kernel() -> Any:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # The page and query counts change with every index and batch: specializing on them (Triton does for ints equal
+    # to 1 or divisible by 16) would compile again on a user's request what warm-up already compiled.
+    @triton.jit(do_not_specialize=["n_queries", "n_pages"])
     def _maxsim_kernel(  # type: ignore[no-untyped-def]  # parameters are typed by triton.jit, not Python
         q_ptr,  # (Q, NQ, D) fp16, zero padded
         qmask_ptr,  # (Q, NQ) fp32, 1.0 for real tokens
@@ -300,6 +307,56 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+#: Query rows (tokens of the queries in one block) a program holds in registers at most. A longer query is cut into
+#: groups of rows scored apart and summed: MaxSim sums per-token maxima, so the split changes nothing.
+ROWS_PER_PROGRAM = 128
+
+
+@dataclass(frozen=True)
+class TritonShape:
+    """What a fused-kernel compile depends on: query ``rows`` per group (a power of two, 16 to the cap), queries per
+    program ``block_q``, page tokens per tile ``block_t``, int8 tokens or fp16, ``num_warps``."""
+
+    rows: int
+    block_q: int
+    block_t: int
+    int8: bool
+    num_warps: int
+
+    @staticmethod
+    def of(
+        n_queries: int,
+        n_query_tokens: int,
+        int8: bool,
+        block_t: int = 64,
+        rows_per_program: int = ROWS_PER_PROGRAM,
+        num_warps: int = 4,
+    ) -> TritonShape:
+        """The shape for ``n_queries`` queries of ``n_query_tokens`` (padded) tokens.
+
+        >>> TritonShape.of(1, 20, False).rows, TritonShape.of(1, 300, False).rows, TritonShape.of(8, 20, False).block_q
+        (32, 128, 4)
+        """
+        cap = max(16, 1 << (max(1, rows_per_program).bit_length() - 1))  # a power of two, at least 16
+        rows = min(max(16, _next_pow2(n_query_tokens)), cap)
+        groups = -(-n_query_tokens // rows)
+        block_q = max(1, min(_next_pow2(n_queries * groups), cap // rows))
+        return TritonShape(rows, block_q, block_t, int8, num_warps)
+
+
+def _launch(kernel: Any, grid: tuple[int], args: tuple[Any, ...], shape: TritonShape, dim: int) -> None:
+    """Run the compiled (or interpreted) kernel; the one place a launch happens."""
+    kernel[grid](
+        *args,
+        NQ=shape.rows,
+        BLOCK_Q=shape.block_q,
+        BLOCK_T=shape.block_t,
+        D=dim,
+        HAS_SCALE=shape.int8,
+        num_warps=shape.num_warps,
+    )
+
+
 def maxsim_triton(
     queries: torch.Tensor,
     tokens: torch.Tensor,
@@ -307,13 +364,14 @@ def maxsim_triton(
     query_mask: torch.Tensor | None = None,
     scales: torch.Tensor | None = None,
     block_t: int = 64,
-    rows_per_program: int = 128,
+    rows_per_program: int = ROWS_PER_PROGRAM,
     num_warps: int = 4,
     kernel: Any = None,
 ) -> torch.Tensor:
     """Fused MaxSim (Triton): same contract and result as :func:`maxsim_torch`, ``(Q, P)`` float32.
 
     ``tokens (T, dim)`` fp16 (or int8 with ``scales (T,)``) and ``offsets (P + 1,)`` int64 on one CUDA device.
+    Queries longer than ``rows_per_program`` tokens are scored in groups of rows (:class:`TritonShape`).
     ``kernel`` is for tests (e.g. Triton's interpreter on CPU); normally the cached compiled kernel is used.
     """
     if kernel is None:
@@ -326,44 +384,31 @@ def maxsim_triton(
     Q, nq, dim = queries.shape
     if query_mask is None:
         query_mask = torch.ones(Q, nq, dtype=torch.bool, device=device)
-    NQ = max(16, _next_pow2(nq))
-    qpad = torch.zeros(Q, NQ, dim, dtype=torch.float16, device=device)
+    int8 = tokens.dtype == torch.int8
+    shape = TritonShape.of(Q, nq, int8, block_t, rows_per_program, num_warps)
+    NQ = shape.rows
+    groups = -(-nq // NQ)
+    # (Q, groups * NQ) rows seen by the kernel as Q * groups queries of NQ tokens each.
+    qpad = torch.zeros(Q, groups * NQ, dim, dtype=torch.float16, device=device)
     qpad[:, :nq] = (queries.to(device=device, dtype=torch.float32) * query_mask.to(device).unsqueeze(-1)).half()
-    qm = torch.zeros(Q, NQ, dtype=torch.float32, device=device)
+    qm = torch.zeros(Q, groups * NQ, dtype=torch.float32, device=device)
     qm[:, :nq] = query_mask.to(device=device, dtype=torch.float32)
-    block_q = max(1, min(_next_pow2(Q), rows_per_program // NQ))
-    if tokens.dtype == torch.int8:
+    if int8:
         if scales is None:
             raise ValueError("int8 tokens need scales")
-        has_scale = True
         s = scales.to(device=device, dtype=torch.float32).contiguous()
     else:
-        has_scale = False
         tokens = tokens if tokens.dtype == torch.float16 else tokens.half()
         s = torch.empty(1, dtype=torch.float32, device=device)
     offsets = offsets.to(device=device, dtype=torch.int64).contiguous()
     P = offsets.numel() - 1
-    out = torch.empty(Q, P, dtype=torch.float32, device=device)
     if P == 0:
-        return out
-    grid = (((Q + block_q - 1) // block_q) * P,)
-    kernel[grid](
-        qpad,
-        qm,
-        tokens.contiguous(),
-        s,
-        offsets,
-        out,
-        Q,
-        P,
-        NQ=NQ,
-        BLOCK_Q=block_q,
-        BLOCK_T=block_t,
-        D=dim,
-        HAS_SCALE=has_scale,
-        num_warps=num_warps,
-    )
-    return out
+        return torch.empty(Q, 0, dtype=torch.float32, device=device)
+    n_rows = Q * groups
+    out = torch.empty(n_rows, P, dtype=torch.float32, device=device)
+    grid = (((n_rows + shape.block_q - 1) // shape.block_q) * P,)
+    _launch(kernel, grid, (qpad, qm, tokens.contiguous(), s, offsets, out, n_rows, P), shape, dim)
+    return out.view(Q, groups, P).sum(1) if groups > 1 else out
 
 
 # --------------------------------------------------------------------------------------------------- dispatch
@@ -379,9 +424,9 @@ def maxsim(
 ) -> torch.Tensor:
     """MaxSim of ``queries (Q, n_q, dim)`` vs packed ``tokens (T, dim)`` / ``offsets (P + 1,)`` -> ``(Q, P)`` float32.
 
-    Dispatch: on CUDA the Triton kernel when available (``backend="auto"|"triton"``); on the CPU the compiled
-    kernel of :mod:`retriever.cpu_maxsim` (``"auto"|"cpu"``, itself falling back to torch); else, or with
-    ``backend="torch"``, :func:`maxsim_torch`.
+    Dispatch: on CUDA the Triton kernel when available (``backend="auto"|"triton"``), per shape
+    (:func:`fused_or_none`); on the CPU the compiled kernel of :mod:`retriever.cpu_maxsim` (``"auto"|"cpu"``, itself
+    falling back to torch); else, or with ``backend="torch"``, :func:`maxsim_torch`.
 
     One query of 2 tokens against a page of 2 tokens and a page of 1 (dim 2), by hand: page 0 scores
     ``max(1, .6) + max(0, .8) = 1.8``, page 1 ``max(0) + max(1) = 1``.
@@ -397,36 +442,66 @@ def maxsim(
         from retriever.cpu_maxsim import maxsim_cpu
 
         return maxsim_cpu(queries, tokens, offsets, query_mask, scales)
-    use_triton = (
-        backend == "auto"
-        and _TRITON_STATE["ok"] is not False
-        and tokens.is_cuda
-        and tokens.dtype in (torch.float16, torch.int8)
-        and triton_available()
-    )
-    if use_triton and _triton_verified(queries, tokens, offsets, query_mask, scales):
-        try:
-            return maxsim_triton(queries, tokens, offsets, query_mask, scales)
-        except Exception:  # noqa: BLE001 - a kernel that fails to compile must not fail the search
-            logger.exception("Triton MaxSim failed; using the torch path from now on")
-            _TRITON_STATE["ok"] = False
+    if backend == "auto" and tokens.is_cuda and tokens.dtype in (torch.float16, torch.int8) and triton_available():
+        fused = fused_or_none(queries, tokens, offsets, query_mask, scales)
+        if fused is not None:
+            return fused
     return maxsim_torch(queries, tokens, offsets, query_mask, scales)
 
 
-# "auto" trusts the fused kernel only after it agreed with the torch path once on this machine's GPU:
-# a wrong or uncompilable kernel then degrades to the (slower, exact) torch path instead of wrong hits.
-_TRITON_STATE: dict[str, bool | None] = {"ok": None}
+# "auto" trusts the fused kernel for a shape only after it agreed with the torch path once on this GPU; a shape that
+# fails to compile or disagrees uses the (slower, exact) torch path from then on, and the other shapes keep the kernel.
+_SHAPES: dict[TritonShape, bool] = {}
+_SHAPES_LOCK = threading.Lock()
 
 
-def _triton_verified(
+def shape_state(shape: TritonShape) -> bool | None:
+    """True: the fused kernel is trusted for ``shape``; False: it failed there; None: not tried yet."""
+    return _SHAPES.get(shape)
+
+
+def fused_or_none(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    offsets: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
+    kernel: Any = None,
+) -> torch.Tensor | None:
+    """:func:`maxsim_triton` where its shape is trusted (checked against the torch path on its first use), else None.
+
+    ``queries (Q, n_q, dim)`` or ``(n_q, dim)``. A compile or launch failure is remembered for that shape only.
+    """
+    q3 = queries if queries.ndim == 3 else queries.unsqueeze(0)
+    shape = TritonShape.of(int(q3.shape[0]), int(q3.shape[1]), tokens.dtype == torch.int8)
+    state = _SHAPES.get(shape)
+    if state is False:
+        return None
+    if state is None and not _verify(shape, q3, tokens, offsets, query_mask, scales, kernel):
+        return None
+    try:
+        return maxsim_triton(q3, tokens, offsets, query_mask, scales, kernel=kernel)
+    except Exception:  # noqa: BLE001 - a kernel that fails must not fail the search
+        logger.exception("Triton MaxSim failed for %s; that shape uses the torch path from now on", shape)
+        _remember(shape, False)
+        return None
+
+
+def _remember(shape: TritonShape, ok: bool) -> None:
+    with _SHAPES_LOCK:
+        _SHAPES[shape] = ok
+
+
+def _verify(
+    shape: TritonShape,
     queries: torch.Tensor,
     tokens: torch.Tensor,
     offsets: torch.Tensor,
     query_mask: torch.Tensor | None,
     scales: torch.Tensor | None,
+    kernel: Any = None,
 ) -> bool:
-    if _TRITON_STATE["ok"] is not None:
-        return bool(_TRITON_STATE["ok"])
+    """Run ``shape`` once on the first 64 pages and compare with :func:`maxsim_torch`; remember the verdict."""
     n_pages = min(int(offsets.numel()) - 1, 64)
     if n_pages < 1:
         return False
@@ -434,16 +509,63 @@ def _triton_verified(
     end = int(sub_offsets[-1])
     sub_tokens, sub_scales = tokens[:end], (None if scales is None else scales[:end])
     try:
-        fused = maxsim_triton(queries, sub_tokens, sub_offsets, query_mask, sub_scales)
+        fused = maxsim_triton(queries, sub_tokens, sub_offsets, query_mask, sub_scales, kernel=kernel)
         ref = maxsim_torch(queries, sub_tokens, sub_offsets, query_mask, sub_scales)
         ok = bool(torch.allclose(fused.float(), ref.float(), atol=2e-2, rtol=1e-3))
+        if not ok:
+            logger.warning("Triton MaxSim disagreed with the torch reference for %s; that shape uses the torch path",
+                           shape)
     except Exception:  # noqa: BLE001
-        logger.exception("Triton MaxSim self-check raised; using the torch path")
+        logger.exception("Triton MaxSim raised for %s; that shape uses the torch path", shape)
         ok = False
-    if not ok:
-        logger.warning("Triton MaxSim disagreed with the torch reference on this GPU; using the torch path")
-    _TRITON_STATE["ok"] = ok
+    _remember(shape, ok)
     return ok
+
+
+#: Query token counts and batch sizes whose shapes :func:`warm_up` compiles: one query (a search) and a batch of
+#: eight (the HTTP batcher's), each at every row group size (16 to 128 tokens; longer queries reuse 128).
+WARM_QUERY_TOKENS = (16, 32, 64, 128)
+WARM_QUERY_COUNTS = (1, 8)
+
+
+def warm_up(
+    device: torch.device,
+    int8: bool,
+    query_tokens: Sequence[int] = WARM_QUERY_TOKENS,
+    query_counts: Sequence[int] = WARM_QUERY_COUNTS,
+    kernel: Any = None,
+) -> dict[TritonShape, bool]:
+    """Compile and check the fused kernel for the common shapes now (at startup), not on a user's first search.
+
+    Runs on a small random index on ``device``: ``int8`` tokens or fp16. Returns each shape's verdict; a no-op
+    (empty) off CUDA or without Triton, unless ``kernel`` is given (tests).
+    """
+    if kernel is None and (device.type != "cuda" or not triton_available()):
+        return {}
+    gen = torch.Generator().manual_seed(0)
+    pages = [torch.randn(n, DIM, generator=gen) for n in (70, 33, 129)]
+    packed, offsets = pack(pages)
+    scales = None
+    if int8:
+        tokens, scales = quantize_int8(packed)
+        tokens, scales = tokens.to(device), scales.to(device)
+    else:
+        tokens = packed.to(device=device, dtype=torch.float16)
+    offsets = offsets.to(device)
+    verdicts: dict[TritonShape, bool] = {}
+    for n_q in query_counts:
+        for n_tok in query_tokens:
+            shape = TritonShape.of(n_q, n_tok, int8)
+            if shape in verdicts:
+                continue
+            if _SHAPES.get(shape) is None:
+                q = torch.randn(n_q, n_tok, DIM, generator=gen).to(device)
+                _verify(shape, q, tokens, offsets, None, scales, kernel)
+            verdicts[shape] = bool(_SHAPES.get(shape))
+    bad = [s for s, ok in verdicts.items() if not ok]
+    if bad:
+        logger.warning("Triton MaxSim: %d of %d common shapes use the torch path: %s", len(bad), len(verdicts), bad)
+    return verdicts
 
 
 def topk(

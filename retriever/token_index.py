@@ -25,7 +25,7 @@ import torch
 from indexer.filters import Filter
 from indexer.models.device import resolve_device
 from indexer.store.base import TOKENS_ONLY, VectorStore
-from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk
+from retriever.maxsim import DIM, TritonShape, maxsim, pad_queries, quantize_int8, topk, warm_up
 from retriever.pooling import pool_tokens
 
 logger = logging.getLogger(__name__)
@@ -251,6 +251,16 @@ class TokenIndex:
     def __len__(self) -> int:
         with self._lock:
             return len(self._row_of)
+
+    def warm_up(self) -> dict[TritonShape, bool]:
+        """Compile the fused MaxSim kernel for the common query shapes now (:func:`retriever.maxsim.warm_up`), so a
+        user's first search does not wait for it; a no-op off CUDA or with a fixed ``backend``."""
+        if self.backend != "auto" or self.device.type != "cuda":
+            return {}
+        t0 = time.perf_counter()
+        verdicts = warm_up(self.device, self.dtype == "int8")
+        logger.info("MaxSim warm-up: %d query shapes in %.1f s", len(verdicts), time.perf_counter() - t0)
+        return verdicts
 
     @property
     def n_tokens(self) -> int:

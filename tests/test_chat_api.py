@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 
 from api.http.app import create_app
 from indexer.settings import Settings
@@ -259,6 +261,50 @@ def test_backend_faults_reach_clients_as_openai_5xx(
         with pytest.raises(openai.InternalServerError) as info:
             client.chat.completions.create(model="colsmol", messages=_ask())
         assert "rate limiting" in info.value.message and storm.chat_requests == 3
+
+
+class _OomOnCall:
+    """The real tiny generator's forward, raising CUDA's own out-of-memory error on its ``n``-th call (1: the
+    prefill): what a GPU does when another request holds the memory. No GPU here, so the error is injected."""
+
+    def __init__(self, forward: Any, n: int) -> None:
+        self.forward, self.n, self.calls = forward, n, 0
+        functools.update_wrapper(self, forward)  # generate() reads the forward's signature
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.n:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB\nof 79.1 GiB in use")
+        return self.forward(*args, **kwargs)
+
+
+def test_out_of_gpu_memory_in_an_answer_is_a_503_or_an_error_event(
+    live: LiveServer, pipeline: RAGPipeline, tiny_generator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    freed: list[int] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
+    monkeypatch.setattr(pipeline, "generator", tiny_generator)  # eager decoding: every step is a forward call
+    oom = _OomOnCall(tiny_generator.model.forward, 1)
+    monkeypatch.setattr(tiny_generator.model, "forward", oom)
+    r = httpx.post(live.url + "/v1/answer", json={"question": "revenue?"}, timeout=60)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
+    detail = r.json()["detail"]
+    assert "ran out of memory on an answer" in detail and "Tried to allocate 1.00 GiB" in detail
+    assert "\n" not in detail and "try again" in detail and freed
+    oom.calls = 0
+    chat = httpx.post(live.url + "/v1/chat/completions", json={"model": "colsmol", "messages": _ask()}, timeout=60)
+    assert chat.status_code == 503 and chat.headers["Retry-After"] == "5"
+    assert chat.json()["error"]["code"] == "out_of_memory"
+
+    # Mid-stream (after the prefill and two tokens): the stream ends with an error event, then done.
+    oom.calls, oom.n = 0, 4
+    with httpx.stream("POST", live.url + "/v1/answer", json={"question": "revenue?", "stream": True}, timeout=60) as s:
+        status, body = s.status_code, s.read().decode()
+    assert status == 200, body
+    events = [line for line in body.splitlines() if line.startswith("event:")]
+    assert events[0] == "event: token" and events[-2:] == ["event: error", "event: done"], events
+    error = json.loads(body.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])
+    assert "ran out of memory on an answer" in error["detail"] and oom.calls == 4
 
 
 # ---------------------------------------------------------------------------------------------- MCP

@@ -213,7 +213,7 @@ def test_healthcheck_hits_healthz_without_curl(dockerfile):
     (hc,) = instructions(dockerfile, "HEALTHCHECK")
     assert "CMD" in hc and "/healthz" in hc and "curl" not in hc
     assert "127.0.0.1:8000" in hc
-    assert '"/healthz"' in (ROOT / "api/routes/health.py").read_text(), "the route the healthcheck calls"
+    assert '"/healthz"' in (ROOT / "api/http/routes/health.py").read_text(), "the route the healthcheck calls"
 
 
 def test_volumes_env_port_and_command(dockerfile):
@@ -239,3 +239,48 @@ def test_installs_the_project_with_its_constraints(dockerfile):
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert not copied & ignored, "a COPY source is excluded by .dockerignore"
     assert {".git", ".venv", "colsmol_data", ".env"} <= ignored
+
+
+def _final_stage(df: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    starts = [i for i, (instr, _) in enumerate(df) if instr == "FROM"]
+    return df[starts[-1] :]
+
+
+COMPILER_PACKAGES = ("gcc", "g++", "build-essential", "python3-dev", "libc6-dev")
+
+
+def test_the_gpu_image_keeps_a_c_compiler(dockerfile):
+    """Triton builds its kernel launcher and torch.compile its code with a C compiler at run time: the final stage
+    installs one, never purges it, and checks that the image's Python finds it (and Python's headers)."""
+    runs = instructions(_final_stage(dockerfile), "RUN")
+    installs = [r for r in runs if "apt-get install" in r]
+    assert any(re.search(r"\bgcc\b", r) for r in installs), "install gcc in the final stage"
+    for r in runs:
+        for m in re.finditer(r"apt-get\s+(?:-y\s+)?(?:purge|remove|autoremove)[^;&|]*", r):
+            removed = set(m.group(0).split())
+            assert not removed & set(COMPILER_PACKAGES), f"the compiler is removed: {m.group(0)}"
+            assert "--auto-remove" not in removed and "autoremove" not in removed, m.group(0)
+    checks = [i for i, r in enumerate(runs) if "shutil.which('gcc')" in r and "Python.h" in r]
+    assert checks, "a RUN line that fails the build when Python cannot find gcc and its headers"
+    assert checks[-1] > max(i for i, r in enumerate(runs) if "apt-get" in r), "the check runs after every apt-get"
+
+
+def test_the_compiler_check_line_fails_without_a_compiler(dockerfile, tmp_path):
+    """The Dockerfile's check, run with this Python: it passes where gcc is on PATH and fails where it is not."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (check,) = [r for r in instructions(dockerfile, "RUN") if "shutil.which('gcc')" in r]
+    argv = shlex.split(check)
+    assert argv[:2] == ["python", "-c"], check
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc here to show the check passing")
+    ok = subprocess.run([sys.executable, "-c", argv[2]], env={**os.environ}, check=False)
+    headers = Path(__import__("sysconfig").get_paths()["include"], "Python.h").exists()
+    assert ok.returncode == (0 if headers else 1)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    missing = subprocess.run([sys.executable, "-c", argv[2]], env={**os.environ, "PATH": str(empty)}, check=False)
+    assert missing.returncode == 1

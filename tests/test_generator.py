@@ -197,3 +197,24 @@ def test_warmup_falls_back_when_compiled_decode_fails(
     monkeypatch.undo()
     assert gen.generate("hi?", [], max_new_tokens=2) == tiny_generator.generate("hi?", [], max_new_tokens=2)
     gen.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_static_decode_on_cuda_equals_eager(tiny_models) -> None:
+    """The compiled static path for real (torch.compile + CUDA graphs, no call patched out): same greedy text as
+    eager decoding on the same device."""
+    eager = SmolVLMGenerator(tiny_models["generator"], device="cuda", decode="eager").load()
+    static = SmolVLMGenerator(tiny_models["generator"], device="cuda", decode="static").load()
+    try:
+        assert static.compile_decode is True
+        static.warmup(max_new_tokens=4)
+        assert static.decode_mode == "static", "compilation fell back to eager"
+        for question, n_pages in PROMPTS:
+            pages = _pages(n_pages)
+            assert static.generate(question, pages, max_new_tokens=16) == eager.generate(
+                question, pages, max_new_tokens=16
+            )
+    finally:
+        eager.close()
+        static.close()

@@ -41,6 +41,7 @@ from api.http.security import SecurityHeaders
 from api.keys import KeyStore
 from api.mcp import mount as mcp_mount
 from indexer.errors import ColsmolError, ConfigError
+from indexer.models.device import resolve_device
 from indexer.settings import Settings
 from rag.collections import NAME_HELP, NAME_PATTERN, Collections
 from rag.pipeline import RAGPipeline
@@ -171,6 +172,12 @@ def serve(
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     configure_logs(settings.log_format)
+    if workers > 1 and resolve_device(settings.device).type == "cuda":
+        raise ConfigError(
+            f"--workers {workers} would load {workers} copies of the encoder, the answer model and the search index "
+            "into one GPU's memory; use --workers 1 (it batches concurrent searches), or run one server per GPU "
+            "(CUDA_VISIBLE_DEVICES) behind a load balancer"
+        )
     if workers == 1:
         # Build and warm the pipeline before uvicorn starts, so a missing model or a store held by
         # another process is one clear line from the CLI, not a traceback from the lifespan.

@@ -24,6 +24,7 @@ from indexer.errors import (
     ColsmolError,
     ConfigError,
     Conflict,
+    DeviceOutOfMemory,
     DocumentError,
     Interface,
     InvalidRequest,
@@ -40,6 +41,7 @@ ERROR_STATUS: list[tuple[type[ColsmolError], int]] = [
     (DocumentError, 400),
     (ConfigError, 400),
     (ModelUnavailable, 503),
+    (DeviceOutOfMemory, 503),
     (StoreUnavailable, 503),
 ]
 
@@ -158,7 +160,9 @@ def client_interface(request: Request) -> Interface:
 async def colsmol_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ColsmolError)
     detail = clean(for_interface(exc, client_interface(request)), MAX_DETAIL_CHARS)
-    return SafeJSONResponse({"detail": detail}, status_for(exc))
+    # The GPU was full for this request: usually another one held the memory, so the client may try again.
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, DeviceOutOfMemory) else None
+    return SafeJSONResponse({"detail": detail}, status_for(exc), headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

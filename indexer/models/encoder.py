@@ -37,8 +37,8 @@ class ColSmolEncoder:
     (the real ``vidore/colSmol-256M`` is an adapter over ``vidore/ColSmolVLM-Instruct-256M-base``).
     The model loads on first use, once.
 
-    On CUDA the model runs in bf16 with SDPA attention; elsewhere in fp32. A CUDA out-of-memory
-    halves the batch and retries the same inputs.
+    On CUDA the model runs in bf16 with SDPA attention; elsewhere in fp32. A device out-of-memory
+    halves the batch and retries the same inputs (:mod:`indexer.models.oom`).
 
     ``preprocess="tensor"`` splits pages into tiles with torch ops on the encoder's device
     (:mod:`indexer.models.preprocess`: same tiles and tokens as the reference; pixels equal on CUDA, at
@@ -92,6 +92,7 @@ class ColSmolEncoder:
         self._processor_for_probe: Any = None
         self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
         self._weights_of: ColSmolEncoder | None = None  # see sibling()
+        self._page_fit: int | None = None  # the page batch that fitted after a device OOM, if one happened
         self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
 
     @classmethod
@@ -262,26 +263,36 @@ class ColSmolEncoder:
         """
         order = sorted(range(len(images)), key=lambda i: self.tile_count(images[i]))
         out: list[np.ndarray | None] = [None] * len(images)
-        start = 0
-        batch = self.batch_size
-        while start < len(order):
-            idx = order[start : start + batch]
-            try:
-                vectors = self.embed_preprocessed(self.preprocess_pages([images[i] for i in idx]))
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                batch = self._shrink(batch, exc)
-                continue
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            vectors = self.embed_preprocessed(self.preprocess_pages([images[i] for i in idx]))
             for i, v in zip(idx, vectors, strict=True):
                 out[i] = v
-            start += len(idx)
             if progress is not None:
                 progress(len(idx))
         return [v for v in out if v is not None]
 
     def embed_preprocessed(self, batch: Any) -> list[np.ndarray]:
-        """Forward an already preprocessed batch (``BatchFeature``) and strip padding."""
+        """Forward an already preprocessed batch (``BatchFeature``, ``B`` pages) and strip padding: B arrays.
+
+        On a device out-of-memory the batch is split in halves (down to one page,
+        :func:`~indexer.models.oom.run_halving`) and the size that fitted is kept for later batches; one page
+        that does not fit alone raises :class:`~indexer.errors.DeviceOutOfMemory`.
+        """
+        from indexer.models.oom import PAGE_HINTS, run_halving
+
+        n = int(batch["input_ids"].shape[0])
+
+        def forward(start: int, stop: int) -> list[np.ndarray]:
+            part = batch if (start, stop) == (0, n) else {k: v[start:stop] for k, v in batch.items()}
+            return self._forward_pages(part)
+
+        vectors, fitted = run_halving(n, min(n, self._page_fit or n), forward, "a single page", PAGE_HINTS)
+        if fitted < n:
+            self._page_fit = fitted
+        return vectors
+
+    def _forward_pages(self, batch: Any) -> list[np.ndarray]:
         import torch
 
         with torch.inference_mode():
@@ -291,46 +302,34 @@ class ColSmolEncoder:
             emb = self.model(**inputs)
         return _strip_padding(emb, inputs["attention_mask"], "page")
 
+    @property
+    def batches_ahead(self) -> int | None:
+        """Preprocessed batches that may wait for the forward pass while one runs: 1 where preprocessing leaves
+        them on an accelerator (so at most two batches are resident there), None (no limit) when they are on the
+        host."""
+        return 1 if self.device.type != "cpu" and self.preprocess != "reference" else None
+
     # ------------------------------------------------------------------ queries
     def embed_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """One ``(n_query_tokens, 128)`` float32 array per query text."""
+        """One ``(n_query_tokens, 128)`` float32 array per query text (a device OOM halves the batch)."""
         import torch
+
+        from indexer.models.oom import run_halving
 
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise InvalidRequest("a query must be a non-empty string")
-        out: list[np.ndarray] = []
-        start = 0
-        batch = self.query_batch_size
-        while start < len(texts):
-            chunk = list(texts[start : start + batch])
-            try:
-                with torch.inference_mode():
-                    enc = self.processor.process_queries(chunk)
-                    inputs = {k: v.to(self.device) for k, v in enc.items()}
-                    emb = self.model(**inputs)
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                batch = self._shrink(batch, exc)
-                continue
-            out.extend(_strip_padding(emb, inputs["attention_mask"], "query"))
-            start += len(chunk)
-        return out
+
+        def forward(start: int, stop: int) -> list[np.ndarray]:
+            with torch.inference_mode():
+                enc = self.processor.process_queries(list(texts[start:stop]))
+                inputs = {k: v.to(self.device) for k, v in enc.items()}
+                emb = self.model(**inputs)
+            return _strip_padding(emb, inputs["attention_mask"], "query")
+
+        return run_halving(len(texts), self.query_batch_size, forward, "a single query")[0]
 
     # ------------------------------------------------------------------ misc
-    def _shrink(self, batch: int, exc: BaseException) -> int:
-        import torch
-
-        if batch == 1:
-            raise ColsmolError(
-                f"the GPU ran out of memory on a single input ({exc})",
-                hints={"cli": "use a smaller --dpi", "http": "lower the server's COLSMOL_DPI"},
-            ) from exc
-        torch.cuda.empty_cache()
-        log.warning("CUDA out of memory at batch %d; retrying with %d", batch, batch // 2)
-        return batch // 2
-
     def close(self) -> None:
         self._weights.clear()
         self._tensor_preprocessor = None
@@ -351,9 +350,3 @@ def _strip_padding(emb: torch.Tensor, mask: torch.Tensor, what: str) -> list[np.
             raise ColsmolError(f"the encoder produced non-finite {what} vectors; the checkpoint may be broken")
         result.append(np.ascontiguousarray(v, dtype=np.float32))
     return result
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError)

@@ -188,7 +188,9 @@ class TensorPreprocessor:
         counts = [r * c + 1 if r else 1 for r, c in layouts]
         n, t, tile = len(images), max(counts), self.tile
         pixel_values = self._output((n, t, 3, tile, tile), torch.float32)
-        mask = self._output((n, t, tile, tile), torch.int64)
+        # bool, not the reference's int64: the model only tests it for nonzero, and a Letter page's mask is 4.5 MB
+        # instead of 36 MB on the device.
+        mask = self._output((n, t, tile, tile), torch.bool)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault((im.height, im.width), []).append(i)
@@ -203,8 +205,8 @@ class TensorPreprocessor:
                         self._normalize(glob, out=pixel_values[i, k - 1])
         for i, k in enumerate(counts):
             pixel_values[i, k:].zero_()
-            mask[i, :k].fill_(1)
-            mask[i, k:].zero_()
+            mask[i, :k].fill_(True)
+            mask[i, k:].fill_(False)
         input_ids, attention_mask = self._tokens(layouts)
         return BatchFeature(
             {
@@ -415,5 +417,5 @@ def probe_page_inputs(processor: Any) -> dict[str, Any]:
         "input_ids": torch.tensor([ids], dtype=torch.int64),
         "attention_mask": torch.ones((1, len(ids)), dtype=torch.int64),
         "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32))[None, None],
-        "pixel_attention_mask": torch.ones((1, 1, tile, tile), dtype=torch.int64),
+        "pixel_attention_mask": torch.ones((1, 1, tile, tile), dtype=torch.bool),
     }

@@ -2,7 +2,7 @@
 
 CPUs differ more than GPUs do: int8 pays off with VNNI, bf16 with AVX512-BF16 or AMX, OpenVINO's kernels on
 some CPUs and not others. So the choice is measured, not guessed, the way the Triton MaxSim kernel is trusted
-only after a self-check (``retriever.maxsim._triton_verified``):
+only after a self-check (``retriever.maxsim.fused_or_none``):
 
 1. ``candidates[0]`` is the reference (fp32 eager); it must build.
 2. ``requested="auto"``: a cached choice for this ``key`` (CPU model and flags, torch version, model id, ...)

@@ -9,9 +9,12 @@ instruction, and stops early when ``stop`` is set (a client went away).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from indexer.models.oom import device_oom
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -68,3 +71,17 @@ class PrecomputesPages(Protocol):
     def precompute(self, pages: Sequence[Image.Image], page_ids: Sequence[str]) -> int:
         """Compute and keep what ``pages`` cost a question; returns how many were computed (not already kept)."""
         ...
+
+
+#: Advice when an answer does not fit on the GPU (often another request held the memory for a moment).
+ANSWER_HINTS = {
+    "cli": "try again; if it persists, lower COLSMOL_GENERATOR_PAGE_EDGE or answer over fewer pages (-k)",
+    "http": "try again shortly; if it persists, ask over fewer pages (k) or lower the server's "
+    "COLSMOL_GENERATOR_PAGE_EDGE",
+}
+
+
+def answering() -> contextlib.AbstractContextManager[None]:
+    """Wrap an answer's model work: a device out-of-memory becomes :class:`~indexer.errors.DeviceOutOfMemory`
+    (503 with ``Retry-After`` from the API, one line from the CLI) and the CUDA cache is freed."""
+    return device_oom("an answer", ANSWER_HINTS)

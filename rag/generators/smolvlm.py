@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 from indexer.errors import ColsmolError, ConfigError, InvalidRequest
 from indexer.models.device import attn_implementation, model_dtype, resolve_device
 from indexer.models.loading import LazyWeights, from_pretrained_kwargs
+from rag.generators.base import answering
 from rag.generators.page_features import PageFeatureCache
 from rag.generators.prompt import PAGE_LONGEST_EDGE, SYSTEM_INSTRUCTION, fit_pages, question_text
 
@@ -440,8 +441,9 @@ class SmolVLMGenerator:
         page_ids: Sequence[str] | None = None,
     ) -> str:
         """The answer text (special tokens removed, whitespace trimmed)."""
-        inputs = self.build_inputs(question, images, page_ids)
-        out = self.run_generate(inputs, max_new_tokens, **self._stopping(stop))
+        with answering():
+            inputs = self.build_inputs(question, images, page_ids)
+            out = self.run_generate(inputs, max_new_tokens, **self._stopping(stop))
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return str(self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)).strip()
 
@@ -460,7 +462,8 @@ class SmolVLMGenerator:
         """
         from transformers import TextIteratorStreamer
 
-        inputs = self.build_inputs(question, images, page_ids)
+        with answering():
+            inputs = self.build_inputs(question, images, page_ids)
         stop = stop or threading.Event()
         streamer = TextIteratorStreamer(
             self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600.0
@@ -470,7 +473,8 @@ class SmolVLMGenerator:
 
         def run() -> None:
             try:
-                self.run_generate(inputs, max_new_tokens, streamer=streamer, **extra)
+                with answering():
+                    self.run_generate(inputs, max_new_tokens, streamer=streamer, **extra)
             except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
                 errors.append(exc)
                 streamer.end()
@@ -490,6 +494,8 @@ class SmolVLMGenerator:
             stop.set()  # normal end: a no-op; early close: the decode loop ends at its next step
             worker.join()
         if errors:
+            if isinstance(errors[0], ColsmolError):
+                raise errors[0]
             raise ColsmolError(f"generation failed: {errors[0]}") from errors[0]
 
     def close(self) -> None:

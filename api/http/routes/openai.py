@@ -46,7 +46,7 @@ from api.http.routes.common import DocNames, sources_text
 from api.http.schemas import HitOut
 from api.http.streams import EventStream, relay, start_stream
 from api.keys import Principal
-from indexer.errors import ColsmolError, InvalidRequest, ModelUnavailable, NotFound, StoreUnavailable
+from indexer.errors import ColsmolError, DeviceOutOfMemory, InvalidRequest, ModelUnavailable, NotFound, StoreUnavailable
 from indexer.filters import Filter
 from indexer.settings import Settings
 from rag.pipeline import MAX_QUESTION_CHARS
@@ -81,6 +81,10 @@ def _error_for(exc: Exception) -> Response:
         return openai_error(404, str(exc), "invalid_request_error", "not_found")
     if isinstance(exc, ModelUnavailable | StoreUnavailable):
         return openai_error(503, str(exc), "server_error", "unavailable")
+    if isinstance(exc, DeviceOutOfMemory):  # the GPU was full for this request: the SDKs retry on 503 + Retry-After
+        response = openai_error(503, str(exc), "server_error", "out_of_memory")
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
     assert isinstance(exc, ColsmolError)
     return openai_error(400, str(exc), "invalid_request_error", "invalid_value")
 
