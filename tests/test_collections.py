@@ -393,6 +393,14 @@ def test_metrics_move_and_requests_carry_an_id(live: httpx.Client, corpus: dict[
     assert _sample(text, "colsmol_index_bytes", collection="alpha") > 0
     assert _sample(text, "colsmol_index_pages", collection="beta") == 1
     assert "process_resident_memory_bytes" in text and "/pages/b8" not in text  # templates, never raw paths
+    answers = _sample(text, "colsmol_answer_seconds_count")
+    assert live.post("/v1/collections/alpha/answer", json={"question": "revenue?", "k": 1}).status_code == 200
+    streamed = live.post("/v1/collections/alpha/answer", json={"question": "revenue?", "k": 1, "stream": True})
+    assert streamed.status_code == 200 and "event: done" in streamed.text
+    deadline = time.monotonic() + 30  # a stream is observed when its worker finishes, just after the last event
+    while _sample(live.get("/metrics").text, "colsmol_answer_seconds_count") < answers + 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert live.get("/metrics", headers=_key(live, "alpha", "admin")).status_code == 403  # the server's admin only
 
     lines: list[str] = []

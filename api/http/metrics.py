@@ -13,7 +13,7 @@ and the API port has none. docs/operations.md lists every metric, a scrape confi
   ``colsmol_index_load_seconds`` by collection;
 - ``colsmol_model_load_seconds`` by model (encoder, generator);
 - ``colsmol_answer_first_token_seconds``, ``colsmol_answer_tokens_per_second`` (streamed answers: the generator's
-  streamed text pieces after the first, per second of decoding) and ``colsmol_answer_seconds``;
+  streamed text pieces after the first, per second of decoding) and ``colsmol_answer_seconds`` (every answer);
 - the process's own (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ...).
 """
 
@@ -102,7 +102,10 @@ TOKENS_PER_SECOND = Histogram(
     registry=REGISTRY,
 )
 ANSWER_SECONDS = Histogram(
-    "colsmol_answer_seconds", "Time to generate a whole answer.", buckets=LATENCY_BUCKETS, registry=REGISTRY
+    "colsmol_answer_seconds",
+    "Time to a whole answer (search and generation; streamed ones to their last text).",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 
 
@@ -150,6 +153,12 @@ def observe_ingest(collection: str) -> Callable[[IngestReport], None]:
     return observe
 
 
+def observe_answer(timings: dict[str, float]) -> None:
+    """A whole (not streamed) answer: its search and generation time."""
+    if "generate" in timings:
+        ANSWER_SECONDS.observe(timings.get("search", 0.0) + timings["generate"])
+
+
 def observe_batch(size: int, waits: Iterable[float]) -> None:
     SEARCH_BATCH.observe(size)
     for w in waits:
@@ -167,27 +176,29 @@ def load_models(rag: RAGPipeline) -> None:
 
 
 def timed_stream(pieces: Iterable[T]) -> Iterator[T]:
-    """Pass a streamed answer through, observing its first-text time, decode speed and total time."""
+    """Pass a streamed answer through (text pieces, then its final Answer), observing its first-text time,
+    decode speed and total time when the final item passes (a consumer need not exhaust the iterator)."""
     started = time.perf_counter()
     first: float | None = None
     count = 0
     try:
         for piece in pieces:
-            if isinstance(piece, str) and piece:
-                now = time.perf_counter()
-                if first is None:
-                    first = now
-                    FIRST_TOKEN.observe(now - started)
-                count += 1
+            now = time.perf_counter()
+            if isinstance(piece, str):
+                if piece:
+                    if first is None:
+                        first = now
+                        FIRST_TOKEN.observe(now - started)
+                    count += 1
+            else:
+                ANSWER_SECONDS.observe(now - started)
+                if first is not None and count > 1 and now > first:
+                    TOKENS_PER_SECOND.observe((count - 1) / (now - first))
             yield piece
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()  # a client that went away stops the generation now, not when this is collected
-    end = time.perf_counter()
-    ANSWER_SECONDS.observe(end - started)
-    if first is not None and count > 1 and end > first:
-        TOKENS_PER_SECOND.observe((count - 1) / (end - first))
 
 
 def exposition() -> tuple[bytes, str]:

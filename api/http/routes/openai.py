@@ -26,7 +26,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from api.http.deps import AnswersDep, PrincipalDep, SettingsDep, services_for, visible_collection
-from api.http.metrics import timed_stream
+from api.http.metrics import observe_answer, timed_stream
 from api.http.openai_schemas import (
     MODEL_ID,
     AssistantMessage,
@@ -226,6 +226,7 @@ async def chat_completions(
         answer: Answer = await answers.run(
             request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop)
         )
+        observe_answer(answer.timings)
         citations = await _citations(request, names, answer)
         return ChatCompletion(
             id=completion_id,
