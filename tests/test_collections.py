@@ -330,7 +330,6 @@ def test_pipeline_opens_a_created_collection(tiny_models: dict[str, Path], tmp_p
 def test_the_command_line(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     """``colsmol collections``, ``--collection NAME`` (with the settings it was created with) and ``colsmol keys``,
     as separate processes."""
-    from testkit.pdfs import write_pdf
     from tests.test_ingest import _cli_env, _colsmol
 
     env = _cli_env(tiny_models, tmp_path / "data")
@@ -342,12 +341,12 @@ def test_the_command_line(tiny_models: dict[str, Path], tmp_path: Path) -> None:
         ("colsmol", None, None),
         ("small", 32, "de"),
     ]
-    write_pdf(tmp_path / "s.pdf", [PageSpec(*LETTER, text="small one")])
-    assert _colsmol("ingest", str(tmp_path / "s.pdf"), "-c", "small", "--dpi", "50", env=env).returncode == 0
-    from indexer.store import EdgeStore
+    # Every command builds its settings this way: the collection's own on top of the environment's.
+    from api.cli.common import settings_from
 
-    with EdgeStore(tmp_path / "data" / "qdrant", "small") as store:
-        assert store.get_meta().get("page_longest_edge") == 32  # indexed at the collection's own resolution
+    small = settings_from(collection="small", data_dir=tmp_path / "data")
+    assert small.page_longest_edge == 32 and small.collection == "small"
+    assert settings_from(collection="never-made", data_dir=tmp_path / "data").page_longest_edge is None
 
     made = _colsmol("keys", "create", "--collection", "small", "--role", "read", env=env)
     key = made.stdout.strip()
@@ -357,7 +356,8 @@ def test_the_command_line(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     assert [(k["collection"], k["role"]) for k in keys] == [("small", "read")] and "key" not in keys[0]
     assert _colsmol("keys", "revoke", keys[0]["id"], env=env).returncode == 0
     assert _colsmol("collections", "delete", "small", "--yes", env=env).returncode == 0
-    assert not (tmp_path / "data" / "pages" / "small").exists()
+    assert not (tmp_path / "data" / "collections" / "small").exists()
+    assert _colsmol("collections", "delete", "small", "--yes", env=env).returncode == 1  # "no collection named"
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
@@ -409,14 +409,16 @@ def test_metrics_move_and_requests_carry_an_id(live: httpx.Client, corpus: dict[
     handler.emit = lambda record: lines.append(JsonFormatter().format(record))  # type: ignore[method-assign]
     logger = logging.getLogger("colsmol.access")
     logger.addHandler(handler)
-    level = logger.level
+    level, disabled = logger.level, logger.disabled
     logger.setLevel(logging.INFO)
+    logger.disabled = False  # a text-format server in this process would have turned the access lines off
     try:
         r = live.get("/v1/collections", headers={"X-Request-ID": "trace-42"})
         fresh = live.get("/healthz")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.disabled = disabled
     assert r.headers["x-request-id"] == "trace-42" and len(fresh.headers["x-request-id"]) == 32
     records = [json.loads(line) for line in lines]
     mine = [rec for rec in records if rec["request_id"] == "trace-42"]
