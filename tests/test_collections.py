@@ -261,18 +261,28 @@ def test_mcp_takes_a_collection_and_hides_the_others(live: httpx.Client, corpus:
             "beta": await c.call_tool("search", {"query": "plans", "collection": "beta"}),
             "default": await c.call_tool("list_documents", {}),
             "page": await c.call_tool("get_page", {"point_id": corpus["beta"]["point_id"], "collection": "beta"}),
+            "resource": await _read(c, f"colsmol://collections/beta/pages/{corpus['beta']['point_id']}"),
         }
+
+    async def _read(c: Any, uri: str) -> Any:
+        try:
+            return await c.read_resource(uri)
+        except Exception as exc:  # noqa: BLE001 - the SDK raises the server's resource error
+            return exc
 
     out = asyncio.run(_mcp_http(url, key, work))
     assert out["collections"].structured_content["result"] == ["alpha"]
     hits = out["alpha"].structured_content["result"]
     assert [h["file_name"] for h in hits] == ["a.pdf", "a.pdf"]
     assert "/v1/collections/alpha/pages/" in hits[0]["image_url"]
+    assert hits[0]["page_uri"].startswith("colsmol://collections/alpha/pages/")
+    assert isinstance(out["resource"], Exception) and "no collection named" in str(out["resource"])
     for name in ("beta", "default", "page"):
         assert out[name].is_error and "no collection named" in json.dumps(out[name].model_dump(mode="json")), name
     admin = asyncio.run(_mcp_http(url, ADMIN, work))
     assert admin["collections"].structured_content["result"] == ["colsmol", "alpha", "beta"]
     assert not admin["beta"].is_error and not admin["page"].is_error
+    assert not isinstance(admin["resource"], Exception) and admin["resource"].contents[0].mime_type == "image/webp"
 
 
 def test_cold_collections_load_on_first_use_under_the_budget(live: httpx.Client, corpus: dict[str, Any]) -> None:

@@ -62,7 +62,11 @@ class CollectionServices:
                 pipeline=rag,
                 batcher=SearchBatcher(rag, s.search_batch_window_ms / 1000, s.search_max_batch),
                 jobs=JobRunner(rag, data, on_report=metrics.observe_ingest(name)),
-                doc_names=DocNames(rag.store, url_prefix(name, self.registry.default_name)),
+                doc_names=DocNames(
+                    rag.store,
+                    url_prefix(name, self.registry.default_name),
+                    None if name == self.registry.default_name else name,
+                ),
             )
             self._services[name] = services
             return services

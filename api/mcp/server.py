@@ -7,7 +7,8 @@ an image the model can look at) and ``list_documents``. The same server runs two
 - ``/mcp`` on ``colsmol serve`` (streamable HTTP, :mod:`api.mcp.mount`), sharing the API's pipeline, search
   batcher and answer thread, behind the same ``COLSMOL_API_KEY``.
 
-Every page also has a resource URI, ``colsmol://pages/{point_id}`` (the page image), so clients without HTTP access
+Every page also has a resource URI, ``colsmol://pages/{point_id}`` (the page image; a page of another collection
+than the default one: ``colsmol://collections/{collection}/pages/{point_id}``), so clients without HTTP access
 to the server can still fetch what ``search`` returns. Core errors come back as tool errors carrying colsmol's
 one-line message.
 
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from api.http.routes.common import PAGE_URI, DocNames, shown_name, sources_text
+from api.http.routes.common import COLLECTION_PAGE_URI, PAGE_URI, DocNames, shown_name, sources_text
 from api.http.schemas import FilterValue, HitOut
 from indexer.errors import ColsmolError, InvalidRequest, NotFound
 from indexer.filters import Filter
@@ -206,6 +207,19 @@ def build_server(parts: PartsFor, collections: Callable[[Any], list[str]] | None
     async def page(point_id: str, ctx: Context) -> bytes:
         try:
             p = await _parts(parts, None, ctx)
+            return await asyncio.to_thread(_page_bytes, p.pipeline, point_id, "full")
+        except NotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+
+    @server.resource(
+        COLLECTION_PAGE_URI,
+        name="collection page",
+        description="A stored page image (WebP) of a collection other than the default one.",
+        mime_type="image/webp",
+    )
+    async def collection_page(collection: str, point_id: str, ctx: Context) -> bytes:
+        try:
+            p = await _parts(parts, collection, ctx)
             return await asyncio.to_thread(_page_bytes, p.pipeline, point_id, "full")
         except NotFound as exc:
             raise ResourceNotFoundError(str(exc)) from None

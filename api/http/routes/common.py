@@ -13,6 +13,8 @@ from retriever.search import Hit
 
 #: The MCP resource of a page image (:mod:`api.mcp.server` serves it).
 PAGE_URI = "colsmol://pages/{point_id}"
+#: The same for a page of another collection than the default one.
+COLLECTION_PAGE_URI = "colsmol://collections/{collection}/pages/{point_id}"
 
 
 def page_urls(point_id: str, prefix: str = "/v1") -> tuple[str, str]:
@@ -34,8 +36,10 @@ class DocNames:
     uploads from before sources named them need their document's ``metadata.original_name``, looked up once
     per document and cached."""
 
-    def __init__(self, store: Any, prefix: str = "/v1") -> None:
+    def __init__(self, store: Any, prefix: str = "/v1", collection: str | None = None) -> None:
         self.store = store
+        #: A collection other than the default one (its pages' MCP resources name it), else None.
+        self.collection = collection
         #: Where this collection's routes are (page image URLs are built under it).
         self.prefix = prefix
         self._names: dict[str, str | None] = {}
@@ -74,7 +78,11 @@ class DocNames:
                     score=round(float(hit.score), 6),
                     image_url=None if base_url is None else base_url + image_url,
                     thumb_url=None if base_url is None else base_url + thumb_url,
-                    page_uri=PAGE_URI.format(point_id=hit.point_id),
+                    page_uri=(
+                        COLLECTION_PAGE_URI.format(collection=self.collection, point_id=hit.point_id)
+                        if self.collection
+                        else PAGE_URI.format(point_id=hit.point_id)
+                    ),
                     regions=[RegionOut(**r.to_dict()) for r in hit.regions],
                 )
             )
