@@ -32,13 +32,17 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH
 
 # Python 3.11+ with venv (the CUDA base has no Python: Ubuntu 24.04 brings 3.12; python:3.11-slim
-# already has it), and poppler-utils for the optional pdf2image renderer (COLSMOL_RENDERER=poppler).
+# already has it), poppler-utils for the optional pdf2image renderer (COLSMOL_RENDERER=poppler), and LibreOffice
+# without its GUI (Writer, Calc, Impress) with metric-compatible fonts, which converts Office, web, Markdown, EPUB
+# and text files to PDF for ingest (util-linux's unshare, already in the base images, gives it no network).
 RUN set -eux; \
     apt-get update; \
     if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
         apt-get install -y --no-install-recommends python3 python3-venv; \
     fi; \
-    apt-get install -y --no-install-recommends poppler-utils ca-certificates; \
+    apt-get install -y --no-install-recommends poppler-utils ca-certificates \
+        libreoffice-core-nogui libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui \
+        fonts-crosextra-carlito fonts-crosextra-caladea; \
     rm -rf /var/lib/apt/lists/*; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/python -m pip install --upgrade pip

@@ -11,6 +11,12 @@ The stages overlap: a render thread, a pool of preprocessing threads (Idefics3 t
 spot), the encoder on the calling thread and a writer thread. Queues are bounded, so memory stays
 flat however long a PDF is. A ``kill -9`` at any point leaves at worst an incomplete document, which
 the next run finishes (pages already stored are not embedded again).
+
+Text first: before any page is rendered for the encoder, every file of the batch has its pages' text
+(:mod:`indexer.text`: the PDF text layer, or OCR) stored as text-only points, so the whole batch is
+searchable by text within seconds; the embedding then replaces each point with its visual one, text kept.
+A run that dies between the two stages leaves text-only pages, which the next run embeds (their text is
+read back, never extracted twice).
 """
 
 from __future__ import annotations
@@ -41,8 +47,20 @@ from indexer.errors import (
 )
 from indexer.hashing import sha256_file
 from indexer.images import PageImageStore
-from indexer.render import display_path, file_page_count, iter_file_pages, make_renderer, walk_inputs
-from indexer.store.base import UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
+from indexer.render import (
+    SUPPORTED_SUFFIXES,
+    display_path,
+    file_page_count,
+    iter_file_pages,
+    make_renderer,
+    walk_inputs,
+)
+from indexer.render.containers import CONVERTIBLE_SUFFIXES
+from indexer.render.office import OfficeConverter, needs_conversion
+from indexer.stages import StageClock
+from indexer.store.base import STAGE_TEXT, UPLOAD_PREFIX, VectorStore, page_point_id, source_file_name
+from indexer.store.sparse import language_of
+from indexer.text import DEFAULT_MAX_CHARS, OcrMode, check_ocr, iter_page_texts
 from indexer.types import DocumentInfo, PageRecord, RenderedPage
 
 if TYPE_CHECKING:
@@ -52,7 +70,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Status = Literal["indexed", "unchanged", "failed", "skipped"]
-EventKind = Literal["file", "pages", "done"]
+EventKind = Literal["file", "text", "pages", "done", "stages"]
 
 
 class PageEncoder(Protocol):
@@ -123,8 +141,8 @@ class IngestReport:
     seconds: float = 0.0
     #: Seconds spent loading the encoder (not part of pages/s).
     load_seconds: float = 0.0
-    #: Busy seconds per stage, summed over its threads (render, preprocess, encode, store): where the time goes.
-    stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: Seconds per stage, ``{"wall": ..., "busy": ...}`` (:mod:`indexer.stages`).
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[FileResult]:
@@ -152,8 +170,8 @@ class IngestReport:
             "pages_embedded": self.pages_embedded,
             "seconds": round(self.seconds, 3),
             "load_seconds": round(self.load_seconds, 3),
-            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "pages_per_second": round(self.pages_per_second, 2),
+            "stages": {view: {k: round(v, 3) for k, v in times.items()} for view, times in self.stages.items()},
             "pruned": self.pruned,
             "files": [asdict(f) for f in self.files],
         }
@@ -161,14 +179,17 @@ class IngestReport:
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """Fed to the ``progress`` callback: ``kind`` is "file" (a file started, ``total`` = its pages),
-    "pages" (``n`` pages stored) or "done" (a file finished, ``result`` set)."""
+    """Fed to the ``progress`` callback: ``kind`` is "file" (a file opened, ``total`` = its pages), "text" (the
+    text of ``n`` of its pages stored: searchable by text), "pages" (``n`` pages embedded and stored), "done"
+    (a file finished, ``result`` set) or "stages" (the run ended, ``stages`` holds its seconds per stage,
+    :mod:`indexer.stages`). Every "file" and "text" event of a batch comes before its first "pages"."""
 
     kind: EventKind
     path: str = ""
     n: int = 0
     total: int = 0
     result: FileResult | None = None
+    stages: Mapping[str, Mapping[str, float]] | None = None
 
 
 def doc_id_for(content_hash: str) -> str:
@@ -187,7 +208,7 @@ def doc_id_for(content_hash: str) -> str:
 class _Doc:
     """Book-keeping of one document in flight."""
 
-    path: Path  # the file to render (resolved)
+    path: Path  # the file to render (resolved): the original, or its converted PDF
     source: str  # how it is stored and shown: display_path(path), or upload:<name>
     sources: list[str]  # every known path of this content once it completes, source first
     doc_id: str
@@ -200,6 +221,10 @@ class _Doc:
     pending: int = 0  # pages sent to the encoder, not yet stored
     rendered_all: bool = False
     failed: bool = False
+    #: Page number -> the text payload fields (``text``, ``word_boxes``, ``text_source``), kept for the visual write.
+    texts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Pages whose visual embedding is already stored (a resumed run skips them).
+    visual_done: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -219,10 +244,11 @@ class _DocEnd:
 
 @dataclass(frozen=True)
 class _Batch:
-    """Encode -> write queue: embedded pages."""
+    """Encode -> write queue: embedded pages and their pooled prefetch vectors (``None`` without a pool)."""
 
     items: list[_Page]
     vectors: list[np.ndarray]
+    pooled: list[np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -232,6 +258,9 @@ class _Stop:
 
 _STOP = _Stop()
 
+
+#: What a folder walk picks up: files the renderer reads, and files LibreOffice converts to PDF first.
+INGEST_SUFFIXES = SUPPORTED_SUFFIXES | CONVERTIBLE_SUFFIXES
 
 Progress = Callable[[ProgressEvent], None]
 RendererName = Literal["pdfium", "poppler"]
@@ -243,6 +272,8 @@ class Ingestor:
     ``encoder`` is touched only when a page really needs embedding. ``pool`` turns a page multivector
     into the small pooled set stored for prefetch (the retriever's ``prefetch_vectors``), or None.
     ``hooks`` sees every store write (a live search index in the same process follows them).
+    ``converter`` turns Office, web, Markdown, EPUB and text files into PDFs (default: LibreOffice, cached under
+    ``images.root / ".converted"``).
     """
 
     def __init__(
@@ -260,6 +291,9 @@ class Ingestor:
         hooks: WriteHooks | None = None,
         on_encoder_load: Callable[[], None] | None = None,
         image_workers: int | None = None,
+        converter: OfficeConverter | None = None,
+        ocr: OcrMode = "off",
+        text_max_chars: int = DEFAULT_MAX_CHARS,
     ) -> None:
         self.store = store
         self.encoder = encoder
@@ -282,11 +316,13 @@ class Ingestor:
         self._embedded = 0
         self.hooks: WriteHooks = hooks or _NoHooks()
         self._load_seconds = 0.0
-        self._stages: dict[str, float] = {}
-        self._stages_lock = threading.Lock()
         self._encoder_checked = False
+        self._clock = StageClock()
         self._source_names: dict[Path, str] = {}
         self._walked: set[str] = set()
+        self.converter = converter or OfficeConverter(OfficeConverter.default_cache_dir(images.root))
+        self.ocr: OcrMode = ocr
+        self.text_max_chars = text_max_chars
 
     # ------------------------------------------------------------------ public
     def ingest(
@@ -307,17 +343,20 @@ class Ingestor:
         emit: Progress = progress or (lambda _e: None)
         self._embedded = 0
         self._load_seconds = 0.0
-        self._stages = {}
         self._encoder_checked = False
+        clock = self._clock = StageClock()
         self._source_names = {Path(k): v for k, v in (source_names or {}).items()}
         paths = [Path(p) for p in paths]
-        walk = walk_inputs(paths, exclude=[self.images.root])
+        walk = walk_inputs(paths, INGEST_SUFFIXES, exclude=[self.images.root, self.converter.cache_dir])
         self._walked = {display_path(f.resolve()) for f in walk.files}
         for p, reason in walk.failed:
             report.files.append(FileResult(display_path(p), "failed", error=reason))
         for p, reason in walk.skipped:
             report.files.append(FileResult(display_path(p), "skipped", error=reason))
         self.images.remove_stale_temporaries()
+        if walk.files:
+            check_ocr(self.ocr)  # COLSMOL_OCR=on without Tesseract: one clear error before any work
+        clock.add_wall("setup", time.perf_counter() - started)
         try:
             self._run(walk.files, dict(metadata or {}), report, emit)
         except DiskFull:
@@ -329,10 +368,12 @@ class Ingestor:
         finally:
             report.pages_embedded = self._embedded
             report.load_seconds = self._load_seconds
-            report.stage_seconds = dict(self._stages)
         if prune:
-            report.pruned = self.prune(paths)
+            with clock.wall("prune"):
+                report.pruned = self.prune(paths)
         report.seconds = time.perf_counter() - started
+        report.stages = clock.snapshot()
+        emit(ProgressEvent("stages", stages=report.stages))
         return report
 
     def prune(self, paths: Iterable[str | Path]) -> list[str]:
@@ -341,7 +382,7 @@ class Ingestor:
         upload) are never touched by pruning this folder."""
         given = [Path(p) for p in paths]
         roots = [display_path(p.expanduser().resolve()) for p in given]
-        walked = {display_path(f.resolve()) for f in walk_inputs(given).files}
+        walked = {display_path(f.resolve()) for f in walk_inputs(given, INGEST_SUFFIXES).files}
 
         def under_roots(source: str) -> bool:
             return any(source == r or source.startswith(r.rstrip("/") + "/") for r in roots)
@@ -370,28 +411,34 @@ class Ingestor:
         write_q: queue.Queue[_Batch | _DocEnd | _Stop] = queue.Queue(maxsize=4)
         errors: list[BaseException] = []
         stop = threading.Event()
+        # Office files convert in the background meanwhile (several at a time), so opening them mostly waits less.
+        ahead: list[threading.Thread] = self._convert_ahead(files, stop)
+        # Text first, for the whole batch: every page is searchable by text before the first is embedded.
+        docs = []
+        with self._clock.wall("text"):
+            for path in files:
+                with self._clock.busy("render"):  # hashing, page counting and conversion included
+                    doc = self._open_doc(path, metadata, report, emit)
+                if doc is not None:
+                    with self._clock.busy("text"):
+                        self._store_text(doc, emit)
+                    docs.append(doc)
 
         def render_stage() -> None:
             try:
-                for path in files:
+                for doc in docs:
                     if stop.is_set():
                         break
-                    doc = self._open_doc(path, metadata, report, emit)
-                    if doc is None:
-                        continue
                     try:
-                        t = time.perf_counter()
-                        for page in self._pages_to_embed(doc):
-                            self._stage_time("render", time.perf_counter() - t)
+                        for page in self._clock.timed_iter(self._pages_to_embed(doc), "render"):
                             if stop.is_set():
                                 break
                             doc.pending += 1
                             pages_q.put(_Page(doc, page))
-                            t = time.perf_counter()
                     except DocumentError as exc:
                         self._fail(doc, exc.reason)
                     except Exception as exc:  # noqa: BLE001 - one file must not stop the batch
-                        log.exception("rendering %s failed", path)
+                        log.exception("rendering %s failed", doc.path)
                         self._fail(doc, f"rendering failed: {exc}")
                     # An end marker per document travels in order with its pages.
                     pages_q.put(_DocEnd(doc))
@@ -404,9 +451,10 @@ class Ingestor:
             try:
                 while not isinstance(job := write_q.get(), _Stop):
                     if isinstance(job, _DocEnd):
-                        self._finish_doc(job.doc, emit)
+                        with self._clock.busy("store"):
+                            self._finish_doc(job.doc, emit)
                     else:
-                        self._timed("store", self._write, job.items, job.vectors, emit)
+                        self._write(job.items, job.vectors, job.pooled, emit)
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
@@ -423,8 +471,11 @@ class Ingestor:
             self._encode_stage(pages_q, write_q, stop)
         except BaseException:
             stop.set()
+            self.converter.close(cancel=True)  # Ctrl-C or a fault: no LibreOffice keeps running
             raise
         finally:
+            waited = time.perf_counter()  # the writer's last batches, then its threads
+            cancelled = stop.is_set()
             write_q.put(_STOP)
             # Unblock the renderer if it is waiting on a full queue.
             while renderer_t.is_alive():
@@ -433,8 +484,13 @@ class Ingestor:
                 except queue.Empty:
                     pass
             writer_t.join()
+            stop.set()  # the renderer is done: nothing more to convert ahead
+            for t in ahead:
+                t.join()
+            self.converter.close(cancel=cancelled or bool(errors))
             self._image_pool.shutdown(wait=True)
             self._image_pool = None
+            self._clock.add_wall("write", time.perf_counter() - waited)
         if errors:
             raise errors[0]
 
@@ -447,14 +503,19 @@ class Ingestor:
         """Batch pages, preprocess batches on a thread pool, embed in order on this thread."""
         in_flight: list[tuple[list[_Page], Future[Any]]] = []
         batch: list[_Page] = []
+        clock = self._clock
+
+        def preprocess(images: list[Image.Image]) -> Any:
+            with clock.busy("preprocess"):
+                return self.encoder.preprocess_pages(images)
+
         with ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="colsmol-preprocess") as pool:
 
             def submit() -> None:
                 nonlocal batch
                 if batch:
                     images = [it.page.image for it in batch]
-                    work = pool.submit(self._timed, "preprocess", self.encoder.preprocess_pages, images)
-                    in_flight.append((batch, work))
+                    in_flight.append((batch, pool.submit(preprocess, images)))
                     batch = []
 
             def drain(keep: int) -> None:
@@ -463,25 +524,33 @@ class Ingestor:
                     if all(it.doc.result.status == "failed" for it in items):
                         continue  # its file already failed on the device: the rest of it is not embedded
                     try:
-                        vectors = self._timed("encode", self.encoder.embed_preprocessed, fut.result())
+                        with clock.wall("preprocess"):
+                            inputs = fut.result()
+                        with clock.both("encode"):
+                            vectors = self.encoder.embed_preprocessed(inputs)
                     except DeviceOutOfMemory as exc:  # a page that does not fit alone fails its file, not the run
                         log.warning("%s", for_interface(exc, "cli"))
                         for it in items:
                             it.doc.result.status, it.doc.result.error = "failed", HintedText(str(exc), exc.hints)
                         continue
-                    write_q.put(_Batch(items, vectors))
+                    # pooled here, not on the writer thread: the one thread every store write waits on
+                    pooled = [self.pool(v) if self.pool is not None else None for v in vectors]
+                    with clock.wall("write"):  # blocks while the writer is behind
+                        write_q.put(_Batch(items, vectors, pooled))
 
             # On an accelerator each preprocessed batch sits in its memory: one waits while one runs, no more.
             ahead = min(self.preprocess_workers, getattr(self.encoder, "batches_ahead", None) or 1 << 30)
 
             while True:
-                item = pages_q.get()
+                with clock.wall("render"):
+                    item = pages_q.get()
                 if isinstance(item, _Stop) or stop.is_set():
                     break
                 if isinstance(item, _DocEnd):  # a document ended: flush its pages first, in order
                     submit()
                     drain(0)
-                    write_q.put(item)
+                    with clock.wall("write"):
+                        write_q.put(item)
                     continue
                 if not in_flight and not batch:
                     self._load_encoder()  # before the first page: its time is not embedding time
@@ -493,38 +562,44 @@ class Ingestor:
                 submit()
                 drain(0)
 
-    def _stage_time(self, stage: str, seconds: float) -> None:
-        with self._stages_lock:
-            self._stages[stage] = self._stages.get(stage, 0.0) + seconds
-
-    def _timed(self, stage: str, fn: Callable[..., T], *args: Any) -> T:
-        t = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self._stage_time(stage, time.perf_counter() - t)
-
     def _load_encoder(self) -> None:
         t = time.perf_counter()
+        calibrated = float(getattr(self.encoder, "calibration_seconds", 0.0))
         self.encoder.load()
-        self._load_seconds += time.perf_counter() - t
+        spent = time.perf_counter() - t
+        self._load_seconds += spent
+        # The runtime measurement (``ColSmolEncoder.calibration_seconds``) is reported apart from the loading.
+        calibrate = min(spent, max(0.0, float(getattr(self.encoder, "calibration_seconds", 0.0)) - calibrated))
+        for stage, seconds in (("load", spent - calibrate), ("calibrate", calibrate)):
+            if seconds > 0:
+                self._clock.add_wall(stage, seconds)
+                self._clock.add_busy(stage, seconds)
         if self.on_encoder_load is not None and not self._encoder_checked:
             self.on_encoder_load()  # e.g. refuse a page resolution the collection was not indexed at
             self._encoder_checked = True
 
-    def _write(self, items: list[_Page], vectors: list[np.ndarray], emit: Progress) -> None:
+    def _write(
+        self, items: list[_Page], vectors: list[np.ndarray], pooled: list[np.ndarray | None], emit: Progress
+    ) -> None:
         require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
+        clock = self._clock
+
+        def save(pid: str, image: Image.Image) -> None:
+            with clock.busy("images"):
+                self.images.save(pid, image)
+
         saves = (
-            [self._image_pool.submit(self.images.save, pid, it.page.image) for pid, it in zip(pids, items, strict=True)]
+            [self._image_pool.submit(save, pid, it.page.image) for pid, it in zip(pids, items, strict=True)]
             if self._image_pool is not None
             else None
         )
         if saves is None:
             for pid, it in zip(pids, items, strict=True):
-                self.images.save(pid, it.page.image)
+                save(pid, it.page.image)
         records = []
-        for pid, it, vec in zip(pids, items, vectors, strict=True):
+        started = time.perf_counter()  # payloads: part of the store stage
+        for pid, it, vec, pool in zip(pids, items, vectors, pooled, strict=True):
             d, page = it.doc, it.page
             payload = {
                 "kind": "page",
@@ -538,12 +613,14 @@ class Ingestor:
                 "content_hash": d.content_hash,
                 "ingested_at": d.ingested_at,
                 "metadata": d.metadata,
+                **d.texts.get(page.page_number, {}),
             }
-            pooled = self.pool(vec) if self.pool is not None else None
-            records.append(PageRecord(pid, vec, payload, pooled))
+            records.append(PageRecord(pid, vec, payload, pool))
+        clock.add_busy("store", time.perf_counter() - started)
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one
-        self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
+        with clock.busy("store"):
+            self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
         self._embedded += len(items)
         for it in items:
             it.doc.pending -= 1
@@ -593,7 +670,10 @@ class Ingestor:
                 self._forget_path(others, source)
                 emit(ProgressEvent("done", result.path, result=result))
                 return None
-            page_count = file_page_count(path, self.renderer, self.password)
+            render_path = path.resolve()
+            if needs_conversion(path):
+                render_path = self.converter.result(path, content_hash)
+            page_count = file_page_count(render_path, self.renderer, self.password)
         except DocumentError as exc:
             fail(exc.reason)
             return None
@@ -610,7 +690,7 @@ class Ingestor:
             return None
         emit(ProgressEvent("file", result.path, total=page_count))
         return _Doc(
-            path=path.resolve(),
+            path=render_path,
             source=source,
             sources=sources,
             doc_id=doc_id,
@@ -621,6 +701,31 @@ class Ingestor:
             others=others,
             result=result,
         )
+
+    def _convert_ahead(self, files: Sequence[Path], stop: threading.Event) -> list[threading.Thread]:
+        """Start converting the files that need LibreOffice in the background (``converter.workers`` at a time),
+        in order, so conversions overlap each other and the embedding of earlier files. Unchanged files are left."""
+        todo = [p for p in files if p.suffix.lower() in CONVERTIBLE_SUFFIXES]
+        if not todo:
+            return []
+
+        def submit_all() -> None:
+            for path in todo:
+                if stop.is_set():
+                    return
+                try:
+                    if not needs_conversion(path):
+                        continue
+                    content_hash = sha256_file(path)
+                    existing = self.store.get_document(doc_id_for(content_hash))
+                    if existing is None or not existing.complete:
+                        self.converter.submit(path, content_hash)
+                except Exception as exc:  # noqa: BLE001 - _open_doc reports this file's problem in order
+                    log.debug("not converting %s ahead: %s", path, exc)
+
+        thread = threading.Thread(target=submit_all, name="colsmol-convert-ahead", daemon=True)
+        thread.start()
+        return [thread]
 
     def _set_sources(self, doc_id: str, sources: list[str]) -> None:
         shown = {"source": sources[0], "file_name": source_file_name(sources[0])}
@@ -637,26 +742,88 @@ class Ingestor:
                 self._delete(doc.doc_id)
 
     def _pages_to_embed(self, doc: _Doc) -> Iterable[RenderedPage]:
-        """The document's pages, minus those a crashed earlier run already stored."""
-        done: set[int] = set()
-        stored = self.store.page_ids(doc.doc_id)
-        if stored:
-            payloads = self.store.get_payloads(stored)
-            for pid, pl in payloads.items():
-                if self.images.exists(pid):
-                    done.add(int(pl["page_number"]))
+        """The document's pages, minus those whose embedding an earlier (crashed) run already stored."""
+        done = doc.visual_done
+        if done:
             doc.result.pages += len(done)
-            log.info("%s: resuming, %d of %d pages already stored", doc.source, len(done), doc.page_count)
+            log.info("%s: resuming, %d of %d pages already embedded", doc.source, len(done), doc.page_count)
         for page in iter_file_pages(doc.path, self.renderer, self.dpi, self.password):
             if page.page_number not in done:
                 yield page
+
+    def _store_text(self, doc: _Doc, emit: Progress) -> None:
+        """Store the text of the document's pages not stored yet (text-only points); keep every page's text for
+        the visual write. Pages an earlier run stored keep their text (read back, never extracted again)."""
+        stored = self.store.page_ids(doc.doc_id)
+        have: set[int] = set()
+        if stored:
+            for pid, pl in self.store.get_payloads(stored).items():
+                n = int(pl["page_number"])
+                have.add(n)
+                if "text" in pl:
+                    doc.texts[n] = {k: pl[k] for k in ("text", "word_boxes", "text_source") if k in pl}
+                if pl.get("stage") != STAGE_TEXT and self.images.exists(pid):
+                    doc.visual_done.add(n)
+        if have:
+            emit(ProgressEvent("text", doc.result.path, n=len(have)))
+        if len(have) >= doc.page_count:
+            return
+        common = {
+            "kind": "page",
+            "doc_id": doc.doc_id,
+            "source": doc.sources[0],
+            "file_name": source_file_name(doc.sources[0]),
+            "page_count": doc.page_count,
+            "content_hash": doc.content_hash,
+            "ingested_at": doc.ingested_at,
+            "metadata": doc.metadata,
+        }
+        batch: list[tuple[str, dict[str, Any]]] = []
+        read = 0  # pages read since the last event
+
+        def flush() -> None:
+            nonlocal read
+            if batch:
+                pages = list(batch)
+                self.hooks.apply(lambda: self.store.upsert_text_pages(pages))
+                batch.clear()
+            if read:
+                emit(ProgressEvent("text", doc.result.path, n=read))
+                read = 0
+
+        try:
+            texts = iter_page_texts(
+                doc.path,
+                doc.page_count,
+                password=self.password,
+                ocr=self.ocr,
+                language=language_of(doc.metadata),
+                max_chars=self.text_max_chars,
+                skip=have,
+            )
+            for text in texts:
+                fields = text.payload()
+                doc.texts[text.page_number] = fields
+                read += 1
+                if self.store.text_enabled:
+                    pid = page_point_id(doc.doc_id, text.page_number)
+                    batch.append((pid, {**common, "page_number": text.page_number, **fields}))
+                if read >= 64:
+                    flush()
+            flush()
+        except DocumentError as exc:
+            log.warning("%s: no page text (%s); searched by images only", doc.source, exc.reason)
+        except ColsmolError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - no text is no reason to fail a file: its pictures still count
+            log.warning("%s: no page text (%s: %s); searched by images only", doc.source, type(exc).__name__, exc)
 
     def _finish_doc(self, doc: _Doc, emit: Progress) -> None:
         if doc.failed:
             # Rendering failures are deterministic (a corrupt page stays corrupt): drop the partial pages.
             self._delete(doc.doc_id)
         else:
-            stored = len(self.store.page_ids(doc.doc_id))
+            stored = self.store.visual_page_count(doc.doc_id)
             if stored != doc.page_count:
                 doc.failed = True
                 doc.result.status = "failed"
@@ -690,6 +857,7 @@ class Ingestor:
         pids = self.store.page_ids(doc_id)
         n = self.hooks.apply(lambda: self.store.delete_document(doc_id), deleted=pids)
         self.images.delete(pids)
+        self.converter.forget(doc_id)
         return n
 
 

@@ -106,12 +106,24 @@ class Settings(BaseSettings):
     renderer: Literal["pdfium", "poppler"] = Field("pdfium", description="PDF renderer.")
     index_dtype: Literal["fp16", "int8"] = Field("fp16", description="Token index precision on the device.")
     pool_factor: int = Field(1, ge=1, le=8, description="Token pooling factor of the search index (1 = exact).")
-    search_mode: Literal["exact", "two-stage"] = Field(
+    search_mode: Literal["exact", "two-stage", "tiered", "auto"] = Field(
         "exact",
-        description="exact: every page scored on the device; two-stage: Qdrant prefetch on pooled vectors, "
-        "then exact rerank (for corpora larger than the device's memory).",
+        description="exact: every page's tokens resident and scored; tiered: pooled vectors resident (about 9 KB a "
+        "page) propose prefetch_candidates pages, ranked exactly from the token file on local disk (corpora beyond "
+        "memory); auto: exact while the exact index fits index_memory_gb, else tiered (chosen at start, logged, "
+        "shown in /readyz); two-stage: Qdrant prefetch on pooled vectors, then exact rerank of vectors read back "
+        "from the store.",
     )
-    prefetch_candidates: int = Field(200, ge=1, le=10_000, description="Candidates per query in two-stage mode.")
+    prefetch_candidates: int = Field(
+        200, ge=1, le=10_000, description="Candidates per query that tiered and two-stage search rank exactly."
+    )
+    index_memory_gb: float = Field(
+        8.0,
+        gt=0,
+        le=100_000,
+        description="auto search mode: the memory the exact index may take (pages x 1,100 tokens x 256 B in fp16, "
+        "132 B in int8); a larger collection is searched tiered.",
+    )
     index_sync_interval_s: float = Field(
         1.0,
         ge=0,
@@ -141,6 +153,28 @@ class Settings(BaseSettings):
         description="lean decoding: compute the answer model's page features at ingest (about 20-30 s a page on "
         "2 CPU cores) so questions pay for their text only; implies generator_page_features=disk.",
     )
+    ocr: Literal["auto", "off", "on"] = Field(
+        "auto",
+        description="OCR (Tesseract) for pages without a text layer (scans, photos): auto runs it when the tesseract "
+        "command is installed, on requires it, off never runs it.",
+    )
+    text_max_chars: int = Field(
+        20_000, ge=0, le=1_000_000, description="Most characters of text kept per page (payload size bound)."
+    )
+    query_mode: Literal["hybrid", "visual", "text"] = Field(
+        "hybrid",
+        description="Default search mode: hybrid (page images and page text, fused by RRF), visual (page images by "
+        "MaxSim) or text (BM25 over page text). A collection without a text index is searched by images.",
+    )
+    fusion_k: int = Field(60, ge=1, le=10_000, description="hybrid: the RRF constant (score = sum of 1/(k + rank)).")
+    fusion_depth: int = Field(
+        50, ge=1, le=1000, description="hybrid: pages each side (images, text) contributes to the fusion."
+    )
+    answer_page_text: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Give the answer model the cited pages' text besides their images: auto = on for the openai "
+        "backend (tokens are cheap there), off for smolvlm (a small context window).",
+    )
     max_new_tokens: int = Field(256, ge=1, le=4096, description="Answer length limit.")
     api_key: str | None = Field(None, description="When set, /v1 routes need 'Authorization: Bearer <key>'.")
     qdrant_shard_number: int | None = Field(
@@ -151,6 +185,20 @@ class Settings(BaseSettings):
     )
     qdrant_write_consistency_factor: int | None = Field(
         None, ge=1, description="Replicas that must confirm a write to a new server collection (default 1)."
+    )
+    convert_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Office, web, Markdown, EPUB and text files: seconds one LibreOffice conversion may take before "
+        "its whole process group is killed (the file fails, the batch goes on).",
+    )
+    convert_workers: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="Office conversions run at the same time (each LibreOffice takes about one core); unset: half "
+        "the cores, 1 to 4.",
     )
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest file one upload may carry.")
     max_upload_files: int = Field(20, ge=1, description="Most files in one upload request.")
@@ -200,6 +248,7 @@ class Settings(BaseSettings):
         "page_longest_edge",
         "index_memory_budget_mb",
         "metrics_port",
+        "convert_workers",
         mode="before",
     )
     @classmethod

@@ -59,6 +59,17 @@ class DocumentInfo:
     complete: bool
     metadata: dict[str, Any] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    #: Pages with their visual embedding stored (the rest are searchable by text only, so far).
+    pages_visual: int | None = None
+
+    @property
+    def state(self) -> str:
+        """``complete`` (every page embedded, the document listed), ``visual`` (embedding under way: some pages
+        searchable by pictures) or ``text`` (only the pages' text is stored yet: searchable by text)."""
+        if self.complete:
+            return "complete"
+        visual = self.pages_stored if self.pages_visual is None else self.pages_visual
+        return "visual" if visual > 0 else "text"
 
     @property
     def paths(self) -> tuple[str, ...]:

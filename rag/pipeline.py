@@ -1,7 +1,7 @@
 """``RAGPipeline``: the Python object users import. Ingest, search, answer, stream, explain.
 
 It composes and owns nothing else: the store (``indexer.store``), the page images, the ColSmolVLM encoder, a
-searcher (``retriever.search``: exact over a ``LiveIndex`` that follows the store, or two-stage), and a generator
+searcher (``rag.searchers``: exact or tiered over a ``LiveIndex`` that follows the store, or two-stage), and a generator
 (``rag.generators``).
 
 A question's path: ``answer`` validates it -> ``search`` embeds it with the encoder and ranks pages by MaxSim ->
@@ -26,18 +26,22 @@ from indexer.filters import Filter
 from indexer.images import PageImageStore
 from indexer.ingest import Ingestor, IngestReport, Progress, RendererName
 from indexer.models.encoder import ColSmolEncoder
+from indexer.render.office import OfficeConverter
 from indexer.resolution import check_longest_edge, recorded_longest_edge
 from indexer.settings import Settings
 from indexer.store import open_store
 from indexer.store.base import VectorStore
+from indexer.text import DEFAULT_MAX_CHARS, OcrMode
 from indexer.types import DocumentInfo
 from rag.generators import make_generator
 from rag.generators.base import Generator, PrecomputesPages
+from rag.searchers import build_searcher
 from rag.types import Answer
+from retriever.hybrid import HybridSearcher, Mode, parse_mode
 from retriever.live_index import LiveIndex
 from retriever.pooling import prefetch_vectors
 from retriever.regions import RegionFinder
-from retriever.search import ExactSearcher, Hit, Searcher, TwoStageSearcher
+from retriever.search import ExactSearcher, Hit, Searcher
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,6 +62,8 @@ NO_DOCUMENTS = HintedText(
     },
 )
 NO_MATCH = "No indexed page matched the question."
+#: Characters of one page's text given to the generator with its image (``answer_page_text``).
+PAGE_TEXT_CONTEXT_CHARS = 4000
 
 FilterLike = Filter | Mapping[str, Any] | None
 
@@ -88,6 +94,11 @@ class RAGPipeline:
         renderer: RendererName = "pdfium",
         dpi: int = 150,
         precompute_pages: bool = False,
+        converter: OfficeConverter | None = None,
+        hybrid: HybridSearcher | None = None,
+        ocr: OcrMode = "off",
+        text_max_chars: int = DEFAULT_MAX_CHARS,
+        answer_page_text: bool = False,
     ) -> None:
         self.store = store
         self.images = images
@@ -98,10 +109,20 @@ class RAGPipeline:
             searcher = ExactSearcher(live_index, encoder.embed_queries, regions=cited_regions(store, encoder))
         self.live_index = live_index
         self.searcher = searcher
+        #: how searches run (rag.searchers.build_searcher; /readyz shows it)
+        self.search_mode = "exact"
+        #: Search modes over ``searcher`` (visual) and the store's text index (:mod:`retriever.hybrid`).
+        self.hybrid = hybrid or HybridSearcher(searcher, store)
+        self.ocr: OcrMode = ocr
+        self.text_max_chars = text_max_chars
+        #: Give the generator the cited pages' text too (as context after the question).
+        self.answer_page_text = answer_page_text
         self.renderer: RendererName = renderer
         self.dpi = dpi
         #: After an ingest, let the generator do its per-page work for the new pages (``PrecomputesPages``).
         self.precompute_pages = precompute_pages
+        #: Turns Office, web, Markdown, EPUB and text files into PDFs for ingest (LibreOffice).
+        self.converter = converter or OfficeConverter(OfficeConverter.default_cache_dir(images.root))
         #: False where the model is shared with other pipelines (``rag.collections``): close() leaves it loaded.
         self.owns_encoder = True
         self.owns_generator = True
@@ -130,35 +151,33 @@ class RAGPipeline:
         owns = (encoder is None, generator is None)
         try:
             encoder = encoder or ColSmolEncoder.from_settings(s)
-            live: LiveIndex | None = None
-            searcher: Searcher
-            regions = cited_regions(store, encoder)
-            if s.search_mode == "two-stage":
-                # Nothing resident: Qdrant proposes candidates from the pooled vectors, the device reranks them.
-                searcher = TwoStageSearcher(
-                    store, encoder.embed_queries, s.prefetch_candidates, s.device, regions=regions
-                )
-            else:
-                live = LiveIndex(
-                    store,
-                    device=s.device,
-                    dtype=s.index_dtype,
-                    pool_factor=s.pool_factor,
-                    cache_dir=s.data_dir / "index-cache" / s.collection,
-                    sync_interval_s=s.index_sync_interval_s,
-                )
-                searcher = ExactSearcher(live, encoder.embed_queries, regions=regions)
+            built = build_searcher(s, store, encoder.embed_queries, cited_regions(store, encoder))
+            images = PageImageStore(s.images_dir / s.collection)
+            hybrid = HybridSearcher(
+                built.searcher, store, rrf_k=s.fusion_k, depth=s.fusion_depth, default_mode=s.query_mode
+            )
+            with_text = s.answer_page_text == "on" or (
+                s.answer_page_text == "auto" and s.generator_backend == "openai"
+            )
             rag = cls(
                 store,
-                PageImageStore(s.images_dir / s.collection),
+                images,
                 encoder,
                 generator if generator is not None else make_generator(s),
-                live_index=live,
-                searcher=searcher,
+                live_index=built.live,
+                searcher=built.searcher,
                 renderer=s.renderer,
                 dpi=s.dpi,
                 precompute_pages=s.generator_precompute,
+                converter=OfficeConverter(
+                    OfficeConverter.default_cache_dir(images.root), s.convert_timeout_s, s.convert_workers
+                ),
+                hybrid=hybrid,
+                ocr=s.ocr,
+                text_max_chars=s.text_max_chars,
+                answer_page_text=with_text,
             )
+            rag.search_mode = f"{built.mode} ({built.reason})" if built.reason != "set" else built.mode
             rag.owns_encoder, rag.owns_generator = owns
             return rag
         except BaseException:
@@ -209,6 +228,9 @@ class RAGPipeline:
             pool=prefetch_vectors,
             hooks=self.live_index,
             on_encoder_load=lambda: self._check_resolution(record=True),
+            converter=self.converter,
+            ocr=self.ocr,
+            text_max_chars=self.text_max_chars,
         )
 
     def _check_resolution(self, record: bool = False) -> None:
@@ -278,11 +300,14 @@ class RAGPipeline:
         return self.store.list_documents(include_incomplete=include_incomplete)
 
     # ------------------------------------------------------------------ search
-    def search(self, query: str, k: int = 10, filter: FilterLike = None) -> list[Hit]:
-        """Top-k pages for ``query`` by MaxSim, best first."""
-        return self.search_batch([query], k=k, filter=filter)[0]
+    def search(self, query: str, k: int = 10, filter: FilterLike = None, mode: Mode | str | None = None) -> list[Hit]:
+        """Top-k pages for ``query``, best first. ``mode``: ``visual`` (MaxSim over page images), ``text`` (BM25 over
+        page text), ``hybrid`` (both, RRF-fused) or None (the default, hybrid); ``Hit.found_by`` names the side(s)."""
+        return self.search_batch([query], k=k, filter=filter, mode=mode)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = 10, filter: FilterLike = None) -> list[list[Hit]]:
+    def search_batch(
+        self, queries: Sequence[str], k: int = 10, filter: FilterLike = None, mode: Mode | str | None = None
+    ) -> list[list[Hit]]:
         """Top-k pages for each query: one encoder pass and one scoring pass for all of them."""
         if isinstance(queries, str):
             raise InvalidRequest("search_batch takes a list of queries; use search() for one")
@@ -290,20 +315,22 @@ class RAGPipeline:
         _check_k(k, MAX_K)
         for q in queries:
             _check_text(q, "query")
+        chosen = self.hybrid.mode(parse_mode(mode))
         if not queries:
             return []
-        self._check_resolution()
-        return self.searcher.search_batch(list(queries), k=k, filter=flt)
+        if chosen != "text":
+            self._check_resolution()
+        return self.hybrid.search_batch(list(queries), k=k, filter=flt, mode=chosen)
 
     # ------------------------------------------------------------------ answer
     def _prepare_answer(
-        self, question: str, k: int, filter: FilterLike
+        self, question: str, k: int, filter: FilterLike, mode: Mode | str | None = None
     ) -> tuple[list[Hit], list[Image.Image], list[str], dict[str, float]]:
         _check_text(question, "question")
         _check_k(k, MAX_ANSWER_K)
         timings: dict[str, float] = {}
         t = time.perf_counter()
-        hits = self.search(question, k=k, filter=filter)
+        hits = self.search(question, k=k, filter=filter, mode=mode)
         timings["search"] = time.perf_counter() - t
         sources: list[Hit] = []
         pages: list[Image.Image] = []
@@ -312,7 +339,10 @@ class RAGPipeline:
             try:
                 img = self.images.load(hit.point_id)
             except (FileNotFoundError, OSError):
-                warnings.append(f"page image missing for {hit.file_name} page {hit.page_number}; skipped")
+                if "visual" not in hit.found_by and hit.found_by:
+                    warnings.append(f"{hit.file_name} page {hit.page_number} is not embedded yet (text only); skipped")
+                else:
+                    warnings.append(f"page image missing for {hit.file_name} page {hit.page_number}; skipped")
                 continue
             sources.append(hit)
             pages.append(img)
@@ -336,16 +366,18 @@ class RAGPipeline:
         filter: FilterLike = None,
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        mode: Mode | str | None = None,
     ) -> Answer:
         """Answer from the top-k pages, citing them. An empty index answers so without loading the generator."""
         if self._empty_index(question, filter):
             return Answer(NO_DOCUMENTS, [], {}, [])
-        sources, pages, warnings, timings = self._prepare_answer(question, k, filter)
+        sources, pages, warnings, timings = self._prepare_answer(question, k, filter, mode)
         if not sources:
             return Answer(NO_MATCH, [], timings, warnings)
         t = time.perf_counter()
         ids = [hit.point_id for hit in sources]
-        text = self._generator().generate(question, pages, max_new_tokens=max_new_tokens, stop=stop, page_ids=ids)
+        prompt = self._with_page_text(question, sources)
+        text = self._generator().generate(prompt, pages, max_new_tokens=max_new_tokens, stop=stop, page_ids=ids)
         timings["generate"] = time.perf_counter() - t
         return Answer(text, sources, timings, warnings)
 
@@ -356,6 +388,7 @@ class RAGPipeline:
         filter: FilterLike = None,
         max_new_tokens: int = 256,
         stop: threading.Event | None = None,
+        mode: Mode | str | None = None,
     ) -> collections.abc.Generator[str | Answer, None, None]:
         """Yield text pieces as they are generated, then one final :class:`Answer` with the sources.
 
@@ -365,7 +398,7 @@ class RAGPipeline:
             yield NO_DOCUMENTS
             yield Answer(NO_DOCUMENTS, [], {}, [])
             return
-        sources, pages, warnings, timings = self._prepare_answer(question, k, filter)
+        sources, pages, warnings, timings = self._prepare_answer(question, k, filter, mode)
         if not sources:
             yield NO_MATCH
             yield Answer(NO_MATCH, [], timings, warnings)
@@ -374,7 +407,8 @@ class RAGPipeline:
         first: float | None = None
         parts: list[str] = []
         ids = [hit.point_id for hit in sources]
-        for piece in self._generator().stream(question, pages, max_new_tokens=max_new_tokens, stop=stop, page_ids=ids):
+        prompt = self._with_page_text(question, sources)
+        for piece in self._generator().stream(prompt, pages, max_new_tokens=max_new_tokens, stop=stop, page_ids=ids):
             if first is None:
                 first = time.perf_counter() - t
             parts.append(piece)
@@ -382,6 +416,22 @@ class RAGPipeline:
         timings["first_token"] = first or 0.0
         timings["generate"] = time.perf_counter() - t
         yield Answer("".join(parts).strip(), sources, timings, warnings)
+
+    def _with_page_text(self, question: str, sources: Sequence[Hit]) -> str:
+        """The question, followed by the cited pages' text when ``answer_page_text`` is on (in the order the page
+        images are given; each page's text cut to ``PAGE_TEXT_CONTEXT_CHARS``)."""
+        if not self.answer_page_text:
+            return question
+        payloads = self.store.get_payloads([h.point_id for h in sources])
+        parts = []
+        for n, hit in enumerate(sources, 1):
+            text = str(payloads.get(hit.point_id, {}).get("text") or "").strip()
+            if text:
+                parts.append(f"[Page {n}: {hit.file_name} p. {hit.page_number}] {text[:PAGE_TEXT_CONTEXT_CHARS]}")
+        if not parts:
+            return question
+        intro = "\n\nText of the pages above (from their text layer; it may miss figures):\n"
+        return question + intro + "\n".join(parts)
 
     # ------------------------------------------------------------------ explain
     def explain(self, query: str, hit: Hit | str, token: int | None = None) -> SimilarityMap:

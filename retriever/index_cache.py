@@ -34,12 +34,14 @@ from typing import Any
 import numpy as np
 
 from indexer.types import PageRecord
+from retriever.tiered_index import TieredIndex, snapshot_kind
 from retriever.token_index import TokenIndex, page_bits
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "snapshot"
 JOURNAL = "journal"
+TIERS = "tiers"
 
 
 class IndexCache:
@@ -49,16 +51,26 @@ class IndexCache:
         self.root = Path(root)
         self.snapshot = self.root / SNAPSHOT
         self.journal = self.root / JOURNAL
+        #: a tiered index's token file (:class:`~retriever.tiered_index.TokenFile`)
+        self.tiers = self.root / TIERS
         self._next = self._last_segment() + 1
 
     # ------------------------------------------------------------------ reading
     def exists(self) -> bool:
         return (self.snapshot / "meta.json").is_file()
 
-    def load(self, device: str) -> TokenIndex:
-        """The snapshot with the journal replayed; raises (OSError, ValueError, KeyError) when unusable."""
-        index = TokenIndex.load(self.snapshot, device=device)
+    def load(self, device: str, candidates: int = 512) -> TokenIndex:
+        """The snapshot with the journal replayed; raises (OSError, ValueError, KeyError) when unusable.
+        ``candidates`` applies to a tiered index."""
         metas = [(seg, json.loads((seg / "meta.json").read_text())) for seg in self._segments()]
+        index: TokenIndex
+        if snapshot_kind(self.snapshot) == TieredIndex.kind:
+            keep = max((s + n for _, m in metas for s, n in m.get("fine_spans") or []), default=0)
+            index = TieredIndex.load(
+                self.snapshot, device=device, root=self.tiers, candidates=candidates, keep_tokens=keep
+            )
+        else:
+            index = TokenIndex.load(self.snapshot, device=device)
         added = sum(sum(meta.get("lengths") or []) for _, meta in metas)
         if added:
             index.reserve(added)  # one copy of the mapped snapshot at its final size, not one per growth
@@ -72,7 +84,19 @@ class IndexCache:
         if meta.get("deleted"):
             index.remove(meta["deleted"])
         ids: list[str] = meta.get("ids") or []
-        if ids:
+        if ids and "fine_spans" in meta:  # a tiered index: the tokens are in its token file already
+            if not isinstance(index, TieredIndex):
+                raise ValueError(f"journal segment {seg.name} belongs to a tiered index")
+            pooled = np.load(seg / "pooled.npy")
+            bounds = np.cumsum([0, *meta["pooled_lengths"]])
+            index.adopt(
+                ids,
+                int(meta["fine_gen"]),
+                [(int(s), int(n)) for s, n in meta["fine_spans"]],
+                [pooled[bounds[i] : bounds[i + 1]] for i in range(len(ids))],
+                meta["payloads"],
+            )
+        elif ids:
             tokens = np.load(seg / "tokens.npy")  # fp16: each page is widened on its own by ``add``
             bounds = np.cumsum([0, *meta["lengths"]])
             vectors = [tokens[bounds[i] : bounds[i + 1]] for i in range(len(ids))]
@@ -88,15 +112,31 @@ class IndexCache:
         deleted: Sequence[str],
         updated: Mapping[str, Mapping[str, Any]] | None,
         version: str,
+        index: TokenIndex | None = None,
     ) -> int:
-        """Append one write to the journal; returns the bytes it took. Needs a snapshot to apply to."""
+        """Append one write to the journal; returns the bytes it took. Needs a snapshot to apply to.
+
+        With the tiered ``index`` that holds the upserted pages, the segment records where their tokens lie in its
+        token file (and their pooled vectors), not the tokens."""
         seg = self.journal / f"{self._next:06d}"
         tmp = self.journal / f".{self._next:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         meta: dict[str, Any] = {"version": version, "deleted": list(deleted), "updated": dict(updated or {})}
         size = 0
-        if upserted:
+        if upserted and isinstance(index, TieredIndex):
+            gen, spans, pooled = index.spans([r.point_id for r in upserted])
+            np.save(tmp / "pooled.npy", np.concatenate(pooled))
+            size += sum(p.nbytes for p in pooled)
+            meta.update(
+                ids=[r.point_id for r in upserted],
+                lengths=[n for _, n in spans],
+                fine_gen=gen,
+                fine_spans=spans,
+                pooled_lengths=[int(p.shape[0]) for p in pooled],
+                payloads=[page_bits(r.payload) for r in upserted],
+            )
+        elif upserted:
             tokens = np.concatenate([np.asarray(r.vectors, dtype=np.float16) for r in upserted])
             np.save(tmp / "tokens.npy", tokens)
             size += tokens.nbytes
@@ -114,6 +154,8 @@ class IndexCache:
         """A new snapshot of ``index`` (swapped in whole), then an empty journal."""
         index.save(self.snapshot)
         shutil.rmtree(self.journal, ignore_errors=True)
+        if not isinstance(index, TieredIndex):  # the search mode changed: a tiered token file is dead weight
+            shutil.rmtree(self.tiers, ignore_errors=True)
         self._next = 1
         for name in ("tokens.npy", "scales.npy", "meta.json"):  # the single-folder layout of colsmol 0.1
             with contextlib.suppress(FileNotFoundError):

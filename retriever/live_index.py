@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from indexer.store.base import VectorStore
 from indexer.types import PageRecord
 from retriever.index_cache import IndexCache
+from retriever.tiered_index import TieredIndex
 from retriever.token_index import TokenIndex
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ COMPACT_MIN_BYTES = 64 << 20
 class LiveIndex:
     """A :class:`TokenIndex` kept in step with ``store``; see the module docstring.
 
-    ``device``, ``dtype`` and ``pool_factor`` configure the index; ``cache_dir`` (optional) is where its cache
-    lives; ``sync_interval_s`` bounds how often searches look for foreign writes (0: on every search).
+    ``device``, ``dtype`` and ``pool_factor`` configure the index; ``tiered`` makes it a
+    :class:`~retriever.tiered_index.TieredIndex` (pooled vectors resident, full tokens memory-mapped from the
+    cache dir, ``candidates`` pages per query reranked exactly; ``dtype``/``pool_factor`` then do not apply);
+    ``cache_dir`` (optional) is where its cache lives;
+    ``sync_interval_s`` bounds how often searches look for foreign writes (0: on every search).
     ``index`` adopts an index already built from this store (benchmarks, tests) instead of loading one.
     ``progress(done, total)``, when set, is told how a build from the store goes (the CLI draws a bar).
     """
@@ -62,6 +66,8 @@ class LiveIndex:
         device: str = "auto",
         dtype: str = "fp16",
         pool_factor: int = 1,
+        tiered: bool = False,
+        candidates: int = 512,
         cache_dir: Path | None = None,
         sync_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -71,6 +77,8 @@ class LiveIndex:
         self.device = device
         self.dtype = dtype
         self.pool_factor = pool_factor
+        self.tiered = tiered
+        self.candidates = int(candidates)
         self.cache = IndexCache(cache_dir) if cache_dir is not None else None
         self.sync_interval_s = float(sync_interval_s)
         self.progress: Callable[[int, int], None] | None = None
@@ -145,6 +153,9 @@ class LiveIndex:
         so the recorded version stays the store's.
         """
         with self._sync_lock:
+            if self.tiered and self._index is None and self.cache is not None:
+                # A tiered journal records where pages lie in the token file, so the index takes every write.
+                self.load()
             index = self._index
             # With no snapshot yet, an empty store can start one now: the journal then holds every page.
             start_cache = index is None and self.cache is not None and not self.cache.exists()
@@ -156,12 +167,15 @@ class LiveIndex:
                     index.remove(deleted)
                 if upserted:
                     index.add(
-                        [r.point_id for r in upserted], [r.vectors for r in upserted], [r.payload for r in upserted]
+                        [r.point_id for r in upserted],
+                        [r.vectors for r in upserted],
+                        [r.payload for r in upserted],
+                        pooled=[r.pooled for r in upserted],
                     )
                 for doc_id, fields in (updated or {}).items():
                     index.update_bits(doc_id, fields)
                 index.mark_synced(version)
-            self._journal(upserted, deleted, updated, version, start_empty=empty_before)
+            self._journal(upserted, deleted, updated, version, start_empty=empty_before, index=index)
             return result
 
     def _journal(
@@ -171,23 +185,36 @@ class LiveIndex:
         updated: Mapping[str, Mapping[str, Any]] | None,
         version: str,
         start_empty: bool,
+        index: TokenIndex | None = None,
     ) -> None:
         cache = self.cache
         if cache is None:
             return
         try:
             if not cache.exists():
+                if isinstance(index, TieredIndex):
+                    # Its snapshot is small (the pooled vectors): write it now, this write included, so a
+                    # killed first ingest restarts from it, not from a rebuild.
+                    cache.save(index)
+                    self._snapshot_stale = False
+                    return
                 if not start_empty:
                     return  # the snapshot is written at close (or after the first build)
-                cache.save(TokenIndex(device="cpu", dtype=self.dtype, pool_factor=self.pool_factor))
-            cache.record(upserted, deleted, updated, version)
+                cache.save(self._new_index("cpu"))
+            cache.record(upserted, deleted, updated, version, index=index)
         except OSError as exc:  # a full disk must not fail the ingest: the cache is only a cache
             log.warning("could not journal a write to the token index cache (%s); it will be rebuilt", exc)
             self._snapshot_stale = True
 
     # ------------------------------------------------------------------ cache
+    def _new_index(self, device: str) -> TokenIndex:
+        if self.tiered:
+            root = self.cache.tiers if self.cache is not None else None
+            return TieredIndex(root, device=device, candidates=self.candidates)
+        return TokenIndex(device=device, dtype=self.dtype, pool_factor=self.pool_factor)
+
     def _build(self) -> TokenIndex:
-        index = TokenIndex(device=self.device, dtype=self.dtype, pool_factor=self.pool_factor)
+        index = self._new_index(self.device)
         total = self.store.count_pages()
         if total:
             log.info("building the search index from the store: %d pages (kept on disk after this)", total)
@@ -200,11 +227,13 @@ class LiveIndex:
         if cache is None or not cache.exists():
             return None
         try:
-            index = cache.load(self.device)
+            index = cache.load(self.device, candidates=self.candidates)
         except Exception as exc:  # noqa: BLE001 - a stale or corrupt cache is rebuilt, never fatal
             log.warning("ignoring the token index cache in %s (%s); rebuilding from the store", cache.root, exc)
             return None
-        if index.dtype != self.dtype or index.pool_factor != self.pool_factor:
+        if isinstance(index, TieredIndex) != self.tiered or (
+            not self.tiered and (index.dtype != self.dtype or index.pool_factor != self.pool_factor)
+        ):
             log.info("the token index cache in %s has other settings; rebuilding from the store", cache.root)
             return None
         return index
@@ -229,4 +258,6 @@ class LiveIndex:
         """Save the cache and drop the index (the store belongs to the caller). A later search loads it again,
         from the cache: unloading under a memory budget is a close."""
         self.save()
+        if self._index is not None:
+            self._index.close()
         self._index = None

@@ -46,6 +46,8 @@ class Hit:
     page_number: int | None
     score: float
     regions: tuple[Region, ...] = ()
+    #: Which side(s) of the search found the page: ``("visual",)``, ``("text",)`` or both (:mod:`retriever.hybrid`).
+    found_by: tuple[str, ...] = ()
 
 
 def _hit(point_id: str, score: float, bits: Mapping[str, Any]) -> Hit:

@@ -24,7 +24,7 @@ import torch
 
 from indexer.filters import Filter
 from indexer.models.device import resolve_device
-from indexer.store.base import TOKENS_ONLY, VectorStore
+from indexer.store.base import STAGE_TEXT, TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, TritonShape, maxsim, pad_queries, quantize_int8, topk, warm_up
 from retriever.pooling import pool_tokens
 
@@ -317,8 +317,10 @@ class TokenIndex:
         point_ids: Sequence[str],
         vectors_list: Sequence[np.ndarray],
         payloads: Sequence[dict[str, Any]] | None = None,
+        pooled: Sequence[np.ndarray | None] | None = None,
     ) -> None:
-        """Insert or replace pages: ``vectors_list[i]`` is ``(n_tokens, dim)`` float32 for ``point_ids[i]``."""
+        """Insert or replace pages: ``vectors_list[i]`` is ``(n_tokens, dim)`` float32 for ``point_ids[i]``.
+        ``pooled`` (the pages' prefetch vectors, when made already) serves index kinds that keep them."""
         if len(point_ids) != len(vectors_list):
             raise ValueError("add: point_ids and vectors_list differ in length")
         if not point_ids:
@@ -337,6 +339,11 @@ class TokenIndex:
                 self._maybe_compact()
             return n
 
+    def _capacity_for(self, pages: int) -> int:
+        """Token rows ``pages`` pages need, to size a build's buffer once (ColSmol pages are about 1,100 tokens)."""
+        est = pages * 1100
+        return est // self.pool_factor + 1 if self.pool_factor > 1 else est
+
     def build(
         self,
         store: VectorStore,
@@ -352,9 +359,7 @@ class TokenIndex:
         t0 = time.perf_counter()
         version = store.version()
         total = int(store.count_pages())
-        est = total * 1100
-        if self.pool_factor > 1:
-            est = est // self.pool_factor + 1
+        est = self._capacity_for(total)
         with self._lock:
             self._reset(est or (1 << 16))
             ids: list[str] = []
@@ -363,6 +368,8 @@ class TokenIndex:
             n_pages = 0
             for page in store.iter_pages(batch_size=batch_size, vectors=TOKENS_ONLY):
                 if page.tokens is None:
+                    if page.payload.get("stage") == STAGE_TEXT:
+                        continue  # text only so far: found by the text side until its embedding is stored
                     raise ValueError(f"store page {page.point_id} came without vectors")
                 ids.append(page.point_id)
                 vecs.append(page.tokens)
@@ -404,6 +411,7 @@ class TokenIndex:
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self.compact()
+            self._before_save()
             n = self._n_tokens
             _save_with_room(path / "tokens.npy", self._tokens[:n].cpu().numpy(), n // SNAPSHOT_ROOM)
             if self._scales is not None:
@@ -417,6 +425,7 @@ class TokenIndex:
                 "point_ids": self._point_ids,
                 "lengths": self._lengths,
                 "bits": self._bits,
+                **self._extra_meta(),
             }
         (path / "meta.json").write_text(json.dumps(meta))
         old = final.with_name(final.name + ".old")
@@ -425,6 +434,24 @@ class TokenIndex:
             os.replace(final, old)
         os.replace(path, final)
         shutil.rmtree(old, ignore_errors=True)
+        self._after_save()
+
+    # Persistence hooks of index kinds that keep more than the resident rows (retriever.tiered_index).
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}
+
+    def _before_save(self) -> None:
+        pass
+
+    def _after_save(self) -> None:
+        pass
+
+    def _load_extra(self, meta: dict[str, Any]) -> None:
+        if meta.get("kind", "exact") != "exact":
+            raise ValueError(f"the snapshot holds a {meta.get('kind')} index, not an exact one")
+
+    def close(self) -> None:
+        """Release what the index holds besides memory (nothing here; a tiered index's temporary token file)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", **kwargs: Any) -> TokenIndex:
@@ -475,6 +502,7 @@ class TokenIndex:
             idx._alive = np.ones(max(1024, 2 * len(idx._point_ids)), dtype=bool)
             idx._row_of = {pid: i for i, pid in enumerate(idx._point_ids)}
             idx._store_version = meta["store_version"]
+            idx._load_extra(meta)
         return idx
 
     @classmethod
@@ -505,7 +533,8 @@ class TokenIndex:
             if version == self._store_version:
                 return False
             known = {pid: self._bits[row] for pid, row in self._row_of.items()}
-        fresh = {page.point_id: page.payload for page in store.iter_pages(vectors=())}
+        # Text-only pages have no vectors yet: they join the index when their embedding is stored.
+        fresh = {p.point_id: p.payload for p in store.iter_pages(vectors=()) if p.payload.get("stage") != STAGE_TEXT}
         gone = set(known) - set(fresh)
         changed = sorted(pid for pid, p in fresh.items() if pid not in known or _content(known[pid]) != _content(p))
         # Same vectors, other payload (a document renamed or a copy gone): the bits change, not the tokens.

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/libreoffice.sh  # for Office, web, Markdown and EPUB files (the samples are PDFs)
 VENV=${COLSMOL_VENV:-.venv}
 "$VENV/bin/colsmol" ingest samples/*.pdf
 DEFAULT_QUESTION="What was Northwind Cycles' revenue in 2023?"

@@ -24,6 +24,9 @@ if [ ! -x /usr/bin/chromium ]; then
     fi
 fi
 
+# ... and LibreOffice (tests/test_formats.py converts real Office files; skipped, saying why, without it).
+bash scripts/libreoffice.sh
+
 COLSMOL_EXTRAS=test bash scripts/setup.sh
 VENV=${COLSMOL_VENV:-.venv}
 # The hub is unreachable from test machines; tests build tiny checkpoints instead.

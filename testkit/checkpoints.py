@@ -158,6 +158,27 @@ def build_encoder(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_encoder_real_geometry(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny ColIdefics3 (the same small widths as :func:`build_encoder`) at the real page geometry: 512 px
+    tiles, 16 px patches, scale factor 4 (64 tokens a tile), longest edge 2048 (17 tiles a Letter page).
+
+    Its forward pass costs little, so an ingest with it measures the pipeline around the encoder (rendering,
+    preprocessing at full size, page images, store writes) at the shapes the real model sees (``bench/ingest.py
+    --tiny``)."""
+    from colpali_engine.models import ColIdefics3, ColIdefics3Processor
+
+    _seed(seed)
+    tokenizer = build_tokenizer()
+    config = build_config(tokenizer)
+    config.vision_config.image_size = FULL_TILE
+    config.vision_config.patch_size = FULL_PATCH
+    config.scale_factor = FULL_SCALE
+    model = ColIdefics3(config)
+    model.save_pretrained(out_dir)
+    full_processor(tokenizer, ColIdefics3Processor).save_pretrained(out_dir)
+    return out_dir
+
+
 def build_encoder_adapter(base_dir: Path, adapter_dir: Path, seed: int = 1) -> Path:
     """A PEFT LoRA adapter over the tiny base, laid out like ``vidore/colSmol-256M``.
 

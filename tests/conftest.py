@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `auto` times five encoder runtimes (one converts the tower to OpenVINO) for every new data dir: seconds per test
 # that builds a pipeline. The selection itself is tested in tests/test_runtimes.py; everything else runs fp32.
 os.environ.setdefault("COLSMOL_ENCODER_RUNTIME", "fp32")
+# OCR (Tesseract) takes seconds a page: tests of other things skip it; tests/test_hybrid.py turns it on where it is
+# the subject.
+os.environ.setdefault("COLSMOL_OCR", "off")
 
 
 def tiny_settings(tiny_models: dict[str, Path], data_dir: Path, **overrides: object):

@@ -119,8 +119,8 @@ def test_known_ranking_gives_hand_computed_metrics_in_every_config(tmp_path: Pat
         "recall@5": (1 + 1) / 2,
         "mrr@10": (1 / 2 + 1) / 2,
     }
-    report = run_eval(load_dataset(root), encoder, "int8,pool2,pool3,two-stage", "1,5", device="cpu")
-    assert [c.name for c in report.configs] == ["exact", "int8", "pool2", "pool3", "two-stage"]
+    report = run_eval(load_dataset(root), encoder, "int8,pool2,pool3,two-stage,tiered,tier1", "1,5", device="cpu")
+    assert [c.name for c in report.configs] == ["exact", "int8", "pool2", "pool3", "two-stage", "tiered", "tier1"]
     for c in report.configs:  # one-token pages: quantization, pooling and prefetch change nothing
         assert c.metrics == pytest.approx(expected), c.name
         assert all(r == pytest.approx(1.0) for r in c.relative.values()), c.name

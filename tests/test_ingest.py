@@ -53,7 +53,7 @@ def _corpus(root: Path) -> Path:
     frames = [Image.new("RGB", (200, 260), c) for c in ("white", "gray", "black")]
     frames[0].save(docs / "scan.tiff", save_all=True, append_images=frames[1:])
     (docs / ".hidden.pdf").write_bytes((docs / "mixed.pdf").read_bytes())
-    (docs / "notes.txt").write_text("not a page")
+    (docs / "notes.log").write_text("not a page")
     for name in ("corrupt.pdf", "truncated.pdf", "encrypted_secret.pdf", "zero_pages.pdf", "empty.pdf"):
         shutil.copy(FIXTURES / name, docs / name)
     os.symlink(docs, docs / "sub" / "loop")
@@ -90,7 +90,7 @@ def test_folder_ingest_incremental_and_bad_files(store, tiny_encoder, tmp_path) 
     assert by_name["scan.tiff"].pages == 3  # a multi-page TIFF gives several pages
     assert by_name["photo.png"].pages == 1
     assert ".hidden.pdf" not in by_name
-    assert by_name["notes.txt"].status == "skipped"
+    assert by_name["notes.log"].status == "skipped"
     reasons = {n: by_name[n].error for n in by_name if by_name[n].status == "failed"}
     assert reasons == {
         "corrupt.pdf": reasons["corrupt.pdf"],

@@ -72,6 +72,7 @@ def test_the_demo_script_ingests_the_samples_and_answers(tiny_models: dict[str, 
     tree = tmp_path / "checkout"
     (tree / "scripts").mkdir(parents=True)
     shutil.copy(REPO / "scripts" / "demo.sh", tree / "scripts" / "demo.sh")
+    shutil.copy(REPO / "scripts" / "libreoffice.sh", tree / "scripts" / "libreoffice.sh")  # installed here: a check
     (tree / "scripts" / "setup.sh").write_text("#!/usr/bin/env bash\ntrue\n")
     (tree / "samples").symlink_to(REPO / "samples")
     env = {

@@ -534,3 +534,95 @@ def test_drop_deletes_one_collection_and_nothing_else(tmp_path):
     with EdgeStore(tmp_path / "qdrant", "a") as again:  # the name is free again, and empty
         assert again.count_pages() == 0
     edge_b.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The text index: text-only pages, BM25 search, Qdrant-side fusion (both backends).
+# ---------------------------------------------------------------------------------------------
+
+TEXTS = {
+    ("alpha", 1): "Quarterly revenue of the bicycle division grew in every region",
+    ("alpha", 2): "Invoice INV-20231187 was paid late by the northern distributor",
+    ("beta", 1): "The battery pack must be charged at room temperature",
+    ("beta", 2): "Rechnungen werden monatlich bezahlt",
+}
+
+
+def text_payload(doc_id: str, n: int, lang: str = "en") -> dict:
+    payload = dict(page(doc_id, n).payload)
+    metadata = {"lang": lang} | ({"language": "de"} if (doc_id, n) == ("beta", 2) else {})
+    boxes = [0, 0, 10, 10] * len(TEXTS[(doc_id, n)].split())
+    return payload | {"text": TEXTS[(doc_id, n)], "word_boxes": boxes, "metadata": metadata}
+
+
+def test_text_pages_are_searchable_before_their_visual_embedding(store):
+    assert store.text_enabled
+    store.upsert_text_pages([(page_point_id(d, n), text_payload(d, n)) for d, n in TEXTS])
+    assert store.count_pages() == 4
+    hits = store.text_search("INV-20231187", 5)
+    assert [h for h, _ in hits][:1] == [page_point_id("alpha", 2)]
+    # stemming: "charging" finds "charged"; stopwords alone find nothing
+    assert [h for h, _ in store.text_search("charging batteries", 5)][:1] == [page_point_id("beta", 1)]
+    assert store.text_search("the of and", 5) == []
+    # a German page is stemmed as German (metadata.language), and the query is embedded in both languages
+    assert "german" in store.text_languages()
+    assert [h for h, _ in store.text_search("Rechnung", 5)] == [page_point_id("beta", 2)]
+    # filters mean the same as in every other search
+    by_beta = store.text_search("invoice revenue battery", 5, Filter.parse({"doc_id": "beta"}))
+    assert [h for h, _ in by_beta] == [page_point_id("beta", 1)]
+    assert store.text_search("invoice", 5, Filter.parse({"doc_id": []})) == []
+    # text-only pages: listed as such, not visual, no token vectors
+    docs = {d.doc_id: d for d in store.list_documents(include_incomplete=True)}
+    assert {k: (d.state, d.pages_stored, d.pages_visual) for k, d in docs.items()} == {
+        "alpha": ("text", 2, 0),
+        "beta": ("text", 2, 0),
+    }
+    assert store.visual_page_count("alpha") == 0
+    assert store.get_vectors([page_point_id("alpha", 1)]) == {}
+    assert all(p.tokens is None and "text" not in p.payload for p in store.iter_pages())
+    # the visual write replaces the point and keeps its text searchable
+    rec = page("alpha", 2)
+    store.upsert_pages([PageRecord(rec.point_id, rec.vectors, text_payload("alpha", 2), rec.pooled)])
+    assert store.visual_page_count("alpha") == 1
+    assert store.get_document("alpha").state == "visual"
+    assert [h for h, _ in store.text_search("INV-20231187", 5)][:1] == [rec.point_id]
+    full = store.get_payloads([rec.point_id])[rec.point_id]
+    assert full["stage"] == "visual" and full["text"] == TEXTS[("alpha", 2)]
+    assert [p.payload["stage"] for p in store.iter_pages() if p.tokens is not None] == ["visual"]
+
+
+def test_hybrid_search_fuses_in_qdrant(store):
+    ingest(store, "gamma", 3)  # visual pages without text
+    store.upsert_text_pages([(page_point_id(d, n), text_payload(d, n)) for d, n in TEXTS])
+    q = page("gamma", 2).vectors[:8]
+    fused = store.hybrid_search(q, "INV-20231187 invoice", 5, depth=10, rrf_k=60, candidates=50)
+    ids = [h for h, _ in fused]
+    # the visual side's best page and the text side's best page tie at 1 / (k + 0): both on top
+    assert set(ids[:2]) == {page_point_id("gamma", 2), page_point_id("alpha", 2)}
+    assert fused[0][1] == pytest.approx(1 / 60, rel=1e-4)
+    # no text terms: the visual side alone
+    alone = store.hybrid_search(q, "the", 3, depth=10, candidates=50)
+    assert [h for h, _ in alone][:1] == [page_point_id("gamma", 2)]
+    flt = Filter.parse({"doc_id": "alpha"})
+    only_alpha = store.hybrid_search(q, "invoice", 5, flt, depth=10, candidates=50)
+    assert {h for h, _ in only_alpha} == {page_point_id("alpha", 2)}
+
+
+def test_collection_without_text_index_is_searched_by_pictures(tmp_path):
+    import qdrant_edge as qe
+
+    maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
+    params = {
+        "tokens": qe.EdgeVectorParams(
+            size=DIM, distance=qe.Distance.Dot, multivector_config=maxsim, datatype=qe.VectorStorageDatatype.Float16,
+            hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+        ),
+        "pooled": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Dot, multivector_config=maxsim),
+    }  # fmt: skip
+    qe.EdgeShard.create(str(tmp_path / "old"), qe.EdgeConfig(vectors=params)).close()
+    with EdgeStore(tmp_path, "old") as s:
+        assert not s.text_enabled
+        rec = page("d", 1)
+        s.upsert_pages([PageRecord(rec.point_id, rec.vectors, text_payload("alpha", 1), rec.pooled)])
+        assert s.text_search("revenue", 5) == []
+        assert [h for h, _ in s.hybrid_search(rec.vectors[:4], "revenue", 3, candidates=10)] == [rec.point_id]

@@ -1,4 +1,4 @@
-"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve, mcp.
+"""The ``colsmol`` command line: ingest, documents, delete, search, answer, serve, mcp, eval, doctor.
 
 Settings come from ``COLSMOL_*`` environment variables; flags override them. Errors from the core
 become one line on stderr and an exit code: 0 success, 1 a file or operation failed, 2 bad usage.
@@ -50,11 +50,12 @@ def _hits_table(hits: list[dict[str, Any]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("rank", "score", "file", "page", "doc_id"):
+    for col in ("rank", "score", "file", "page", "found by", "doc_id"):
         table.add_column(col, justify="right" if col in ("rank", "score", "page") else "left")
     for i, h in enumerate(hits, 1):
+        by = "+".join(h.get("found_by") or [])
         table.add_row(
-            str(i), f"{h['score']:.3f}", printable(str(h["file_name"])), str(h["page_number"]), str(h["doc_id"])
+            str(i), f"{h['score']:.3f}", printable(str(h["file_name"])), str(h["page_number"]), by, str(h["doc_id"])
         )
     Console().print(table)
 
@@ -65,7 +66,14 @@ def _hits_table(hits: list[dict[str, Any]], title: str) -> None:
     "indexed); 2 usage error. While `colsmol serve` runs on this data directory, the files are ingested by it."
 )
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="PDF or image files, or folders (walked recursively).")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="PDF, image, Office (docx doc odt rtf pptx ppt odp xlsx xls ods csv), web (html htm), Markdown, EPUB "
+            "or text files, or folders (walked recursively). Non-PDF documents are converted by LibreOffice; "
+            "`colsmol doctor` says whether it is installed."
+        ),
+    ],
     metadata: Annotated[
         list[str] | None, typer.Option("--metadata", "-m", help="key=value stored with every page (repeatable).")
     ] = None,
@@ -83,7 +91,7 @@ def ingest(
     device: Device = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Index PDFs and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
+    """Index documents and page images into Qdrant. Unchanged files are skipped; changed files re-indexed."""
     from indexer.ingest import parse_metadata
 
     s = settings_from(
@@ -99,11 +107,15 @@ def ingest(
         else:
             with progress_bar(rate=True) as bar:
                 files_t = bar.add_task("files", total=None, rate="")
-                pages_t = bar.add_task("pages", total=0, rate="")
+                text_t = bar.add_task("text (searchable)", total=0, rate="")
+                pages_t = bar.add_task("embedded", total=0, rate="")
 
                 def on_event(kind: str, path: str, n: int, total: int, error: str | None) -> None:
                     if kind == "file":
                         bar.update(pages_t, total=(bar.tasks[pages_t].total or 0) + total)
+                        bar.update(text_t, total=(bar.tasks[text_t].total or 0) + total)
+                    elif kind == "text":
+                        bar.advance(text_t, n)
                     elif kind == "pages":
                         bar.advance(pages_t, n)
                         speed = bar.tasks[pages_t].speed
@@ -125,6 +137,10 @@ def ingest(
             + (f" ({d['pages_per_second']:.1f} pages/s)" if d["pages_per_second"] else "")
             + (f"; pruned {len(d['pruned'])}" if d["pruned"] else "")
         )
+        if d["pages_embedded"] and d.get("stages"):
+            from indexer.stages import format_stages
+
+            typer.echo(format_stages(d["stages"]))
         for f in d["files"]:
             if f["status"] in ("failed", "skipped"):
                 typer.echo(f"  {f['status']}: {printable(f['path'])}: {printable(f['error'] or '')}", err=True)
@@ -134,7 +150,8 @@ def ingest(
 # ---------------------------------------------------------------------------------------------- documents
 @app.command()
 def documents(collection: Collection = None, data_dir: DataDir = None, json_out: JsonOut = False) -> None:
-    """List indexed documents with their page counts."""
+    """List indexed documents with their page counts and state: text (searchable by text only so far), visual
+    (embedding under way) or complete."""
     s = settings_from(collection=collection, data_dir=data_dir)
     with _closing(_backend(s)) as backend:
         docs = backend.documents()
@@ -145,6 +162,8 @@ def documents(collection: Collection = None, data_dir: DataDir = None, json_out:
         (
             d["doc_id"],
             str(d["pages"]),
+            d.get("state", "complete")
+            + ("" if d.get("state", "complete") == "complete" else f" {d['pages_visual']}/{d['pages']}"),
             printable(d["source"]) + (f" (+{len(d['sources']) - 1} more)" if len(d["sources"]) > 1 else ""),
             d["ingested_at"],
         )
@@ -163,6 +182,7 @@ def documents(collection: Collection = None, data_dir: DataDir = None, json_out:
     table = Table(title=title)
     table.add_column("doc_id", no_wrap=True, min_width=max((len(r[0]) for r in rows), default=6))
     table.add_column("pages", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
     table.add_column("file", overflow="fold")
     table.add_column("ingested", no_wrap=True)
     for row in rows:
@@ -184,6 +204,22 @@ def delete(
 
 
 # ---------------------------------------------------------------------------------------------- search
+SearchModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="hybrid (page images and page text, fused), visual (images: MaxSim) or text (BM25: exact words, names, "
+        "IDs). Default: COLSMOL_QUERY_MODE (hybrid).",
+    ),
+]
+
+
+def _mode(mode: str | None) -> str | None:
+    from retriever.hybrid import parse_mode
+
+    return parse_mode(mode)
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
@@ -192,16 +228,17 @@ def search(
         list[str] | None,
         typer.Option("--filter", "-f", help="key=value, e.g. doc_id=ID or metadata.lang=en; a,b means any of."),
     ] = None,
+    mode: SearchModeOpt = None,
     collection: Collection = None,
     data_dir: DataDir = None,
     device: Device = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Rank pages by late-interaction (MaxSim) similarity to QUERY."""
+    """Rank pages for QUERY: by their images (late-interaction MaxSim), their text (BM25), or both fused (--mode)."""
     s = settings_from(collection=collection, data_dir=data_dir, device=device)
     flt = _filter(filter)
     with _closing(_backend(s)) as backend:
-        hits = backend.search(query, k, flt)
+        hits = backend.search(query, k, flt, _mode(mode))
     if json_out:
         typer.echo(json.dumps(hits, indent=2))
     elif not hits:
@@ -218,6 +255,7 @@ def answer(
     filter: Annotated[list[str] | None, typer.Option("--filter", "-f", help="As for `search`.")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Answer length limit.")] = None,
+    mode: SearchModeOpt = None,
     collection: Collection = None,
     data_dir: DataDir = None,
     device: Device = None,
@@ -229,14 +267,14 @@ def answer(
     result: dict[str, Any] | None = None
     with _closing(_backend(s)) as backend:
         if stream and not json_out:
-            for piece in backend.stream_answer(question, k, flt, s.max_new_tokens):
+            for piece in backend.stream_answer(question, k, flt, s.max_new_tokens, _mode(mode)):
                 if isinstance(piece, dict):
                     result = piece
                 else:
                     typer.echo(piece, nl=False)
             typer.echo("")
         else:
-            result = backend.answer(question, k, flt, s.max_new_tokens)
+            result = backend.answer(question, k, flt, s.max_new_tokens, _mode(mode))
     if result is None:
         raise ColsmolError("the answer stream ended without its sources")
     if json_out:
@@ -364,6 +402,9 @@ def _register_eval() -> None:
     from api.cli.eval_cmd import eval_command
 
     app.command("eval")(eval_command)
+    from api.cli.doctor import doctor_command
+
+    app.command("doctor")(doctor_command)
 
 
 _register_eval()

@@ -31,12 +31,14 @@ OnProgress = Callable[[str, str, int, int, str | None], None]
 class Backend(Protocol):
     remote: bool
 
-    def search(self, query: str, k: int, flt: Filter) -> list[dict[str, Any]]: ...
+    def search(self, query: str, k: int, flt: Filter, mode: str | None = None) -> list[dict[str, Any]]: ...
 
-    def answer(self, question: str, k: int, flt: Filter, max_new_tokens: int) -> dict[str, Any]: ...
+    def answer(
+        self, question: str, k: int, flt: Filter, max_new_tokens: int, mode: str | None = None
+    ) -> dict[str, Any]: ...
 
     def stream_answer(
-        self, question: str, k: int, flt: Filter, max_new_tokens: int
+        self, question: str, k: int, flt: Filter, max_new_tokens: int, mode: str | None = None
     ) -> Iterator[str | dict[str, Any]]: ...
 
     def documents(self) -> list[dict[str, Any]]: ...
@@ -96,6 +98,7 @@ def hit_dict(h: Hit) -> dict[str, Any]:
         "page_number": h.page_number,
         "score": round(float(h.score), 6),
         "regions": [r.to_dict() for r in h.regions],
+        "found_by": list(h.found_by),
     }
 
 
@@ -108,6 +111,7 @@ def _remote_hit(h: Mapping[str, Any]) -> dict[str, Any]:
         "page_number": h.get("page_number"),
         "score": round(float(h["score"]), 6),
         "regions": [_remote_region(r) for r in h.get("regions") or []],
+        "found_by": list(h.get("found_by") or []),
     }
 
 
@@ -140,11 +144,13 @@ class LocalBackend:
             self._rag.close()
             self._rag = None
 
-    def search(self, query: str, k: int, flt: Filter) -> list[dict[str, Any]]:
-        return [hit_dict(h) for h in self.rag.search(query, k=k, filter=flt)]
+    def search(self, query: str, k: int, flt: Filter, mode: str | None = None) -> list[dict[str, Any]]:
+        return [hit_dict(h) for h in self.rag.search(query, k=k, filter=flt, mode=mode)]
 
-    def answer(self, question: str, k: int, flt: Filter, max_new_tokens: int) -> dict[str, Any]:
-        result = self.rag.answer(question, k=k, filter=flt, max_new_tokens=max_new_tokens)
+    def answer(
+        self, question: str, k: int, flt: Filter, max_new_tokens: int, mode: str | None = None
+    ) -> dict[str, Any]:
+        result = self.rag.answer(question, k=k, filter=flt, max_new_tokens=max_new_tokens, mode=mode)
         return {
             "text": for_interface(result.text, "cli"),
             "sources": [hit_dict(h) for h in result.sources],
@@ -152,10 +158,12 @@ class LocalBackend:
             "warnings": result.warnings,
         }
 
-    def stream_answer(self, question: str, k: int, flt: Filter, max_new_tokens: int) -> Iterator[str | dict[str, Any]]:
+    def stream_answer(
+        self, question: str, k: int, flt: Filter, max_new_tokens: int, mode: str | None = None
+    ) -> Iterator[str | dict[str, Any]]:
         from rag.types import Answer
 
-        for piece in self.rag.stream_answer(question, k=k, filter=flt, max_new_tokens=max_new_tokens):
+        for piece in self.rag.stream_answer(question, k=k, filter=flt, max_new_tokens=max_new_tokens, mode=mode):
             if isinstance(piece, Answer):
                 yield {
                     "text": for_interface(piece.text, "cli"),
@@ -170,7 +178,7 @@ class LocalBackend:
         from indexer.store import open_store
 
         with open_store(self.settings) as store:
-            docs = store.list_documents()
+            docs = store.list_documents(include_incomplete=True)
         return [
             {
                 "doc_id": d.doc_id,
@@ -180,6 +188,9 @@ class LocalBackend:
                 "pages": d.page_count,
                 "ingested_at": d.ingested_at,
                 "metadata": d.metadata,
+                "state": d.state,
+                "pages_stored": d.pages_stored,
+                "pages_visual": d.pages_visual if d.pages_visual is not None else d.pages_stored,
             }
             for d in docs
         ]
@@ -245,15 +256,19 @@ class RemoteBackend:
     def close(self) -> None:
         self.client.close()
 
-    def search(self, query: str, k: int, flt: Filter) -> list[dict[str, Any]]:
-        return [_remote_hit(h) for h in self.client.search(query, k, flt.to_dict())]
+    def search(self, query: str, k: int, flt: Filter, mode: str | None = None) -> list[dict[str, Any]]:
+        return [_remote_hit(h) for h in self.client.search(query, k, flt.to_dict(), mode)]
 
-    def answer(self, question: str, k: int, flt: Filter, max_new_tokens: int) -> dict[str, Any]:
-        result = self.client.answer(question, k, flt.to_dict(), max_new_tokens)
+    def answer(
+        self, question: str, k: int, flt: Filter, max_new_tokens: int, mode: str | None = None
+    ) -> dict[str, Any]:
+        result = self.client.answer(question, k, flt.to_dict(), max_new_tokens, mode)
         return {**result, "sources": [_remote_hit(h) for h in result["sources"]]}
 
-    def stream_answer(self, question: str, k: int, flt: Filter, max_new_tokens: int) -> Iterator[str | dict[str, Any]]:
-        for piece in self.client.stream_answer(question, k, flt.to_dict(), max_new_tokens):
+    def stream_answer(
+        self, question: str, k: int, flt: Filter, max_new_tokens: int, mode: str | None = None
+    ) -> Iterator[str | dict[str, Any]]:
+        for piece in self.client.stream_answer(question, k, flt.to_dict(), max_new_tokens, mode):
             if isinstance(piece, dict):
                 yield {**piece, "sources": [_remote_hit(h) for h in piece["sources"]]}
             else:
@@ -269,9 +284,11 @@ class RemoteBackend:
                 "pages": d["page_count"],
                 "ingested_at": d["ingested_at"],
                 "metadata": d.get("metadata") or {},
+                "state": d.get("state") or ("complete" if d.get("complete", True) else "visual"),
+                "pages_stored": d.get("pages_stored", d["page_count"]),
+                "pages_visual": d.get("pages_visual", d.get("pages_stored", d["page_count"])),
             }
             for d in self.client.documents()
-            if d.get("complete", True)
         ]
         return sorted(docs, key=lambda d: (d["source"], d["doc_id"]))  # the store's order
 

@@ -72,25 +72,39 @@ class ColsmolClient:
     def delete_collection(self, name: str) -> None:
         self._request("DELETE", f"/v1/collections/{name}")
 
-    def search(self, query: str, k: int, filter: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def search(
+        self, query: str, k: int, filter: Mapping[str, Any] | None = None, mode: str | None = None
+    ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {"query": query, "k": k}
         if filter:
             body["filter"] = dict(filter)
+        if mode:
+            body["mode"] = mode
         hits: list[dict[str, Any]] = self._json("POST", "/v1/search", json=body)["hits"]
         return hits
 
     def answer(
-        self, question: str, k: int, filter: Mapping[str, Any] | None = None, max_new_tokens: int | None = None
+        self,
+        question: str,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        max_new_tokens: int | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]:
-        body = _answer_body(question, k, filter, max_new_tokens, stream=False)
+        body = _answer_body(question, k, filter, max_new_tokens, stream=False, mode=mode)
         result: dict[str, Any] = self._json("POST", "/v1/answer", json=body, timeout=ANSWER_TIMEOUT_S)
         return result
 
     def stream_answer(
-        self, question: str, k: int, filter: Mapping[str, Any] | None = None, max_new_tokens: int | None = None
+        self,
+        question: str,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        max_new_tokens: int | None = None,
+        mode: str | None = None,
     ) -> Iterator[str | dict[str, Any]]:
         """Text pieces as the server sends them, then one dict ``{text, sources, timings, warnings}``."""
-        body = _answer_body(question, k, filter, max_new_tokens, stream=True)
+        body = _answer_body(question, k, filter, max_new_tokens, stream=True, mode=mode)
         parts: list[str] = []
         try:
             with self._http.stream("POST", "/v1/answer", json=body, timeout=ANSWER_TIMEOUT_S) as response:
@@ -142,9 +156,17 @@ class ColsmolClient:
 
 
 def _answer_body(
-    question: str, k: int, filter: Mapping[str, Any] | None, max_new_tokens: int | None, *, stream: bool
+    question: str,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    max_new_tokens: int | None,
+    *,
+    stream: bool,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"question": question, "k": k, "stream": stream}
+    if mode:
+        body["mode"] = mode
     if filter:
         body["filter"] = dict(filter)
     if max_new_tokens is not None:

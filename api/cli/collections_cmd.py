@@ -62,7 +62,7 @@ def create_collection(
     ] = None,
     index_dtype: Annotated[str | None, typer.Option("--index-dtype", help="fp16 or int8.")] = None,
     pool_factor: Annotated[int | None, typer.Option("--pool-factor", help="Token pooling (1 = exact).")] = None,
-    search_mode: Annotated[str | None, typer.Option("--search-mode", help="exact or two-stage.")] = None,
+    search_mode: Annotated[str | None, typer.Option("--search-mode", help="exact, tiered, auto or two-stage.")] = None,
     encoder_model: Annotated[str | None, typer.Option("--encoder-model", help="Encoder checkpoint.")] = None,
     language: Annotated[str | None, typer.Option("--language", help="The documents' language, e.g. en.")] = None,
     data_dir: DataDir = None,

@@ -92,14 +92,25 @@ def eval_command(
         typer.Option(
             "--config",
             help="Configurations, comma-separated: exact, int8, pool2, pool3 (any poolN), int8-poolN, two-stage, "
-            "runtime:NAME (the corpus re-embedded with encoder runtime NAME: fp32, int8, bf16, openvino, "
+            "tiered (pooled vectors propose --candidates pages, exact MaxSim ranks them), tier1 (tiered's first tier "
+            "alone), runtime:NAME (the corpus re-embedded with encoder runtime NAME: fp32, int8, bf16, openvino, "
             "openvino-bf16). exact always runs: the others are reported relative to it.",
         ),
     ] = "exact",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="Search modes, comma-separated: visual (the configurations above), text (BM25 over each page's "
+            "OCR text; needs Tesseract), hybrid (both, RRF-fused as colsmol search does). Reported as mode:NAME.",
+        ),
+    ] = "visual",
     max_queries: Annotated[
         int | None, typer.Option("--max-queries", help="Evaluate only the first N queries (whole corpus).")
     ] = None,
-    candidates: Annotated[int, typer.Option("--candidates", help="two-stage: pages prefetched per query.")] = 200,
+    candidates: Annotated[
+        int, typer.Option("--candidates", help="two-stage and tiered: candidate pages per query.")
+    ] = 200,
     prefetch_pool: Annotated[
         int, typer.Option("--prefetch-pool", help="two-stage: pool factor of the prefetch vectors.")
     ] = 16,
@@ -124,7 +135,10 @@ def eval_command(
     from retriever.evaluation.runner import parse_configs, parse_ks, run_eval
 
     s = settings_from(device=device, page_batch_size=batch_size, encoder_model=model)
+    from retriever.evaluation.modes import parse_modes
+
     cfgs = parse_configs(config)  # usage errors before any model loads
+    modes = parse_modes(mode)
     ks = parse_ks(k)
     if max_queries is not None and max_queries < 1:
         raise InvalidRequest("--max-queries must be at least 1")
@@ -141,6 +155,7 @@ def eval_command(
         "prefetch_pool_factor": prefetch_pool,
         "embed_chunk": max(4 * s.page_batch_size, 16),
         "encoder_for_runtime": lambda name: make_encoder(name).load(),
+        "modes": modes,
     }
     try:
         if json_out or not sys.stderr.isatty():

@@ -29,6 +29,7 @@ class _Request:
     query: str
     k: int
     filter: Filter
+    mode: str | None
     future: asyncio.Future[list[Hit]]
     loop: asyncio.AbstractEventLoop
     queued_at: float = field(default_factory=time.monotonic)
@@ -55,12 +56,12 @@ class SearchBatcher:
         self._thread = threading.Thread(target=self._run, name="colsmol-search", daemon=True)
         self._thread.start()
 
-    async def search(self, query: str, k: int, filter: Filter | None = None) -> list[Hit]:
+    async def search(self, query: str, k: int, filter: Filter | None = None, mode: str | None = None) -> list[Hit]:
         """Top-``k`` hits for ``query``, scored in a batch with whatever else arrives within the window."""
         filter = filter or Filter()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Hit]] = loop.create_future()
-        self._queue.put(_Request(query, k, filter, fut, loop))
+        self._queue.put(_Request(query, k, filter, mode, fut, loop))
         return await fut
 
     def close(self) -> None:
@@ -92,14 +93,14 @@ class SearchBatcher:
     def _run_batch(self, batch: list[_Request]) -> None:
         started = time.monotonic()
         observe_batch(len(batch), (started - r.queued_at for r in batch))
-        groups: dict[Filter, list[_Request]] = {}
+        groups: dict[tuple[Filter, str | None], list[_Request]] = {}
         for req in batch:
-            groups.setdefault(req.filter, []).append(req)
-        for flt, reqs in groups.items():
+            groups.setdefault((req.filter, req.mode), []).append(req)
+        for (flt, mode), reqs in groups.items():
             k = max(r.k for r in reqs)
             try:
                 self.batches += 1
-                results = self.pipeline.search_batch([r.query for r in reqs], k=k, filter=flt)
+                results = self.pipeline.search_batch([r.query for r in reqs], k=k, filter=flt, mode=mode)
             except Exception as exc:
                 log.exception("batched search of %d queries failed", len(reqs))
                 for r in reqs:

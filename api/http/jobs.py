@@ -31,8 +31,10 @@ from typing import Any
 from api.cli.liveness import ProcessClaim
 from api.http.uploads import SavedFile
 from indexer.errors import NotFound, for_interface
+from indexer.hashing import sha256_file
 from indexer.ingest import IngestReport, ProgressEvent
 from indexer.render.inputs import file_page_count
+from indexer.render.office import needs_conversion
 from indexer.store.base import UPLOAD_PREFIX
 
 log = logging.getLogger(__name__)
@@ -68,9 +70,18 @@ class Job:
     state: str = "queued"  # queued -> running -> done | failed; queued | running -> interrupted (restart)
     pages_done: int = 0
     pages_total: int = 0
+    #: Pages whose text is stored (searchable by text before they are embedded).
+    pages_text: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
+
+    @property
+    def stage(self) -> str:
+        """``text`` while pages' text is being read, ``visual`` while they are embedded, ``done`` at the end."""
+        if self.state not in ("queued", "running"):
+            return "done"
+        return "text" if self.pages_text < self.pages_total or self.pages_total == 0 else "visual"
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -80,6 +91,8 @@ class Job:
             "files_done": self.files_done,
             "pages_done": self.pages_done,
             "pages_total": self.pages_total,
+            "pages_text": self.pages_text,
+            "stage": self.stage,
             "errors": list(self.errors),
             "report": self.report,
         }
@@ -98,13 +111,18 @@ class JobLog:
             " pages_done INTEGER NOT NULL, pages_total INTEGER NOT NULL, errors TEXT NOT NULL, report TEXT,"
             " owner TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "pages_text" not in columns:  # a job log written before the text stage existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN pages_text INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT NOT NULL DEFAULT 'done'")
 
     def save(self, job: Job, owner: str) -> None:
         snap = job.snapshot()
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO jobs (id, state, files_total, pages_done, pages_total, errors, report, owner,"
+                " created_at, updated_at, pages_text, stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     snap["state"],
@@ -116,13 +134,16 @@ class JobLog:
                     owner,
                     job.created_at,
                     now,
+                    snap["pages_text"],
+                    snap["stage"],
                 ),
             )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT id, state, files_total, pages_done, pages_total, errors, report FROM jobs WHERE id = ?",
+                "SELECT id, state, files_total, pages_done, pages_total, errors, report, pages_text, stage FROM jobs"
+                " WHERE id = ?",
                 (job_id,),
             ).fetchone()
         if row is None:
@@ -135,6 +156,8 @@ class JobLog:
             "pages_total": row[4],
             "errors": json.loads(row[5]),
             "report": None if row[6] is None else json.loads(row[6]),
+            "pages_text": row[7],
+            "stage": row[8],
         }
 
     def interrupt_orphans(self, claim: ProcessClaim) -> list[str]:
@@ -293,13 +316,27 @@ class JobRunner:
                     self._jobs.pop(job.id, None)
                     self._saved_at.pop(job.id, None)
 
-    @staticmethod
-    def _count_pages(path: Path, password: str | None) -> int:
-        """A file's pages without rendering them; 0 for one that cannot be opened (its ingest reports why)."""
+    def _count_pages(self, path: Path, password: str | None) -> int:
+        """A file's pages without rendering them; 0 for one that cannot be opened (its ingest reports why). An
+        Office or web file is counted from its converted PDF (converted now, or already started by
+        :meth:`_convert_ahead`; the ingest then finds it in the converter's cache)."""
         try:
+            converter = getattr(self.pipeline, "converter", None)
+            if converter is not None and needs_conversion(path):
+                path = converter.result(path, sha256_file(path))
             return file_page_count(path, password=password)
         except Exception:  # noqa: BLE001 - the ingest of this file fails with its reason; the count is a forecast
             return 0
+
+    def _convert_ahead(self, paths: list[Path]) -> None:
+        """Start converting an upload's Office and web files together (the converter's workers at a time)."""
+        converter = getattr(self.pipeline, "converter", None)
+        for path in paths:
+            try:
+                if converter is not None and needs_conversion(path):
+                    converter.submit(path, sha256_file(path))
+            except Exception as exc:  # noqa: BLE001 - the ingest of this file reports its problem
+                log.debug("not converting %s ahead: %s", path, exc)
 
     def _ingest(self, job: Job) -> None:
         with self._lock:
@@ -313,18 +350,22 @@ class JobRunner:
         files: list[dict[str, Any]] = []
         # Every file's pages are counted before the first is embedded, so the job's total is known before its
         # progress moves (no 36/36 then 36/39 as the second file starts).
+        self._convert_ahead([saved.path for saved in job.files])
         expected = [self._count_pages(saved.path, job.password) for saved in job.files]
         with self._lock:
             job.pages_total = sum(expected)
             self._save(job, progress_only=True)
         for saved, guess in zip(job.files, expected, strict=True):
-            counted = {"done": 0, "total": guess}  # this file's pages in the job's progress so far
+            counted = {"done": 0, "total": guess, "text": 0}  # this file's pages in the job's progress so far
 
             def progress(ev: ProgressEvent, name: str = saved.original_name, counted: dict[str, int] = counted) -> None:
                 with self._lock:
                     if ev.kind == "file":
                         job.pages_total += ev.total - counted["total"]
                         counted["total"] = ev.total
+                    elif ev.kind == "text":
+                        job.pages_text += ev.n
+                        counted["text"] += ev.n
                     elif ev.kind == "pages":
                         job.pages_done += ev.n
                         counted["done"] += ev.n
@@ -333,11 +374,13 @@ class JobRunner:
                         if result.status == "failed":
                             job.errors.append({"file": name, "error": for_interface(result.error or "failed", "http")})
                             job.pages_total -= counted["total"] - counted["done"]  # pages that will never come
+                            job.pages_text -= counted["text"] - counted["done"]
                         elif result.status in ("indexed", "unchanged"):
                             # Pages a crashed earlier run stored (resumed) or an unchanged file's pages are
                             # never reported as "pages" events: count them now, so done == total.
                             job.pages_total += max(0, result.pages - counted["total"])
                             job.pages_done += max(0, result.pages - counted["done"])
+                            job.pages_text += max(0, result.pages - counted["text"])
                         self._save(job)
                         return
                     self._save(job, progress_only=True)
@@ -376,6 +419,8 @@ class JobRunner:
             with self._lock:
                 if ev.kind == "file":
                     job.pages_total += ev.total
+                elif ev.kind == "text":
+                    job.pages_text += ev.n
                 elif ev.kind == "pages":
                     job.pages_done += ev.n
                 elif ev.kind == "done" and ev.result is not None:

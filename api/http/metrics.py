@@ -7,8 +7,8 @@ and the API port has none. docs/operations.md lists every metric, a scrape confi
 - ``colsmol_http_requests_total`` and ``colsmol_http_request_duration_seconds`` by method, route template
   (``/v1/collections/{collection}/search``, never the raw path, so ids cannot explode the label set) and status;
 - ``colsmol_search_batch_size`` and ``colsmol_search_queue_wait_seconds`` (api.http.batcher);
-- ``colsmol_ingest_pages_total`` and ``colsmol_ingest_stage_seconds_total`` by collection and stage (render,
-  preprocess, encode, store);
+- ``colsmol_ingest_pages_total`` and ``colsmol_ingest_stage_seconds_total`` by collection and stage (the busy
+  view of :mod:`indexer.stages`: load, calibrate, render, text, preprocess, encode, images, store);
 - ``colsmol_index_bytes``, ``colsmol_index_pages`` and ``colsmol_index_loaded`` by collection (read at scrape time),
   ``colsmol_index_load_seconds`` by collection;
 - ``colsmol_model_load_seconds`` by model (encoder, generator);
@@ -147,7 +147,8 @@ def watch(registry: Collections) -> None:
 def observe_ingest(collection: str) -> Callable[[IngestReport], None]:
     def observe(report: IngestReport) -> None:
         INGEST_PAGES.labels(collection).inc(report.pages_embedded)
-        for stage, seconds in report.stage_seconds.items():
+        # The busy view (indexer.stages): each stage's own work, so a stage's rate shows what it costs.
+        for stage, seconds in report.stages.get("busy", {}).items():
             INGEST_STAGE.labels(collection, stage).inc(seconds)
 
     return observe

@@ -2,7 +2,8 @@
 
 Requests follow OpenAI's chat completions shape closely enough for the official SDKs and chat tools; parameters
 colsmol has no use for (``temperature``, ``top_p``, ``user``, ``tools`` ...) are accepted and ignored. Two extra
-fields carry colsmol's own options: ``k`` (pages shown to the answer model) and ``filter`` (as in ``/v1/answer``).
+fields carry colsmol's own options: ``k`` (pages shown to the answer model), ``filter`` and ``mode`` (as in
+``/v1/answer``).
 Responses add ``citations``: the pages the answer was generated from, numbered as the ``[n]`` markers in the text.
 """
 
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from api.http.schemas import FILTER_HELP, FilterBody, HitOut
+from api.http.schemas import FILTER_HELP, MODE_HELP, FilterBody, HitOut, SearchMode
 from rag.pipeline import MAX_ANSWER_K
 
 #: The one model colsmol serves: RAG over the collection.
@@ -61,6 +62,7 @@ class ChatCompletionRequest(BaseModel):
     # colsmol's own options
     k: int = Field(3, ge=1, le=MAX_ANSWER_K, description="Pages shown to the answer model.")
     filter: FilterBody | None = Field(None, description=FILTER_HELP)
+    mode: SearchMode | None = Field(None, description=MODE_HELP)
 
 
 class AssistantMessage(BaseModel):

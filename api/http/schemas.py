@@ -42,6 +42,11 @@ FILTER_HELP = (
     "metadata.<key>; a list means any of."
 )
 STRICT = ConfigDict(extra="forbid", strict=True)
+SearchMode = Literal["visual", "text", "hybrid"]
+MODE_HELP = (
+    "visual (MaxSim over page images), text (BM25 over page text) or hybrid (both, fused by RRF); "
+    "unset: the server's default (COLSMOL_QUERY_MODE, hybrid)."
+)
 
 
 def _not_blank(value: str, what: str) -> str:
@@ -56,6 +61,7 @@ class SearchRequest(BaseModel):
     query: Text = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(10, ge=1, le=MAX_K)
     filter: FilterBody | None = Field(None, description=FILTER_HELP)
+    mode: SearchMode | None = Field(None, description=MODE_HELP)
 
     @field_validator("query")
     @classmethod
@@ -96,6 +102,7 @@ class HitOut(BaseModel):
     thumb_url: str | None = Field(description="A small version of the page image (same rules as image_url).")
     page_uri: str = Field(description="The page image as an MCP resource (colsmol://pages/<point_id>).")
     regions: list[RegionOut] = Field(default_factory=list, description=REGIONS_HELP)
+    found_by: list[str] = Field(default_factory=list, description="Which side(s) found the page: visual, text.")
 
 
 class SearchResponse(BaseModel):
@@ -108,6 +115,7 @@ class AnswerRequest(BaseModel):
     question: Text = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
     k: int = Field(3, ge=1, le=MAX_ANSWER_K)
     filter: FilterBody | None = Field(None, description=FILTER_HELP)
+    mode: SearchMode | None = Field(None, description=MODE_HELP)
     stream: bool = Field(False, description="Answer as Server-Sent Events: token*, sources, done.")
     max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Defaults to the server setting.")
 
@@ -134,6 +142,12 @@ class DocumentOut(BaseModel):
     content_hash: str
     ingested_at: str
     complete: bool
+    state: Literal["text", "visual", "complete"] = Field(
+        "complete",
+        description="text: only the pages' text is stored (searchable by text); visual: embedding under way; "
+        "complete: every page embedded.",
+    )
+    pages_visual: int = Field(0, description="Pages with their visual embedding stored.")
     metadata: dict[str, Any]
     thumb_url: str
 
@@ -195,6 +209,12 @@ class JobOut(BaseModel):
     files_total: int
     pages_done: int
     pages_total: int
+    pages_text: int = Field(
+        0, description="Pages whose text is stored: searchable by text before they are embedded (pages_done)."
+    )
+    stage: Literal["text", "visual", "done"] = Field(
+        "text", description="text: reading the files' text; visual: embedding pages; done: finished."
+    )
     errors: list[JobError]
     report: dict[str, Any] | None
 
@@ -207,3 +227,5 @@ class Health(BaseModel):
     status: str
     detail: str | None = None
     collections: dict[str, str] | None = None
+    #: how searches run: exact, tiered or two-stage (auto's choice with its reason)
+    search_mode: str | None = None

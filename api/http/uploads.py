@@ -2,8 +2,10 @@
 
 Files land in ``uploads_dir / <job_id> / <NN><ext>``: names generated here, never taken from the client.
 The client's file name is stored as the source ``upload:<name>`` (what is shown). Types are decided by
-magic bytes, not by the name or the declared content type. A body that ends before its closing boundary
-(a cut-off upload) is refused whole.
+magic bytes, not by the name or the declared content type; an Office, web, Markdown, EPUB or text file keeps its
+name's suffix once its content agrees (:func:`indexer.render.containers.check_convertible`: a ZIP container that
+is really that format and no ZIP bomb, an OLE2 file, RTF, or text; never an executable). A body that ends before
+its closing boundary (a cut-off upload) is refused whole.
 
 Form fields besides the files: ``metadata``, a flat JSON object stored with every page (see
 :func:`parse_metadata`), and ``password``, for the upload's encrypted PDFs (kept in memory for the job only:
@@ -22,7 +24,9 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from indexer.errors import DocumentError, EncryptedDocument
 from indexer.render.base import sniff as sniff_kind
+from indexer.render.containers import CONVERTIBLE_SUFFIXES, check_convertible
 
 SNIFF_BYTES = 1024  # the renderer looks for a PDF header anywhere in the first 1 KB
 MAX_FIELD_BYTES = 64 * 1024
@@ -57,6 +61,26 @@ def sniff(head: bytes) -> str | None:
     """
     kind = sniff_kind(head)
     return None if kind is None else _SUFFIX[kind]
+
+
+def convertible_suffix(path: Path, original_name: str) -> str:
+    """The suffix of an upload that LibreOffice converts (its name's, once its content agrees), or UploadError:
+    415 for a file that is not what its name says (an executable named ``.docx``), 413 for a ZIP bomb."""
+    suffix = Path(original_name).suffix.lower()
+    if suffix not in CONVERTIBLE_SUFFIXES:
+        raise UploadError(
+            415,
+            f"{original_name!r} is not a PDF, PNG, JPEG, WebP or TIFF file (checked by its content), nor a document "
+            f"named {' '.join(sorted(CONVERTIBLE_SUFFIXES))}",
+        )
+    try:
+        check_convertible(path, suffix)
+    except EncryptedDocument:
+        pass  # a well-formed file: the ingest job reports it in one line, as for an encrypted PDF
+    except DocumentError as exc:
+        status = 413 if exc.reason.startswith("refused") else 415
+        raise UploadError(status, f"{original_name!r}: {exc.reason}") from None
+    return suffix
 
 
 def display_name(name: str) -> str:
@@ -158,11 +182,7 @@ async def _receive(boundary: bytes, body: AsyncIterator[bytes], target: Path, ma
         state["fh"] = None
         saved = upload.files[-1]
         with saved.path.open("rb") as f:
-            ext = sniff(f.read(SNIFF_BYTES))
-        if ext is None:
-            raise UploadError(
-                415, f"{saved.original_name!r} is not a PDF, PNG, JPEG, WebP or TIFF file (checked by its content)"
-            )
+            ext = sniff(f.read(SNIFF_BYTES)) or convertible_suffix(saved.path, saved.original_name)
         final = saved.path.with_suffix(ext)
         saved.path.rename(final)
         saved.path = final

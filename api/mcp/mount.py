@@ -107,8 +107,8 @@ def app_parts(app: FastAPI, collection: str | None, request: Any) -> Parts:
     services = state.collections.get(name)
     batcher, pipeline = services.batcher, services.pipeline
 
-    async def search(query: str, k: int, flt: Filter) -> list[Hit]:
-        hits: list[Hit] = await batcher.search(query, k, flt)
+    async def search(query: str, k: int, flt: Filter, mode: str | None = None) -> list[Hit]:
+        hits: list[Hit] = await batcher.search(query, k, flt, mode)
         return hits
 
     max_new_tokens = state.settings.max_new_tokens

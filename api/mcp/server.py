@@ -61,7 +61,7 @@ class Parts:
 
     pipeline: "RAGPipeline"
     doc_names: DocNames
-    search: Callable[[str, int, Filter], Awaitable[list["Hit"]]]
+    search: Callable[[str, int, Filter, str | None], Awaitable[list["Hit"]]]
     answer: Callable[[str, int, Filter], Awaitable["Answer"]]
     max_new_tokens: int
     #: The collections the caller may name (``list_collections``).
@@ -129,6 +129,11 @@ def build_server(parts: PartsFor, collections: Callable[[Any], list[str]] | None
         query: str,
         k: Annotated[int, Field(ge=1, le=MAX_K, description="How many pages.")] = 5,
         filter: FilterArg = None,
+        mode: Annotated[
+            Literal["visual", "text", "hybrid"] | None,
+            Field(description="visual (page images), text (exact words: names, IDs, numbers) or hybrid (both); "
+                  "unset: hybrid."),
+        ] = None,
         collection: CollectionArg = None,
         ctx: Context | None = None,
     ) -> list[HitOut]:
@@ -136,7 +141,7 @@ def build_server(parts: PartsFor, collections: Callable[[Any], list[str]] | None
             p = await _parts(parts, collection, ctx)
             if not query.strip():
                 raise InvalidRequest("the query is empty")
-            hits = await p.search(query, k, Filter.parse(filter))
+            hits = await p.search(query, k, Filter.parse(filter), mode)
             return await p.doc_names.hits_out(hits, _base_url(ctx))
 
         return await _tool_call(run())
@@ -241,8 +246,9 @@ def standalone_parts(pipeline: "RAGPipeline", max_new_tokens: int) -> Parts:
 
     executor = ThreadPoolExecutor(1, thread_name_prefix="colsmol-mcp")
 
-    async def search(query: str, k: int, flt: Filter) -> list["Hit"]:
-        return await asyncio.get_running_loop().run_in_executor(executor, lambda: pipeline.search(query, k, flt))
+    async def search(query: str, k: int, flt: Filter, mode: str | None = None) -> list["Hit"]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, lambda: pipeline.search(query, k, flt, mode=mode))
 
     async def answer(question: str, k: int, flt: Filter) -> "Answer":
         loop = asyncio.get_running_loop()

@@ -52,8 +52,9 @@ class ColSmolEncoder:
 
     ``runtime`` picks what runs the vision tower on a CPU (:mod:`indexer.models.vision_runtimes`): a name,
     or ``"auto"`` to time each candidate once on one tile, check it against fp32, and keep the fastest
-    faithful one (:mod:`indexer.models.runtimes`), remembered in ``runtime_cache`` (a directory) for this machine.
-    On CUDA the model runs in bf16 and ``runtime`` is not used.
+    faithful one (:mod:`indexer.models.runtimes`; at most about one page of encoding a load, what does not fit is
+    measured by a later load), remembered in ``runtime_cache`` (a directory) for this machine. On CUDA
+    the model runs in bf16 and ``runtime`` is not used.
     """
 
     def __init__(
@@ -88,6 +89,8 @@ class ColSmolEncoder:
         self.runtime_cache = None if runtime_cache is None else Path(runtime_cache)
         #: How the vision tower runs, once the model is loaded (name, reason, the probe's trials).
         self.runtime_choice: Choice[Any] | None = None
+        #: Seconds loading has spent measuring runtimes (``runtime="auto"``, on a budget), summed over loads.
+        self.calibration_seconds = 0.0
         self._model_longest_edge: int | None = None
         self._processor_for_probe: Any = None
         self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
@@ -234,6 +237,7 @@ class ColSmolEncoder:
             key={"model": self.model_id},
         )
         self.runtime_choice = choice
+        self.calibration_seconds += choice.seconds
         if choice.name != "fp32":
             log.info("encoder %s: vision tower runs on %s (%s)", self.model_id, choice.name, choice.reason)
 

@@ -12,6 +12,13 @@ only after a self-check (``retriever.maxsim.fused_or_none``):
    to the cache file.
 3. ``requested=NAME`` builds that candidate without probing (the user asked for it).
 
+Measuring is on a budget (``budget_probes``: that many reference probe runs' worth of time, at least
+:data:`MIN_BUDGET_S`, which covers building a candidate when the model is tiny), so a
+first run with a small model, or a small first ingest, never pays more for the choice than for its work.
+A candidate whose measurement would not fit what is left (its probe runs, plus ``Candidate.prepare_s``, e.g.
+a conversion not cached yet) stays *pending*: the choice is made among those measured, cached with the pending
+names, and a later load measures them when its budget allows (the cached choice is used meanwhile).
+
 A candidate that fails to build, to run, or to match the reference is skipped with a logged reason; at
 worst the reference runs. Nothing here knows what a model is: :mod:`indexer.models.vision_runtimes` supplies the
 Idefics3 candidates (encoder today; the SmolVLM generator shares the architecture).
@@ -39,6 +46,8 @@ O = TypeVar("O")  # noqa: E741 - the probe's output
 AUTO = "auto"
 #: Bumped when the probe or the candidates change meaning, so that old cached choices are re-measured.
 SELECTION_VERSION = 1
+#: The smallest measuring budget, in seconds, whatever the probe takes.
+MIN_BUDGET_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Candidate(Generic[T]):
     name: str
     build: Callable[[], T]
     describe: str = ""
+    #: Seconds that building it takes now beyond a probe run (a conversion not cached yet), for the budget.
+    prepare_s: Callable[[], float] | None = None
 
 
 @dataclass
@@ -73,6 +84,10 @@ class Choice(Generic[T]):
     reason: str
     trials: list[Trial] = field(default_factory=list)
     cached: bool = False
+    #: Candidates not measured yet: they did not fit the budget (a later load measures them).
+    pending: list[str] = field(default_factory=list)
+    #: Seconds this load spent measuring (0 when the cached choice was used as is).
+    seconds: float = 0.0
 
 
 class ChoiceCache:
@@ -105,7 +120,7 @@ class ChoiceCache:
         same = isinstance(record, dict) and record.get("key") == json.loads(json.dumps(key, default=str))
         return record if same else None
 
-    def put(self, key: dict[str, Any], choice: str, trials: Sequence[Trial]) -> None:
+    def put(self, key: dict[str, Any], choice: str, trials: Sequence[Trial], pending: Sequence[str] = ()) -> None:
         if self.path is None:
             return
         with self._lock:
@@ -114,6 +129,7 @@ class ChoiceCache:
                 "key": key,
                 "choice": choice,
                 "trials": [asdict(t) for t in trials],
+                "pending": list(pending),
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             try:
@@ -173,11 +189,13 @@ def choose(
     repeats: int = 2,
     tolerance: float = 0.10,
     what: str = "model",
+    budget_probes: float | None = None,
 ) -> Choice[T]:
     """Pick the candidate to run; see the module docstring.
 
     ``probe(value)`` runs the probe input through a built candidate (``repeats`` timed runs, the fastest counts);
-    ``fidelity(reference_output, output)`` scores the agreement (1.0 = identical)."""
+    ``fidelity(reference_output, output)`` scores the agreement (1.0 = identical). ``budget_probes`` bounds the
+    measuring to that many reference probe runs' worth of seconds (None: measure every candidate)."""
     if not candidates:
         raise ValueError("no candidates")
     by_name = {c.name: c for c in candidates}
@@ -197,16 +215,66 @@ def choose(
     if record is not None and record.get("choice") in by_name:
         cand = by_name[record["choice"]]
         trials = [Trial(**t) for t in record.get("trials", []) if isinstance(t, dict)]
+        pending = [by_name[n] for n in record.get("pending", []) if n in by_name]
         try:
-            value = cand.build()
-            log.info("%s runtime %s (cached choice for this machine)", what, cand.name)
-            return Choice(cand.name, value, "cached", trials, cached=True)
+            cached = Choice(cand.name, cand.build(), "cached", trials, cached=True, pending=[c.name for c in pending])
         except Exception as exc:  # noqa: BLE001
             log.warning("cached %s runtime %s no longer builds (%s); measuring again", what, cand.name, _why(exc))
-    choice = _measure(candidates, probe, fidelity, min_fidelity, repeats, tolerance, what)
+        else:
+            if pending and _fits(pending[:1], trials, reference.name, repeats, budget_probes, cached=True):
+                # Measure what an earlier budget left out; the earlier trials still count (same machine key).
+                started = time.perf_counter()
+                more = _measure(
+                    [reference, *pending],
+                    probe,
+                    fidelity,
+                    min_fidelity,
+                    repeats,
+                    tolerance,
+                    what,
+                    budget_probes,
+                    earlier=trials,
+                    current=cached,
+                )
+                more.seconds = time.perf_counter() - started
+                if cache is not None:
+                    cache.put(key, more.name, more.trials, more.pending)
+                return more
+            log.info("%s runtime %s (cached choice for this machine)", what, cand.name)
+            return cached
+    started = time.perf_counter()
+    choice = _measure(candidates, probe, fidelity, min_fidelity, repeats, tolerance, what, budget_probes)
+    choice.seconds = time.perf_counter() - started
     if cache is not None:
-        cache.put(key, choice.name, choice.trials)
+        cache.put(key, choice.name, choice.trials, choice.pending)
     return choice
+
+
+def _cost(cand: Candidate[Any], probe_s: float, repeats: int) -> float:
+    """Seconds measuring ``cand`` should take: a warm-up and ``repeats`` timed probe runs, plus its preparation."""
+    return (1 + repeats) * probe_s + (cand.prepare_s() if cand.prepare_s is not None else 0.0)
+
+
+def _fits(
+    pending: Sequence[Candidate[Any]],
+    trials: Sequence[Trial],
+    reference: str,
+    repeats: int,
+    budget_probes: float | None,
+    cached: bool,
+) -> bool:
+    """Whether measuring ``pending`` (and, for a cached choice, the reference again) fits the budget."""
+    if budget_probes is None:
+        return True
+    probe_s = next((t.seconds for t in trials if t.name == reference and t.seconds), None)
+    if probe_s is None:
+        return True  # nothing to go by: measure
+    need = sum(_cost(c, probe_s, repeats) for c in pending) + ((1 + repeats) * probe_s if cached else 0.0)
+    return need <= _budget_s(budget_probes, probe_s)
+
+
+def _budget_s(budget_probes: float, probe_s: float) -> float:
+    return max(MIN_BUDGET_S, budget_probes * probe_s)
 
 
 def _measure(
@@ -217,13 +285,28 @@ def _measure(
     repeats: int,
     tolerance: float,
     what: str,
+    budget_probes: float | None = None,
+    earlier: Sequence[Trial] = (),
+    current: Choice[T] | None = None,
 ) -> Choice[T]:
+    """Measure ``candidates`` (the reference first) within the budget. ``earlier`` trials (a cached record) and
+    the ``current`` cached choice's built value take part in the pick."""
+    started = time.perf_counter()
     reference = candidates[0]
     ref_value = reference.build()
     ref_out = probe(ref_value)  # warm-up, and the output every other candidate is compared with
-    trials = [Trial(reference.name, _time(probe, ref_value, repeats), 1.0)]
+    ref_s = _time(probe, ref_value, repeats)
+    new = {c.name for c in candidates}
+    trials = [Trial(reference.name, ref_s, 1.0)] + [t for t in earlier if t.name not in new]
     values: dict[str, Any] = {reference.name: ref_value}
+    if current is not None:
+        values[current.name] = current.value
+    budget_s = None if budget_probes is None else _budget_s(budget_probes, ref_s)
+    pending: list[str] = []
     for cand in candidates[1:]:
+        if budget_s is not None and _cost(cand, ref_s, repeats) > budget_s - (time.perf_counter() - started):
+            pending.append(cand.name)
+            continue
         trial = Trial(cand.name)
         trials.append(trial)
         try:
@@ -237,14 +320,18 @@ def _measure(
             trial.error = _why(exc)
             continue
         values[cand.name] = value
-    name = _pick(trials, tolerance)
+    name = _pick([t for t in trials if t.name in values], tolerance)
     for other in [n for n in values if n != name]:
         del values[other]  # the losers' memory goes now
     summary = "; ".join(
         f"{t.name} {t.seconds:.3f}s (fidelity {t.fidelity:.5f})" if t.ok else f"{t.name}: {t.error}" for t in trials
     )
+    if pending:
+        summary += f"; not measured yet (over the {budget_probes:g}-probe budget): {', '.join(pending)}"
     log.info("%s runtime %s chosen on this machine: %s", what, name, summary)
-    return Choice(name, values[name], f"fastest within {tolerance:.0%}, most faithful: {summary}", trials)
+    return Choice(
+        name, values[name], f"fastest within {tolerance:.0%}, most faithful: {summary}", trials, pending=pending
+    )
 
 
 def _pick(trials: Sequence[Trial], tolerance: float) -> str:

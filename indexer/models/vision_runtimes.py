@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
 
 #: Every vision runtime, reference first (``COLSMOL_ENCODER_RUNTIME`` takes one of these, or ``auto``).
 RUNTIMES: tuple[str, ...] = tuple(r for r in get_args(EncoderRuntime) if r != AUTO)
+#: What one load may spend choosing, in probe runs (one tile each): 12 tiles are under one Letter page at the
+#: model's 2048 px (17), so a first ingest pays less than a page of encoding to learn the machine.
+BUDGET_PROBES = 12.0
+#: Seconds converting the tower to OpenVINO is budgeted at while its graph is not cached (SigLIP-base: tens of
+#: seconds on a 2-vCPU VM; a converter start-up of seconds even for a tiny tower).
+CONVERT_S = 20.0
 
 
 def vision_tower(model: Any) -> Any:
@@ -53,12 +59,18 @@ def tower_candidates(tower: Any, weights: str, cache_dir: Path | None = None) ->
 
     ``weights`` names the weights (``models.weights_identity``): the converted graph is saved under it."""
     converted = _Converted(tower, weights, cache_dir)
+
+    def convert_s() -> float:
+        return 0.0 if converted.ready() else CONVERT_S
+
     return [
         Candidate("fp32", lambda: tower, "torch eager, fp32"),
         Candidate("int8", lambda: _int8(tower), "torch dynamic int8 on the vision tower's linear layers"),
         Candidate("bf16", lambda: _Bf16Tower(tower), "torch, vision tower in bf16"),
-        Candidate("openvino", lambda: converted.module("f32"), "OpenVINO vision tower, fp32"),
-        Candidate("openvino-bf16", lambda: converted.module("bf16"), "OpenVINO vision tower, bf16 precision"),
+        Candidate("openvino", lambda: converted.module("f32"), "OpenVINO vision tower, fp32", convert_s),
+        Candidate(
+            "openvino-bf16", lambda: converted.module("bf16"), "OpenVINO vision tower, bf16 precision", convert_s
+        ),
     ]
 
 
@@ -112,6 +124,16 @@ class _Converted:
         ident = f"{self.weights}|{openvino.__version__}|{torch.__version__}|{transformers.__version__}"
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         return self.cache_dir / "openvino" / digest / "vision.xml"
+
+    def ready(self) -> bool:
+        """Whether the graph is converted already (in memory, or saved in the cache directory)."""
+        if self._graph is not None:
+            return True
+        try:
+            path = self._ir_path()
+        except Exception:  # noqa: BLE001 - OpenVINO missing: the candidate fails to build anyway, cheaply
+            return True
+        return path is not None and path.is_file()
 
     def graph(self) -> Any:
         with self._lock:
@@ -213,6 +235,7 @@ def choose_tower(
     cache_dir: Path | None = None,
     what: str = "model",
     key: dict[str, Any] | None = None,
+    budget_probes: float | None = BUDGET_PROBES,
 ) -> Choice[Any]:
     """Put into the Idefics3 ``model`` (fp32, on the CPU) the vision tower runtime ``requested``, or with ``auto``
     the one :func:`indexer.models.runtimes.choose` measures fastest and faithful on ``inputs`` (one tile through
@@ -220,6 +243,7 @@ def choose_tower(
     (``models.weights_identity``);
     ``cache_dir`` keeps ``choices.json`` and the converted graphs. Fidelity: the smallest per-token cosine of the
     output (a ColIdefics3's embeddings, or a generator's logits) over the positions ``inputs["attention_mask"]`` sets.
+    ``budget_probes`` bounds the measuring (:data:`BUDGET_PROBES`; None measures every candidate).
     """
     from indexer.models.runtimes import ChoiceCache, choose, machine_key, token_cosine_min
 
@@ -243,6 +267,7 @@ def choose_tower(
         cache=cache,
         key=machine_key(what=what, weights=weights, **library_versions(), **(key or {})),
         what=what,
+        budget_probes=budget_probes,
     )
     set_vision_tower(model, choice.value)
     return choice

@@ -5,9 +5,16 @@ Both backends hold the same collection schema:
 - named multivector ``tokens``: 128-d, dot product, MaxSim comparator, fp16, HNSW off (``m=0``);
 - named multivector ``pooled``: a few vectors per page, HNSW on, for candidate prefetch at scale;
 - payload indexes on the filter fields;
+- sparse vector ``text``: the page text's BM25 term weights (:mod:`indexer.store.sparse`), IDF modifier;
 - deterministic point ids: ``uuid5(doc_id, page_number)``, so re-ingesting is idempotent;
 - one marker point per document (``kind == "document"``, no vectors) written *after* all its pages,
   so a document counts as complete only when every page is stored.
+
+Pages are stored in two stages. A page's text comes first (``stage == "text"``: payload and the sparse
+``text`` vector, no multivector), seconds after ingest starts; its visual embedding replaces the point
+later (``stage == "visual"``: both multivectors, the text kept). A page written before stages existed
+has no ``stage`` and is visual. A collection created before the text index existed has no ``text``
+vector: it is searched by pictures only (``text_enabled`` is False).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any, Final, Literal, Protocol
 import numpy as np
 
 from indexer.filters import Filter, FilterAPI
+from indexer.store.sparse import ENCODER, TEXT_VECTOR, language_of
 from indexer.types import DocumentInfo, PageRecord
 
 DIM = 128
@@ -46,7 +54,17 @@ PAYLOAD_FIELDS = (
     "content_hash",
     "ingested_at",
     "metadata",  # user metadata, a flat dict of str -> str|int|float|bool
+    "stage",  # "text" (text only so far) or "visual" (embedded); absent on pages stored before stages
+    "text",  # the page text (indexer.text.PageText: words joined by spaces, bounded length)
+    "word_boxes",  # four integers per word of "text": x0, y0, x1, y1 in thousandths of the page
+    "text_source",  # "pdf" (text layer), "ocr" or "none"
 )
+#: The payload fields a page scan returns by default: everything but the page text and its word boxes.
+LIGHT_FIELDS = [f for f in PAYLOAD_FIELDS if f not in ("text", "word_boxes")] + ["sources"]
+STAGE_TEXT: Final = "text"
+STAGE_VISUAL: Final = "visual"
+#: Collection metadata key: the BM25 languages of the pages stored (queries are embedded in each).
+TEXT_LANGUAGES_META = "text_languages"
 INDEXED_FIELDS = ("kind", "doc_id", "source", "content_hash", "page_number")
 
 _NAMESPACE = uuid.UUID("6f1c3c1e-9a57-4c1b-8d0a-36c0c5a1d6e1")
@@ -97,6 +115,18 @@ class StoredPage:
     pooled: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class SparseVector:
+    """A sparse vector as stored: term ids and their weights (the same length)."""
+
+    indices: list[int]
+    values: list[float]
+
+    @property
+    def size(self) -> int:
+        return len(self.indices)
+
+
 class VectorStore(Protocol):
     """What the indexer, retriever and API need from Qdrant. Two implementations: Edge and server."""
 
@@ -142,9 +172,10 @@ class VectorStore(Protocol):
         """Token vectors ``(n, 128)`` float32 of pages by point id (for a two-stage rerank)."""
 
     def iter_pages(
-        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY
+        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY, with_text: bool = False
     ) -> Iterator[StoredPage]:
-        """Every page point with the named ``vectors`` (``()``: payloads only), in scroll order."""
+        """Every page point with the named ``vectors`` (``()``: payloads only), in scroll order. Payloads leave out
+        the page text and word boxes unless ``with_text``. Text-only pages come without the named vectors."""
 
     def prefetch(
         self,
@@ -161,6 +192,36 @@ class VectorStore(Protocol):
         """
 
     def count_pages(self) -> int: ...
+
+    #: Whether the collection has the sparse ``text`` vector (collections created before it have not).
+    text_enabled: bool
+
+    def upsert_text_pages(self, pages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Write text-only page points ``(point_id, payload)`` (``stage == "text"``, sparse vector from the
+        payload's ``text``). Callers write only pages not stored yet: this replaces a stored page's vectors."""
+
+    def text_search(
+        self, query: str, limit: int, doc_filter: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        """Pages by BM25 of the page text (Qdrant sparse search, IDF at query time), best first."""
+
+    def hybrid_search(
+        self,
+        query: np.ndarray,
+        text: str,
+        limit: int,
+        doc_filter: Filter | None = None,
+        *,
+        depth: int = 50,
+        rrf_k: int = 60,
+        candidates: int = 200,
+        text_depth: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """Qdrant-side fusion: RRF of the visual side (pooled prefetch of ``candidates``, rescored by full MaxSim,
+        ``depth`` kept) and the BM25 side (``text_depth`` when given, else ``depth``), best first."""
+
+    def visual_page_count(self, doc_id: str) -> int:
+        """Pages of ``doc_id`` with their visual embedding stored."""
 
     def version(self) -> str:
         """A cheap token that changes whenever pages are added or removed (by any process)."""
@@ -255,9 +316,29 @@ class QdrantStoreCore(ABC):
         """The backend's filter object (callers check ``matches_nothing`` first)."""
         return (doc_filter or Filter()).qdrant(self._api, kind)
 
+    text_enabled: bool = False
+
     @abstractmethod
-    def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
-        ...
+    def _upsert(self, points: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        """Write points ``(id, {name: float32 (n, 128) array or SparseVector}, payload)``."""
+
+    @abstractmethod
+    def _query_sparse(self, vector: SparseVector, limit: int, flt: Any) -> list[tuple[str, float]]:
+        """Pages by a sparse query on the ``text`` vector (IDF applied by Qdrant), best first."""
+
+    @abstractmethod
+    def _query_fused(
+        self,
+        query: np.ndarray,
+        sparse: SparseVector,
+        limit: int,
+        flt: Any,
+        depth: int,
+        rrf_k: int,
+        candidates: int,
+        text_depth: int | None = None,
+    ) -> list[tuple[str, float]]:
+        """One Qdrant query: RRF of the visual side (pooled prefetch, MaxSim rescoring) and the sparse side."""
 
     @abstractmethod
     def _delete_ids(self, ids: list[str]) -> None:
@@ -315,7 +396,7 @@ class QdrantStoreCore(ABC):
 
     # ---- writes ----------------------------------------------------------------------------
     def upsert_pages(self, records: Sequence[PageRecord]) -> None:
-        prepared: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]] = []
+        prepared: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for rec in records:  # validate everything first: a bad page raises before any write
             what = f"page {rec.point_id}"
             tokens = np.ascontiguousarray(rec.vectors, dtype=np.float32)
@@ -327,8 +408,9 @@ class QdrantStoreCore(ABC):
                 vectors[POOLED_VECTOR] = pooled
             if not rec.payload.get("doc_id"):
                 raise ValueError(f"{what}: payload has no doc_id")
-            prepared.append((str(rec.point_id), vectors, {**rec.payload, "kind": KIND_PAGE}))
-        batch: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]] = []
+            payload = {**rec.payload, "kind": KIND_PAGE, "stage": STAGE_VISUAL}
+            prepared.append((str(rec.point_id), {**vectors, **self._text_vector(payload)}, payload))
+        batch: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         floats = 0
         for point in prepared:
             n = sum(v.size for v in point[1].values())
@@ -341,6 +423,91 @@ class QdrantStoreCore(ABC):
             self._upsert(batch)
         if prepared:
             self._changed()
+
+    # ---- text ------------------------------------------------------------------------------
+    def _text_vector(self, payload: dict[str, Any]) -> dict[str, SparseVector]:
+        """``{"text": sparse}`` for a page payload with text, when the collection has the text index."""
+        text = payload.get("text")
+        if not self.text_enabled or not isinstance(text, str) or not text.strip():
+            return {}
+        indices, values = ENCODER.document(text, language_of(payload.get("metadata")))
+        return {TEXT_VECTOR: SparseVector(indices, values)} if indices else {}
+
+    def upsert_text_pages(self, pages: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        if not pages:
+            return
+        points = []
+        languages: set[str] = set()
+        for pid, payload in pages:
+            if not payload.get("doc_id"):
+                raise ValueError(f"page {pid}: payload has no doc_id")
+            full = {**payload, "kind": KIND_PAGE, "stage": STAGE_TEXT}
+            points.append((str(pid), self._text_vector(full), full))
+            if full.get("text"):
+                languages.add(language_of(full.get("metadata")))
+        for batch in iter_batches(points, 256):
+            self._upsert(batch)
+        self._remember_languages(languages)
+        self._changed()
+
+    def _remember_languages(self, languages: set[str]) -> None:
+        known = set(self.text_languages())
+        if self.text_enabled and languages - known:
+            self.update_meta({TEXT_LANGUAGES_META: sorted(known | languages)})
+
+    def text_languages(self) -> list[str]:
+        """The BM25 languages of the stored pages (English when none was recorded)."""
+        return [str(x) for x in self.get_meta().get(TEXT_LANGUAGES_META) or ()]
+
+    def _query_text_vector(self, text: str) -> SparseVector:
+        indices, values = ENCODER.query(text, self.text_languages())
+        return SparseVector(indices, values)
+
+    def text_search(self, query: str, limit: int, doc_filter: Filter | None = None) -> list[tuple[str, float]]:
+        if not self.text_enabled or limit <= 0 or (doc_filter is not None and doc_filter.matches_nothing):
+            return []
+        vector = self._query_text_vector(query)
+        if not vector.indices:  # only stopwords
+            return []
+        # Equal BM25 scores (pages with the same words) in id order: one ranking whatever order they were stored in.
+        hits = self._query_sparse(vector, int(limit), self._filter(doc_filter))
+        return sorted(hits, key=lambda h: (-h[1], h[0]))
+
+    def hybrid_search(
+        self,
+        query: np.ndarray,
+        text: str,
+        limit: int,
+        doc_filter: Filter | None = None,
+        *,
+        depth: int = 50,
+        rrf_k: int = 60,
+        candidates: int = 200,
+        text_depth: int | None = None,
+    ) -> list[tuple[str, float]]:
+        q = np.asarray(query, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        check_vectors(q, "query")
+        if limit <= 0 or (doc_filter is not None and doc_filter.matches_nothing):
+            return []
+        vector = self._query_text_vector(text) if self.text_enabled else SparseVector([], [])
+        flt = self._filter(doc_filter)
+        return self._query_fused(q, vector, int(limit), flt, int(depth), int(rrf_k), int(candidates), text_depth)
+
+    def visual_page_count(self, doc_id: str) -> int:
+        return self._count(self._not_text(self._filter(Filter.where(doc_id=doc_id))))
+
+    def _not_text(self, flt: Any) -> Any:
+        """``flt`` and not a text-only page."""
+        api = self._api
+        text_only = api.FieldCondition(key="stage", match=api.MatchValue(value=STAGE_TEXT))
+        return api.Filter(must=[flt], must_not=[text_only])
+
+    def _text_only(self, flt: Any) -> Any:
+        api = self._api
+        text_only = api.FieldCondition(key="stage", match=api.MatchValue(value=STAGE_TEXT))
+        return api.Filter(must=[flt, text_only])
 
     def mark_document_complete(self, info: DocumentInfo) -> None:
         payload = {"kind": KIND_DOCUMENT, **document_record(info)}
@@ -399,20 +566,23 @@ class QdrantStoreCore(ABC):
         marker_filter = self._filter(doc_filter, kind=KIND_DOCUMENT)
         page_filter = self._filter(doc_filter, kind=KIND_PAGE)
         counts = self._facet("doc_id", page_filter)
+        text_only = self._facet("doc_id", self._text_only(page_filter)) if include_incomplete else {}
         payloads = {p["doc_id"]: p for _, _, p in self._scroll_all(marker_filter, True)}
         infos = [self._info(p, counts.get(doc_id, 0), True) for doc_id, p in payloads.items()]
         if include_incomplete:
             for doc_id, n in counts.items():
                 if doc_id in payloads or n <= 0:
                     continue
-                rows, _ = self._scroll(self._filter(Filter.where(doc_id=doc_id)), 1, None, True, None)
+                rows, _ = self._scroll(self._filter(Filter.where(doc_id=doc_id)), 1, None, LIGHT_FIELDS, None)
                 if rows:
-                    infos.append(self._info(rows[0][2], n, False))
+                    infos.append(self._info(rows[0][2], n, False, n - text_only.get(doc_id, 0)))
         infos.sort(key=lambda d: (d.source, d.doc_id))
         return infos
 
     @staticmethod
-    def _info(payload: dict[str, Any], pages_stored: int, complete: bool) -> DocumentInfo:
+    def _info(
+        payload: dict[str, Any], pages_stored: int, complete: bool, pages_visual: int | None = None
+    ) -> DocumentInfo:
         return DocumentInfo(
             doc_id=str(payload["doc_id"]),
             source=str(payload.get("source", "")),
@@ -424,6 +594,7 @@ class QdrantStoreCore(ABC):
             complete=complete,
             metadata=dict(payload.get("metadata") or {}),
             sources=tuple(str(s) for s in payload.get("sources") or ()),
+            pages_visual=pages_stored if pages_visual is None else pages_visual,
         )
 
     def list_documents(self, include_incomplete: bool = False) -> list[DocumentInfo]:
@@ -450,13 +621,14 @@ class QdrantStoreCore(ABC):
         return self._retrieve_tokens(ids) if ids else {}
 
     def iter_pages(
-        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY
+        self, batch_size: int = 256, vectors: Collection[VectorName] = TOKENS_ONLY, with_text: bool = False
     ) -> Iterator[StoredPage]:
         unknown = set(vectors) - {TOKENS_VECTOR, POOLED_VECTOR}
         if unknown:
             raise ValueError(f"unknown vector names {sorted(unknown)}; use {TOKENS_VECTOR!r} or {POOLED_VECTOR!r}")
         names = [v for v in (TOKENS_VECTOR, POOLED_VECTOR) if v in vectors]
-        for pid, vecs, payload in self._scroll_all(self._filter(), True, names or None, batch=batch_size):
+        fields: bool | list[str] = True if with_text else LIGHT_FIELDS
+        for pid, vecs, payload in self._scroll_all(self._filter(), fields, names or None, batch=batch_size):
             yield StoredPage(pid, payload, vecs.get(TOKENS_VECTOR), vecs.get(POOLED_VECTOR))
 
     def prefetch(

@@ -31,8 +31,10 @@ from indexer.store.base import (
     POOLED_VECTOR,
     TOKENS_VECTOR,
     QdrantStoreCore,
+    SparseVector,
     tokens_array,
 )
+from indexer.store.sparse import TEXT_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class ServerStore(QdrantStoreCore):
             self.client.create_collection(
                 self.collection,
                 vectors_config=self._vectors_config(),
+                sparse_vectors_config={TEXT_VECTOR: self._m.SparseVectorParams(modifier=self._m.Modifier.IDF)},
                 shard_number=shard_number,
                 replication_factor=replication_factor,
                 write_consistency_factor=wcf,
@@ -143,6 +146,10 @@ class ServerStore(QdrantStoreCore):
             diffs.append(
                 f"vector 'tokens' has datatype={getattr(tokens.datatype, 'value', None)}, colsmol needs float16"
             )
+        sparse = params.sparse_vectors or {}
+        self.text_enabled = TEXT_VECTOR in sparse
+        if not self.text_enabled:
+            logger.info("collection %r has no text index (made before it): searched by images only", self.collection)
         if diffs:
             raise SchemaMismatch(
                 f"collection {self.collection!r} on {self.url} has a schema colsmol cannot use: "
@@ -165,9 +172,12 @@ class ServerStore(QdrantStoreCore):
             raise StoreUnavailable(f"store for collection {self.collection!r} on {self.url} is closed")
         return self.client
 
-    def _upsert(self, points: list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]) -> None:
+    def _vector(self, v: Any) -> Any:
+        return self._m.SparseVector(indices=v.indices, values=v.values) if isinstance(v, SparseVector) else v.tolist()
+
+    def _upsert(self, points: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
         structs = [
-            self._m.PointStruct(id=pid, vector={k: v.tolist() for k, v in vectors.items()}, payload=payload)
+            self._m.PointStruct(id=pid, vector={k: self._vector(v) for k, v in vectors.items()}, payload=payload)
             for pid, vectors, payload in points
         ]
         self._live().upsert(self.collection, structs, wait=True)
@@ -228,6 +238,47 @@ class ServerStore(QdrantStoreCore):
             self.collection,
             query=query.tolist(),
             using=using,
+            limit=limit,
+            query_filter=flt,
+            with_payload=False,
+            with_vectors=False,
+        )
+        return [(str(p.id), float(p.score)) for p in res.points]
+
+    def _query_sparse(self, vector: SparseVector, limit: int, flt: Any) -> list[tuple[str, float]]:
+        res = self._live().query_points(
+            self.collection,
+            query=self._m.SparseVector(indices=vector.indices, values=vector.values),
+            using=TEXT_VECTOR,
+            limit=limit,
+            query_filter=flt,
+            with_payload=False,
+            with_vectors=False,
+        )
+        return [(str(p.id), float(p.score)) for p in res.points]
+
+    def _query_fused(
+        self,
+        query: np.ndarray,
+        sparse: SparseVector,
+        limit: int,
+        flt: Any,
+        depth: int,
+        rrf_k: int,
+        candidates: int,
+        text_depth: int | None = None,
+    ) -> list[tuple[str, float]]:
+        m = self._m
+        q = query.tolist()
+        pooled = m.Prefetch(query=q, using=POOLED_VECTOR, limit=max(candidates, depth), filter=flt)
+        sides = [m.Prefetch(query=q, using=TOKENS_VECTOR, limit=depth, prefetch=[pooled], filter=flt)]
+        if sparse.indices:
+            text = m.SparseVector(indices=sparse.indices, values=sparse.values)
+            sides.append(m.Prefetch(query=text, using=TEXT_VECTOR, limit=text_depth or depth, filter=flt))
+        res = self._live().query_points(
+            self.collection,
+            prefetch=sides,
+            query=m.RrfQuery(rrf=m.Rrf(k=rrf_k)),
             limit=limit,
             query_filter=flt,
             with_payload=False,

@@ -14,6 +14,11 @@ Configurations (``parse_configs``):
   (``prefetch_pool_factor``, 16 as ``colsmol ingest`` writes them); Qdrant prefetches ``candidates`` pages per query,
   which are reranked by exact MaxSim (:class:`~retriever.search.TwoStageSearcher`).
 
+- ``tiered``: :class:`~retriever.tiered_index.TieredIndex` as ``COLSMOL_SEARCH_MODE=tiered`` builds it: tier 1
+  (the pooled prefetch vectors, int8, resident) proposes ``candidates`` pages, tier 2 ranks them by exact MaxSim
+  over their int8 tokens read from a memory-mapped token file (in a temporary directory); ``tier1`` is tier 1's
+  own ranking (what tier 2 starts from), so each tier is measured against exact.
+
 ``exact`` is always run (added first when not asked for), since every configuration is reported relative to it.
 Nothing touches a user's collection: the Edge shard lives in a temporary directory (or a fresh collection under
 ``workdir``) and token indexes live in memory.
@@ -57,7 +62,8 @@ class EvalConfig:
     """One way of indexing and searching the same page vectors."""
 
     name: str
-    kind: str = "index"  # "index" (exhaustive MaxSim over a TokenIndex), "runtime" (re-embedded) or "two-stage"
+    #: "index" (exhaustive MaxSim over a TokenIndex), "runtime" (re-embedded), "two-stage", "tiered" or "tier1"
+    kind: str = "index"
     dtype: str = "fp16"
     pool_factor: int = 1
     runtime: str = ""  # kind "runtime": the encoder runtime the corpus is embedded with
@@ -79,6 +85,8 @@ def parse_configs(spec: str | Sequence[str]) -> list[EvalConfig]:
     for item in items:
         if item in ("two-stage", "two_stage", "twostage"):
             cfg = EvalConfig("two-stage", kind="two-stage")
+        elif item in ("tiered", "tier1"):
+            cfg = EvalConfig(item, kind=item, dtype="int8")
         elif item.startswith("runtime:"):
             from indexer.settings import EncoderRuntime
 
@@ -92,7 +100,7 @@ def parse_configs(spec: str | Sequence[str]) -> list[EvalConfig]:
             if not m:
                 raise ConfigError(
                     f"--config {item!r} is not one of exact, int8, poolN (pool2, pool3...), int8-poolN, two-stage, "
-                    "runtime:NAME"
+                    "tiered, tier1, runtime:NAME"
                 )
             dtype = "int8" if m.group(1) == "int8" else "fp16"
             factor = int(m.group(2) or m.group(3) or 1)
@@ -252,6 +260,8 @@ def run_eval(
     embed_chunk: int = 64,
     progress: Progress | None = None,
     encoder_for_runtime: Callable[[str], Encoder] | None = None,
+    modes: Sequence[str] = ("visual",),
+    page_texts: Sequence[str] | None = None,
 ) -> EvalReport:
     """Evaluate ``encoder`` on ``dataset`` under each configuration; see the module docstring.
 
@@ -260,6 +270,8 @@ def run_eval(
     ``device`` is where the token indexes live and MaxSim runs. ``workdir`` keeps the two-stage Qdrant shard (in a
     fresh ``eval-*`` collection) instead of a temporary directory that is removed afterwards.
     ``encoder_for_runtime(name)`` builds the encoder of a ``runtime:NAME`` configuration (closed after use).
+    ``modes`` adds the search modes ``text`` and ``hybrid`` (:mod:`retriever.evaluation.modes`) as configurations
+    ``mode:text`` and ``mode:hybrid``, over ``page_texts`` (one per corpus page; OCR'd when None).
     """
     import torch
 
@@ -323,6 +335,28 @@ def run_eval(
 
                 index_mb: float | None = idx.nbytes() / 2**20
                 ranked, times = _search_all(search_rt, rt_queries, progress, f"search {cfg.name}")
+            elif cfg.kind in ("tiered", "tier1"):
+                from retriever.pooling import prefetch_vectors
+                from retriever.tiered_index import TieredIndex
+
+                t = time.perf_counter()
+                tiers = TieredIndex(None, device=dev, candidates=candidates, coarse_factor=prefetch_pool_factor)
+                try:
+                    for s in range(0, len(pids), 256):
+                        chunk = vectors[s : s + 256]
+                        pooled = [prefetch_vectors(v, prefetch_pool_factor) for v in chunk]
+                        tiers.add(pids[s : s + 256], chunk, payloads[s : s + 256], pooled=pooled)
+                    build_s = time.perf_counter() - t
+                    rank = tiers.score if cfg.kind == "tiered" else super(TieredIndex, tiers).score
+
+                    def search_tiers(q: np.ndarray, rank: Callable[..., Any] = rank) -> list[str]:
+                        return [cid_of[h.point_id] for h in rank([q], k=depth)[0]]
+
+                    ranked, times = _search_all(search_tiers, qvecs, progress, f"search {cfg.name}")
+                    index_mb = tiers.nbytes() / 2**20  # resident: tier 1 (the token file is on disk)
+                    params = {"candidates": candidates, "prefetch_pool_factor": prefetch_pool_factor}
+                finally:
+                    tiers.close()
             elif cfg.kind == "index":
                 idx, build_s = build_index(cfg)
 
@@ -392,6 +426,32 @@ def run_eval(
                 )
             )
             logger.info("eval %s: %s", cfg.name, {m: round(v, 4) for m, v in metrics.items()})
+        extra = [m for m in modes if m != "visual"]
+        if extra:
+            from retriever.evaluation.modes import page_texts as ocr_texts
+            from retriever.evaluation.modes import rank_by_mode
+
+            texts = list(page_texts) if page_texts is not None else ocr_texts(dataset, progress)
+            queries = [dataset.queries[q] for q in qids]
+            by_mode = rank_by_mode(extra, pids, vectors, payloads, texts, queries, qvecs, depth, str(dev), progress)
+            for mode, (pid_rows, times, build_s) in by_mode.items():
+                ranked = [[cid_of[p] for p in row] for row in pid_rows]
+                metrics = evaluate_run(dict(zip(qids, ranked, strict=True)), dataset.qrels, ks)
+                relative = {m: (v / exact_metrics[m] if exact_metrics.get(m) else None) for m, v in metrics.items()}
+                results.append(
+                    ConfigResult(
+                        name=f"mode:{mode}",
+                        metrics=metrics,
+                        relative=relative,
+                        agreement_at_10=_agreement(ranked, exact_ranked),
+                        build_seconds=build_s,
+                        build_pages_per_s=len(pids) / build_s if build_s > 0 else float("inf"),
+                        latency_ms_p50=_percentile_ms(times, 50),
+                        latency_ms_p99=_percentile_ms(times, 99),
+                        index_mb=None,
+                        params={"mode": mode, "text": "given" if page_texts is not None else "ocr"},
+                    )
+                )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -54,7 +54,7 @@ async def answer(
     flt = Filter.parse(body.filter)  # a bad filter is a 422 here, before any work
     if not body.stream:
         result: Answer = await answers.run(
-            request, lambda stop: pipeline.answer(body.question, body.k, flt, max_new_tokens, stop=stop)
+            request, lambda stop: pipeline.answer(body.question, body.k, flt, max_new_tokens, stop=stop, mode=body.mode)
         )
         observe_answer(result.timings)
         return AnswerResponse(
@@ -68,7 +68,9 @@ async def answer(
     first, queue, stop = await start_stream(
         request,
         answers,
-        lambda stop: timed_stream(pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop)),
+        lambda stop: timed_stream(
+            pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop, mode=body.mode)
+        ),
         log,
     )
     return EventStream(_events(first, queue, names, client_interface(request)), stop)

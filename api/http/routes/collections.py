@@ -31,7 +31,7 @@ class CollectionCreate(BaseModel):
     page_longest_edge: StrictInt | None = Field(None, description="Page resolution in pixels (whole 512 px tiles).")
     index_dtype: StrictStr | None = Field(None, description="fp16 or int8.")
     pool_factor: StrictInt | None = Field(None, description="Token pooling of the search index (1 = exact).")
-    search_mode: StrictStr | None = Field(None, description="exact or two-stage.")
+    search_mode: StrictStr | None = Field(None, description="exact, tiered, auto or two-stage.")
     language: StrictStr | None = Field(None, max_length=40, description="The documents' language, e.g. en.")
     qdrant_shard_number: StrictInt | None = Field(None, description="Qdrant server backend: shards.")
     qdrant_replication_factor: StrictInt | None = Field(None, description="Qdrant server backend: copies a shard.")

@@ -84,6 +84,7 @@ class DocNames:
                         else PAGE_URI.format(point_id=hit.point_id)
                     ),
                     regions=[RegionOut(**r.to_dict()) for r in hit.regions],
+                    found_by=list(hit.found_by),
                 )
             )
         return out

@@ -53,6 +53,8 @@ def _document_out(info: Any, prefix: str = "/v1") -> DocumentOut:
         content_hash=info.content_hash,
         ingested_at=info.ingested_at,
         complete=info.complete,
+        state=info.state,
+        pages_visual=info.pages_visual if info.pages_visual is not None else info.pages_stored,
         metadata=info.metadata,
         thumb_url=page_urls(page_point_id(info.doc_id, 1), prefix)[1],
     )

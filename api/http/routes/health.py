@@ -32,4 +32,9 @@ async def readyz(request: Request) -> Health | JSONResponse:
     services = getattr(request.app.state, "collections", None)
     # Ready means the default collection serves; the others load on their first request (their state here).
     states = await run_in_threadpool(services.registry.states) if services is not None else None
-    return Health(status="ready", detail=f"{pages} pages indexed", collections=states)
+    return Health(
+        status="ready",
+        detail=f"{pages} pages indexed",
+        collections=states,
+        search_mode=getattr(pipeline, "search_mode", None),
+    )

@@ -224,7 +224,7 @@ async def chat_completions(
     created = int(time.time())
     if not body.stream:
         answer: Answer = await answers.run(
-            request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop)
+            request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode)
         )
         observe_answer(answer.timings)
         citations = await _citations(request, names, answer)
@@ -241,7 +241,9 @@ async def chat_completions(
     first, queue, stop = await start_stream(
         request,
         answers,
-        lambda stop: timed_stream(pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop)),
+        lambda stop: timed_stream(
+            pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode)
+        ),
         log,
     )
 

@@ -13,6 +13,6 @@ router = APIRouter(tags=["search"])
 
 @router.post("/search", response_model=SearchResponse)
 async def search(body: SearchRequest, batcher: BatcherDep, names: DocNamesDep) -> SearchResponse:
-    """Top-k pages by exact MaxSim, best first."""
-    hits = await batcher.search(body.query, body.k, Filter.parse(body.filter))
+    """Top-k pages, best first: by page images (MaxSim), page text (BM25) or both fused (``mode``)."""
+    hits = await batcher.search(body.query, body.k, Filter.parse(body.filter), body.mode)
     return SearchResponse(hits=await names.hits_out(hits))

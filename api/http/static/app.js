@@ -144,6 +144,14 @@ function regionsText(regions) {
   return n ? `, ${n} matched region${n > 1 ? "s" : ""} boxed` : "";
 }
 
+// Which side found a hit: pictures (MaxSim), words (BM25), or both.
+const foundBy = (hit) => {
+  const by = hit.found_by || [];
+  return by.length === 2 ? " · pictures + words" : by[0] === "text" ? " · words" : by[0] === "visual" ? " · pictures" : "";
+};
+// The search mode picked on the page (unset: the server's default, hybrid).
+const searchBy = () => $("search-by")?.value || undefined;
+
 const pageName = (hit) => `${hit.file_name || hit.doc_id || "document"}, page ${hit.page_number}`;
 
 // A result: a link to the page image, opened in the viewer (a new tab on middle click).
@@ -155,7 +163,7 @@ function card(hit, query) {
   const a = el("a", { className: "hit", href: hit.image_url },
     frame,
     el("div", { className: "meta", textContent: `${hit.file_name || hit.doc_id} · p. ${hit.page_number}` }),
-    el("div", { className: "meta score", textContent: `score ${hit.score.toFixed(3)}` }));
+    el("div", { className: "meta score", textContent: `score ${hit.score.toFixed(3)}${foundBy(hit)}` }));
   a.dataset.pointId = hit.point_id;
   a.addEventListener("click", (ev) => {
     if (ev.button !== 0 || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
@@ -260,7 +268,8 @@ async function search(query, signal) {
   $("answer-sources").replaceChildren();
   say($("search-status"), "Searching…");
   const t0 = performance.now();
-  const res = await api(`${base()}/search`, { ...json({ query, k: resultsK(), filter: searchFilter() }), signal });
+  const res = await api(`${base()}/search`, {
+    ...json({ query, k: resultsK(), filter: searchFilter(), mode: searchBy() }), signal });
   const { hits } = await res.json();
   if (signal.aborted) return;
   const ms = Math.round(performance.now() - t0);
@@ -279,7 +288,8 @@ async function answer(question, signal) {
   box.hidden = false; text.textContent = ""; $("answer-sources").replaceChildren(); $("results").replaceChildren();
   say($("search-status"), "Thinking…");
   const t0 = performance.now();
-  const res = await api(`${base()}/answer`, { ...json({ question, stream: true, filter: searchFilter() }), signal });
+  const res = await api(`${base()}/answer`, {
+    ...json({ question, stream: true, filter: searchFilter(), mode: searchBy() }), signal });
   const reader = res.body.getReader();
   signal.addEventListener("abort", () => reader.cancel().catch(() => {}));
   const decoder = new TextDecoder();
