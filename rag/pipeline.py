@@ -259,6 +259,9 @@ class RAGPipeline:
         """
         if isinstance(paths, str | Path):
             paths = [paths]
+        # Text pages are written before the encoder loads: a collection indexed at another resolution is refused
+        # before them, so a refused ingest leaves nothing behind.
+        self._check_resolution()
         with self._write_lock:
             report = self.ingestor(password, renderer, dpi).ingest(
                 paths, metadata, prune=prune, progress=progress, source_names=source_names
