@@ -99,6 +99,10 @@ class InvalidRequest(ColsmolError):
     """A query, question or parameter that is out of bounds."""
 
 
+class Conflict(ColsmolError):
+    """What the request would create exists already (a collection of that name)."""
+
+
 class DiskFull(StoreUnavailable):
     """The disk holding the data directory (page images, embedded Qdrant) has no room left.
 

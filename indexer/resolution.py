@@ -17,12 +17,13 @@ ENV = "COLSMOL_PAGE_LONGEST_EDGE"
 
 
 def recorded_longest_edge(store: VectorStore, model_default: int) -> int | None:
-    """The collection's page longest edge; ``model_default`` for an older collection with pages but no record;
-    None for a new, empty collection."""
+    """The collection's page longest edge; ``model_default`` for an older collection with embedded pages but no
+    record; None for a collection without embedded pages (text-only pages, stored before the encoder loads, say
+    nothing about a resolution)."""
     value = store.get_meta().get(META_KEY)
     if value is not None:
         return int(value)
-    return model_default if store.count_pages() else None
+    return model_default if store.visual_page_count() else None
 
 
 def check_longest_edge(store: VectorStore, longest_edge: int, model_default: int, *, record: bool = False) -> None:

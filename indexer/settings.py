@@ -217,6 +217,23 @@ class Settings(BaseSettings):
     explain_queue: int = Field(
         2, ge=0, le=1000, description="Heatmaps that may wait besides the one being computed; more get 503."
     )
+    index_memory_budget_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the search indexes of all collections may hold together (MB); the least recently used "
+        "are unloaded past it and load again on their next search. Unset: half the machine's RAM (CPU) or 80% of "
+        "the GPU's memory.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Server log lines: text, or json (one object a line, with the request's id)."
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve GET /metrics on this separate port (no key) instead of on the API port behind the "
+        "admin key.",
+    )
 
     @field_validator(
         "qdrant_url",
@@ -229,6 +246,8 @@ class Settings(BaseSettings):
         "qdrant_replication_factor",
         "qdrant_write_consistency_factor",
         "page_longest_edge",
+        "index_memory_budget_mb",
+        "metrics_port",
         "convert_workers",
         mode="before",
     )

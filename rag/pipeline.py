@@ -123,16 +123,34 @@ class RAGPipeline:
         self.precompute_pages = precompute_pages
         #: Turns Office, web, Markdown, EPUB and text files into PDFs for ingest (LibreOffice).
         self.converter = converter or OfficeConverter(OfficeConverter.default_cache_dir(images.root))
+        #: False where the model is shared with other pipelines (``rag.collections``): close() leaves it loaded.
+        self.owns_encoder = True
+        self.owns_generator = True
         self._write_lock = threading.Lock()
         self._closed = False
         self._resolution_checked = False
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> RAGPipeline:
+    def from_settings(
+        cls,
+        settings: Settings | None = None,
+        *,
+        collection: str | None = None,
+        encoder: ColSmolEncoder | None = None,
+        generator: Generator | None = None,
+    ) -> RAGPipeline:
+        """The pipeline ``settings`` describe. ``collection`` opens another collection of the same data dir, with
+        the settings it was created with (:mod:`rag.collections`). ``encoder`` and ``generator``, when given, are
+        shared with other pipelines: this one uses them and leaves closing them to their owner."""
         s = settings or Settings()
+        if collection is not None:
+            from rag.collections import collection_settings
+
+            s = collection_settings(s, collection)
         store = open_store(s)
+        owns = (encoder is None, generator is None)
         try:
-            encoder = ColSmolEncoder.from_settings(s)
+            encoder = encoder or ColSmolEncoder.from_settings(s)
             built = build_searcher(s, store, encoder.embed_queries, cited_regions(store, encoder))
             images = PageImageStore(s.images_dir / s.collection)
             hybrid = HybridSearcher(
@@ -145,7 +163,7 @@ class RAGPipeline:
                 store,
                 images,
                 encoder,
-                make_generator(s),
+                generator if generator is not None else make_generator(s),
                 live_index=built.live,
                 searcher=built.searcher,
                 renderer=s.renderer,
@@ -160,6 +178,7 @@ class RAGPipeline:
                 answer_page_text=with_text,
             )
             rag.search_mode = f"{built.mode} ({built.reason})" if built.reason != "set" else built.mode
+            rag.owns_encoder, rag.owns_generator = owns
             return rag
         except BaseException:
             store.close()
@@ -179,8 +198,9 @@ class RAGPipeline:
         self._closed = True
         if self.live_index is not None:
             self.live_index.close()
-        self.encoder.close()
-        if self.generator is not None:
+        if self.owns_encoder:
+            self.encoder.close()
+        if self.generator is not None and self.owns_generator:
             self.generator.close()
         self.store.close()
 
@@ -239,6 +259,9 @@ class RAGPipeline:
         """
         if isinstance(paths, str | Path):
             paths = [paths]
+        # Text pages are written before the encoder loads: a collection indexed at another resolution is refused
+        # before them, so a refused ingest leaves nothing behind.
+        self._check_resolution()
         with self._write_lock:
             report = self.ingestor(password, renderer, dpi).ingest(
                 paths, metadata, prune=prune, progress=progress, source_names=source_names

@@ -96,6 +96,11 @@ class LiveIndex:
     def loaded(self) -> bool:
         return self._index is not None
 
+    def nbytes(self) -> int:
+        """Device bytes the loaded index holds (0 when not loaded): what a memory budget counts."""
+        index = self._index
+        return index.nbytes() if index is not None else 0
+
     def get(self) -> TokenIndex:
         """The index for a search: loaded on first use, then checked for foreign writes (rate limited)."""
         index = self.load()
@@ -250,7 +255,8 @@ class LiveIndex:
                 log.warning("could not write the token index cache to %s: %s", cache.root, exc)
 
     def close(self) -> None:
-        """Save the cache and drop the index (the store belongs to the caller)."""
+        """Save the cache and drop the index (the store belongs to the caller). A later search loads it again,
+        from the cache: unloading under a memory budget is a close."""
         self.save()
         if self._index is not None:
             self._index.close()

@@ -340,7 +340,7 @@ async def _exercise_tools(c: Any) -> dict[str, Any]:
 
 
 def _check_tools(out: dict[str, Any], over_http: bool) -> None:
-    assert out["tools"] == ["answer", "get_page", "list_documents", "search"]
+    assert out["tools"] == ["answer", "get_page", "list_collections", "list_documents", "search"]
     hits = out["search"].structured_content["result"]
     assert len(hits) == 2 and hits[0]["rank"] == 1 and hits[0]["page_uri"].startswith("colsmol://pages/")
     assert (hits[0]["image_url"] or "").startswith("http://127.0.0.1:") == over_http

@@ -169,6 +169,24 @@ def test_ingest_is_an_optional_one_shot(compose):
     assert ingest.get("restart") == "no"
 
 
+def test_prometheus_is_an_optional_profile_scraping_the_metrics_port(compose):
+    """Off by default (a profile); pinned; its config names the api's metrics port, which is set on the api
+    and never published on the host."""
+    prom = compose["services"]["prometheus"]
+    assert prom["profiles"] == ["metrics"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prom["image"]), prom["image"]
+    assert prom["healthcheck"]["test"][0] == "CMD" and "/-/ready" in " ".join(prom["healthcheck"]["test"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prom["volumes"]}
+    assert mounts["/prometheus"] in (compose.get("volumes") or {}), "its data needs a named volume"
+    config_file = ROOT / mounts["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(config_file.read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    port = defaults(compose["services"]["api"]["environment"]["COLSMOL_METRICS_PORT"])
+    assert targets == [f"api:{port}"]
+    assert all(f":{port}" not in defaults(p) for p in compose["services"]["api"].get("ports", []))
+    assert "prometheus" not in [n for n, svc in compose["services"].items() if not svc.get("profiles")]
+
+
 # ---------------------------------------------------------------------------------------------
 # Dockerfile
 # ---------------------------------------------------------------------------------------------

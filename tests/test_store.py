@@ -517,6 +517,25 @@ def test_replacing_swaps_in_whole_files_and_leaves_nothing_on_failure(tmp_path) 
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
 
 
+def test_drop_deletes_one_collection_and_nothing_else(tmp_path):
+    """``drop`` (a deleted colsmol collection) removes its points; a neighbour in the same place is untouched."""
+    from qdrant_client import QdrantClient
+
+    edge_a, edge_b = EdgeStore(tmp_path / "qdrant", "a"), EdgeStore(tmp_path / "qdrant", "b")
+    client = QdrantClient(":memory:")
+    server_a, server_b = ServerStore(client, "a"), ServerStore(client, "b")
+    for s in (edge_a, edge_b, server_a, server_b):
+        ingest(s, "d1", pages=2)
+    edge_a.drop()
+    server_a.drop()
+    assert not (tmp_path / "qdrant" / "a").exists() and not (tmp_path / "qdrant" / "a.lock").exists()
+    assert not client.collection_exists("a") and client.collection_exists("b")
+    assert edge_b.count_pages() == server_b.count_pages() == 2
+    with EdgeStore(tmp_path / "qdrant", "a") as again:  # the name is free again, and empty
+        assert again.count_pages() == 0
+    edge_b.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # The text index: text-only pages, BM25 search, Qdrant-side fusion (both backends).
 # ---------------------------------------------------------------------------------------------

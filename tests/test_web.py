@@ -610,3 +610,44 @@ def test_heatmap_is_fetched_with_the_key_as_a_blob(chromium: Any, keyed_server: 
         finally:
             browser.close()
             c.delete(f"/v1/documents/{doc_id}")
+
+
+def test_collection_picker(browser: Browser, server: LiveServer) -> None:
+    """The picker lists the collections; choosing one moves search, documents, filters and page images to it."""
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        made = c.post("/v1/collections", json={"name": "finance"})
+        assert made.status_code in (201, 409), made.text
+        if made.status_code == 201:
+            files = [("files", ("ledger.pdf", build_pdf(_half_letter("ledger 2024 revenue")), "application/pdf"))]
+            r = c.post("/v1/collections/finance/documents", files=files)
+            assert r.status_code == 202, r.text
+            from tests.test_collections import wait_job as wait_job_at
+
+            job = wait_job_at(c, f"/v1/collections/finance/jobs/{r.json()['job_id']}")
+            assert job["state"] == "done", job
+    page = browser.page
+    page.goto(server.url + "/")
+    sync_api.expect(page.locator("#doc-list .doc")).to_have_count(2)
+    picker = page.locator("#collection")
+    assert picker.locator("option").all_inner_texts() == ["colsmol (default)", "finance"]
+    assert picker.input_value() == "colsmol"
+
+    with page.expect_response("**/v1/collections/finance/documents?*"):
+        picker.select_option("finance")
+    sync_api.expect(page.locator("#doc-list .doc")).to_have_count(1)
+    assert page.locator("#filter-doc option").all_inner_texts() == ["All documents (1)", "ledger.pdf (1 p.)"]
+    page.fill("#query", "revenue")
+    with page.expect_response("**/v1/collections/finance/search") as response:
+        page.click("#search-button")
+    assert [h["file_name"] for h in response.value.json()["hits"]] == ["ledger.pdf"]
+    browser.image_shown("#results .hit:nth-child(1) img", "/v1/collections/finance/pages/")
+    browser.shot("8-collection")
+    browser.axe("a chosen collection")
+
+    # The choice stays for the tab; back to the default, its documents come back.
+    page.reload()
+    sync_api.expect(page.locator("#doc-list .doc")).to_have_count(1)
+    assert page.locator("#collection").input_value() == "finance"
+    page.locator("#collection").select_option("colsmol")
+    sync_api.expect(page.locator("#doc-list .doc")).to_have_count(2)
+    browser.check_clean()

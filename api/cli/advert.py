@@ -121,3 +121,17 @@ def find(data_dir: Path, collection: str, timeout: float = 1.0) -> Advert | None
     except httpx.HTTPError:
         ok = False
     return advert if ok else None
+
+
+def find_serving(data_dir: Path, collection: str) -> Advert | None:
+    """A live server for this data directory that serves ``collection``: its own advertisement, else any live
+    server of the data dir (it serves every collection created there, under /v1/collections/<name>)."""
+    advert = find(data_dir, collection)
+    if advert is not None:
+        return advert
+    folder = Path(data_dir) / "serve"
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        other = find(data_dir, path.stem)
+        if other is not None:
+            return other
+    return None

@@ -410,6 +410,16 @@ def _register_eval() -> None:
 _register_eval()
 
 
+def _register_collections() -> None:
+    from api.cli.collections_cmd import collections_app, keys_app
+
+    app.add_typer(collections_app)
+    app.add_typer(keys_app)
+
+
+_register_collections()
+
+
 def main() -> None:
     """Console-script entry point: core errors become one line and an exit code, never a traceback."""
     import os

@@ -250,7 +250,8 @@ class RemoteBackend:
                 "set COLSMOL_API_KEY to its key"
             )
         self.advert = advert
-        self.client = ColsmolClient(advert.url, api_key=settings.api_key, local_token=advert.token)
+        other = settings.collection if settings.collection != advert.collection else None
+        self.client = ColsmolClient(advert.url, api_key=settings.api_key, local_token=advert.token, collection=other)
 
     def close(self) -> None:
         self.client.close()
@@ -334,7 +335,10 @@ class RemoteBackend:
 
 def open_backend(settings: Settings) -> Backend:
     """The server that owns this data directory if one runs, else this process."""
-    from api.cli.advert import find
+    from api.cli.advert import find, find_serving
+    from rag.collections import read_spec
 
-    advert = find(settings.data_dir, settings.collection)
+    created = read_spec(settings.data_dir, settings.collection) is not None
+    # A created collection is served by whichever server owns the data dir; any other only by its own.
+    advert = (find_serving if created else find)(settings.data_dir, settings.collection)
     return RemoteBackend(advert, settings) if advert is not None else LocalBackend(settings)

@@ -26,7 +26,12 @@ class ColsmolClient:
     ``/v1/local`` routes that read and write paths on the server's machine."""
 
     def __init__(
-        self, base_url: str, api_key: str | None = None, local_token: str | None = None, timeout: float = 60.0
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        local_token: str | None = None,
+        timeout: float = 60.0,
+        collection: str | None = None,
     ) -> None:
         headers = {CLIENT_HEADER: "cli"}  # messages come with the command line's hints
         if api_key:
@@ -34,6 +39,8 @@ class ColsmolClient:
         if local_token:
             headers[TOKEN_HEADER] = local_token
         self.base_url = base_url.rstrip("/")
+        #: Another collection than the server's default: every /v1/... route goes to /v1/collections/<name>/...
+        self.collection = collection
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     # ------------------------------------------------------------------ plumbing
@@ -47,6 +54,8 @@ class ColsmolClient:
         self.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if self.collection is not None and path.startswith("/v1/"):
+            path = f"/v1/collections/{self.collection}/{path[4:]}"
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
@@ -60,6 +69,9 @@ class ColsmolClient:
         return self._request(method, path, **kwargs).json()
 
     # ------------------------------------------------------------------ the public API
+    def delete_collection(self, name: str) -> None:
+        self._request("DELETE", f"/v1/collections/{name}")
+
     def search(
         self, query: str, k: int, filter: Mapping[str, Any] | None = None, mode: str | None = None
     ) -> list[dict[str, Any]]:

@@ -39,16 +39,20 @@ def err(msg: str) -> None:
 
 
 def settings_from(**overrides: Any) -> Settings:
-    """``COLSMOL_*`` settings with the flags that were given (not None) on top; a bad value is a ConfigError."""
+    """``COLSMOL_*`` settings with the flags that were given (not None) on top, then the settings the collection
+    was created with (:mod:`rag.collections`); a bad value is a ConfigError."""
     from pydantic import ValidationError
 
     from indexer.settings import Settings
+    from rag.collections import with_collection
 
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    # A collection made with `colsmol collections create` runs with the settings it was created with.
+    return with_collection(settings)
 
 
 def progress_bar(*, rate: bool = False) -> Progress:

@@ -13,9 +13,10 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from api.http.metrics import observe_batch
 from indexer.filters import Filter
 from rag.pipeline import RAGPipeline
 from retriever.search import Hit
@@ -31,6 +32,7 @@ class _Request:
     mode: str | None
     future: asyncio.Future[list[Hit]]
     loop: asyncio.AbstractEventLoop
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 def _resolve(fut: asyncio.Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
@@ -89,6 +91,8 @@ class SearchBatcher:
                 return
 
     def _run_batch(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        observe_batch(len(batch), (started - r.queued_at for r in batch))
         groups: dict[tuple[Filter, str | None], list[_Request]] = {}
         for req in batch:
             groups.setdefault((req.filter, req.mode), []).append(req)

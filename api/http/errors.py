@@ -23,6 +23,7 @@ from api.cli.advert import CLIENT_HEADER
 from indexer.errors import (
     ColsmolError,
     ConfigError,
+    Conflict,
     DeviceOutOfMemory,
     DocumentError,
     Interface,
@@ -35,6 +36,7 @@ from indexer.errors import (
 
 ERROR_STATUS: list[tuple[type[ColsmolError], int]] = [
     (NotFound, 404),
+    (Conflict, 409),
     (InvalidRequest, 422),
     (DocumentError, 400),
     (ConfigError, 400),

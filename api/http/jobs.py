@@ -22,6 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from api.cli.liveness import ProcessClaim
 from api.http.uploads import SavedFile
 from indexer.errors import NotFound, for_interface
 from indexer.hashing import sha256_file
-from indexer.ingest import ProgressEvent
+from indexer.ingest import IngestReport, ProgressEvent
 from indexer.render.inputs import file_page_count
 from indexer.render.office import needs_conversion
 from indexer.store.base import UPLOAD_PREFIX
@@ -217,8 +218,12 @@ def clean_upload_dirs(uploads: Path, claim: ProcessClaim) -> list[str]:
 class JobRunner:
     """Owns the live jobs, their records (:class:`JobLog`) and the single ingest worker thread."""
 
-    def __init__(self, pipeline: Any, data_dir: Path) -> None:
+    def __init__(
+        self, pipeline: Any, data_dir: Path, on_report: Callable[[IngestReport], None] | None = None
+    ) -> None:
         self.pipeline = pipeline
+        #: Told of every ingest run's report (the metrics count pages and stage seconds from it).
+        self.on_report = on_report
         self.claim_ = ProcessClaim(data_dir / "jobs.owners")
         self.uploads_dir = data_dir / "uploads"
         self.log = JobLog(data_dir / "jobs.sqlite")
@@ -387,6 +392,8 @@ class JobRunner:
                 progress=progress,
                 source_names={saved.path: UPLOAD_PREFIX + saved.original_name},
             )
+            if self.on_report is not None:
+                self.on_report(report)
             seconds += report.seconds
             for key in totals:
                 totals[key] += report.pages_embedded if key == "pages_embedded" else report.count(key)
@@ -427,6 +434,8 @@ class JobRunner:
         report = self.pipeline.ingest(
             paths, metadata=job.metadata, prune=job.prune, password=job.password, progress=progress
         )
+        if self.on_report is not None:
+            self.on_report(report)
         result = report.to_dict()
         for f in result["files"]:
             f["error"] = for_interface(f["error"], "cli") if f["error"] else None

@@ -226,5 +226,6 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+    collections: dict[str, str] | None = None
     #: how searches run: exact, tiered or two-stage (auto's choice with its reason)
     search_mode: str | None = None

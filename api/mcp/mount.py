@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from indexer.errors import ColsmolError, ModelUnavailable
+from indexer.errors import ColsmolError, ModelUnavailable, NotFound
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from retriever.search import Hit
 
 PATH = "/mcp"
+#: Where the endpoint leaves the caller's :class:`api.keys.Principal` in the request scope's state.
+PRINCIPAL = "colsmol_principal"
 
 
 class McpEndpoint:
@@ -43,7 +45,7 @@ class McpEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
-        refusal = self._refusal(headers)
+        refusal = self._refusal(headers, scope)
         if refusal is not None:
             status, message, extra = refusal
             await _send_json(send, status, {"detail": message}, extra)
@@ -53,19 +55,21 @@ class McpEndpoint:
             return
         await self.handler(scope, receive, send)
 
-    def _refusal(self, headers: Headers) -> tuple[int, str, dict[str, str]] | None:
+    def _refusal(self, headers: Headers, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
         from fastapi import HTTPException
-        from fastapi.security import HTTPAuthorizationCredentials
 
-        from api.http.deps import require_api_key
+        from api.http.deps import principal_for
 
         scheme, _, token = headers.get("authorization", "").partition(" ")
         bearer = scheme.lower() == "bearer" and token.strip()
-        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token.strip()) if bearer else None
         try:
-            require_api_key(self.app.state.settings, credentials)
+            principal = principal_for(
+                self.app.state.settings, getattr(self.app.state, "keys", None), token.strip() if bearer else None
+            )
         except HTTPException as exc:
             return exc.status_code, str(exc.detail), dict(exc.headers or {})
+        # The tools read it from their request (the SDK hands them a Request over this scope).
+        scope.setdefault("state", {})[PRINCIPAL] = principal
         origin = headers.get("origin")
         if origin and urlsplit(origin).netloc != headers.get("host", ""):
             return 403, f"cross-origin request from {origin} refused", {}
@@ -80,15 +84,28 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], extra: dict[
     await send({"type": "http.response.body", "body": payload})
 
 
-def app_parts(app: FastAPI) -> Parts:
-    """The tools' view of the running API (its pipeline exists once the lifespan has loaded the models)."""
+def app_parts(app: FastAPI, collection: str | None, request: Any) -> Parts:
+    """The tools' view of the running API for one collection (None: the default one), as the calling key sees
+    it: a collection it cannot use is "no collection named ..." (as one that does not exist). Blocks while a cold
+    collection's search index loads."""
+    from api.http.deps import visible_collection
     from api.mcp.server import Parts
     from indexer.filters import Filter
 
     state = app.state
     if getattr(state, "pipeline", None) is None or not getattr(state, "ready", False):
         raise ModelUnavailable("the server is still starting: models are loading; retry shortly")
-    batcher = state.batcher
+    # Every call through /mcp carries the principal its key made; one without a request is refused.
+    principal = getattr(getattr(request, "state", None), PRINCIPAL, None) if request is not None else None
+    if principal is None:
+        raise NotFound("no collection is reachable without a request's key")
+    name = collection or state.settings.collection
+    try:
+        name = visible_collection(request, principal, name)
+    except NotFound:
+        raise NotFound(f"no collection named {name[:64]!r}; list_collections names the ones you can use") from None
+    services = state.collections.get(name)
+    batcher, pipeline = services.batcher, services.pipeline
 
     async def search(query: str, k: int, flt: Filter, mode: str | None = None) -> list[Hit]:
         hits: list[Hit] = await batcher.search(query, k, flt, mode)
@@ -100,13 +117,22 @@ def app_parts(app: FastAPI) -> Parts:
         # The API's answer queue: one generation at a time, a short line, then "busy" (as /v1/answer's 503).
         try:
             result: Answer = await state.answers.run_detached(
-                lambda stop: state.pipeline.answer(question, k, flt, max_new_tokens, stop=stop)
+                lambda stop: pipeline.answer(question, k, flt, max_new_tokens, stop=stop)
             )
         except HTTPException as exc:
             raise ColsmolError(str(exc.detail)) from None
         return result
 
-    return Parts(state.pipeline, state.doc_names, search, answer, max_new_tokens)
+    return Parts(pipeline, services.doc_names, search, answer, max_new_tokens, visible_names(app, request))
+
+
+def visible_names(app: FastAPI, request: Any) -> list[str]:
+    """The collections the calling key may use (``list_collections``)."""
+    principal = getattr(getattr(request, "state", None), PRINCIPAL, None) if request is not None else None
+    services = getattr(app.state, "collections", None)
+    if principal is None or services is None:
+        return []
+    return [n for n in services.registry.names() if principal.sees(n)]
 
 
 def mount(app: FastAPI) -> None:
@@ -123,7 +149,10 @@ def mount(app: FastAPI) -> None:
 
             from api.mcp.server import build_server
 
-            server = build_server(lambda: app_parts(app))
+            server = build_server(
+                lambda collection, request: app_parts(app, collection, request),
+                lambda request: visible_names(app, request),
+            )
             # The Host check assumes a loopback-only server; colsmol is also served behind proxies and on
             # 0.0.0.0. The key and the Origin check above stand in for it.
             server.streamable_http_app(

@@ -7,7 +7,8 @@ an image the model can look at) and ``list_documents``. The same server runs two
 - ``/mcp`` on ``colsmol serve`` (streamable HTTP, :mod:`api.mcp.mount`), sharing the API's pipeline, search
   batcher and answer thread, behind the same ``COLSMOL_API_KEY``.
 
-Every page also has a resource URI, ``colsmol://pages/{point_id}`` (the page image), so clients without HTTP access
+Every page also has a resource URI, ``colsmol://pages/{point_id}`` (the page image; a page of another collection
+than the default one: ``colsmol://collections/{collection}/pages/{point_id}``), so clients without HTTP access
 to the server can still fetch what ``search`` returns. Core errors come back as tool errors carrying colsmol's
 one-line message.
 
@@ -18,12 +19,12 @@ over a second, which ``colsmol --help`` and the API's import do not pay.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-from api.http.routes.common import PAGE_URI, DocNames, shown_name, sources_text
+from api.http.routes.common import COLLECTION_PAGE_URI, PAGE_URI, DocNames, shown_name, sources_text
 from api.http.schemas import FilterValue, HitOut
 from indexer.errors import ColsmolError, InvalidRequest, NotFound
 from indexer.filters import Filter
@@ -42,6 +43,10 @@ INSTRUCTIONS = (
     "look at one page image, `list_documents` to see what is indexed."
 )
 T = TypeVar("T")
+CollectionArg = Annotated[
+    str | None,
+    Field(description="Which collection (list_collections names them); leave out for the default one."),
+]
 FilterArg = Annotated[
     dict[str, FilterValue] | None,
     Field(description='Only pages matching, e.g. {"file_name": "report.pdf"} or {"metadata.lang": "en"}.'),
@@ -59,6 +64,12 @@ class Parts:
     search: Callable[[str, int, Filter, str | None], Awaitable[list["Hit"]]]
     answer: Callable[[str, int, Filter], Awaitable["Answer"]]
     max_new_tokens: int
+    #: The collections the caller may name (``list_collections``).
+    collections: list[str] = field(default_factory=list)
+
+
+#: Builds the tools' parts for a collection and the calling request (None over stdio); may block (index load).
+PartsFor = Callable[[str | None, Any], Parts]
 
 
 class AnswerResult(BaseModel):
@@ -76,13 +87,21 @@ class DocumentItem(BaseModel):
     metadata: dict[str, Any]
 
 
-def _base_url(ctx: "Context | None") -> str | None:
-    """The HTTP server's own address when the call came over HTTP, else None (stdio)."""
+def _request(ctx: "Context | None") -> Any:
+    """The HTTP request a tool call came in (None over stdio)."""
     try:
-        request = ctx.request_context.request if ctx is not None else None
+        return ctx.request_context.request if ctx is not None else None
     except ValueError:
         return None
-    base = getattr(request, "base_url", None)
+
+
+async def _parts(parts: PartsFor, collection: str | None, ctx: "Context | None") -> Parts:
+    return await asyncio.to_thread(parts, collection, _request(ctx))
+
+
+def _base_url(ctx: "Context | None") -> str | None:
+    """The HTTP server's own address when the call came over HTTP, else None (stdio)."""
+    base = getattr(_request(ctx), "base_url", None)
     return str(base).rstrip("/") if base is not None else None
 
 
@@ -96,9 +115,10 @@ async def _tool_call(work: Awaitable[T]) -> T:
         raise ToolError(str(exc)) from None
 
 
-def build_server(parts: Callable[[], Parts]) -> "MCPServer":
-    """The MCP server; ``parts`` is called per tool call (on the HTTP server the pipeline exists only once the
-    app has started)."""
+def build_server(parts: PartsFor, collections: Callable[[Any], list[str]] | None = None) -> "MCPServer":
+    """The MCP server; ``parts(collection, request)`` is called per tool call (on the HTTP server the pipeline
+    exists only once the app has started, and which collections a caller may use depends on its key).
+    ``collections(request)`` names the collections the caller may use (default: the default one's parts say)."""
     from mcp.server.mcpserver import Context, Image, MCPServer
     from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
@@ -114,10 +134,11 @@ def build_server(parts: Callable[[], Parts]) -> "MCPServer":
             Field(description="visual (page images), text (exact words: names, IDs, numbers) or hybrid (both); "
                   "unset: hybrid."),
         ] = None,
+        collection: CollectionArg = None,
         ctx: Context | None = None,
     ) -> list[HitOut]:
         async def run() -> list[HitOut]:
-            p = parts()
+            p = await _parts(parts, collection, ctx)
             if not query.strip():
                 raise InvalidRequest("the query is empty")
             hits = await p.search(query, k, Filter.parse(filter), mode)
@@ -130,10 +151,11 @@ def build_server(parts: Callable[[], Parts]) -> "MCPServer":
         question: str,
         k: Annotated[int, Field(ge=1, le=MAX_ANSWER_K, description="Pages shown to the answer model.")] = 3,
         filter: FilterArg = None,
+        collection: CollectionArg = None,
         ctx: Context | None = None,
     ) -> AnswerResult:
         async def run() -> AnswerResult:
-            p = parts()
+            p = await _parts(parts, collection, ctx)
             result = await p.answer(question, k, Filter.parse(filter))
             sources = await p.doc_names.hits_out(result.sources, _base_url(ctx))
             return AnswerResult(text=result.text + sources_text(sources), sources=sources, warnings=result.warnings)
@@ -141,16 +163,27 @@ def build_server(parts: Callable[[], Parts]) -> "MCPServer":
         return await _tool_call(run())
 
     @server.tool(description="One page as an image (WebP), by the point_id that search or answer returned.")
-    async def get_page(point_id: str, size: Literal["full", "thumb"] = "full") -> Image:
+    async def get_page(
+        point_id: str,
+        size: Literal["full", "thumb"] = "full",
+        collection: CollectionArg = None,
+        ctx: Context | None = None,
+    ) -> Image:
         async def run() -> Image:
-            return Image(data=await asyncio.to_thread(_page_bytes, parts().pipeline, point_id, size), format="webp")
+            p = await _parts(parts, collection, ctx)
+            return Image(data=await asyncio.to_thread(_page_bytes, p.pipeline, point_id, size), format="webp")
 
         return await _tool_call(run())
 
     @server.tool(description="The indexed documents (newest first) with their page counts and metadata.")
-    async def list_documents(limit: Annotated[int, Field(ge=1, le=1000)] = 100) -> list[DocumentItem]:
+    async def list_documents(
+        limit: Annotated[int, Field(ge=1, le=1000)] = 100,
+        collection: CollectionArg = None,
+        ctx: Context | None = None,
+    ) -> list[DocumentItem]:
         async def run() -> list[DocumentItem]:
-            docs = await asyncio.to_thread(parts().pipeline.documents)
+            p = await _parts(parts, collection, ctx)
+            docs = await asyncio.to_thread(p.pipeline.documents)
             docs = sorted(docs, key=lambda d: (d.ingested_at, d.doc_id), reverse=True)[:limit]
             return [
                 DocumentItem(
@@ -166,10 +199,33 @@ def build_server(parts: Callable[[], Parts]) -> "MCPServer":
 
         return await _tool_call(run())
 
+    @server.tool(description="The collections (document sets) you can search; pass one as `collection` to the others.")
+    async def list_collections(ctx: Context | None = None) -> list[str]:
+        async def run() -> list[str]:
+            if collections is not None:
+                return await asyncio.to_thread(collections, _request(ctx))
+            return (await _parts(parts, None, ctx)).collections
+
+        return await _tool_call(run())
+
     @server.resource(PAGE_URI, name="page", description="A stored page image (WebP).", mime_type="image/webp")
-    async def page(point_id: str) -> bytes:
+    async def page(point_id: str, ctx: Context) -> bytes:
         try:
-            return await asyncio.to_thread(_page_bytes, parts().pipeline, point_id, "full")
+            p = await _parts(parts, None, ctx)
+            return await asyncio.to_thread(_page_bytes, p.pipeline, point_id, "full")
+        except NotFound as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+
+    @server.resource(
+        COLLECTION_PAGE_URI,
+        name="collection page",
+        description="A stored page image (WebP) of a collection other than the default one.",
+        mime_type="image/webp",
+    )
+    async def collection_page(collection: str, point_id: str, ctx: Context) -> bytes:
+        try:
+            p = await _parts(parts, collection, ctx)
+            return await asyncio.to_thread(_page_bytes, p.pipeline, point_id, "full")
         except NotFound as exc:
             raise ResourceNotFoundError(str(exc)) from None
 
@@ -198,10 +254,19 @@ def standalone_parts(pipeline: "RAGPipeline", max_new_tokens: int) -> Parts:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, lambda: pipeline.answer(question, k, flt, max_new_tokens))
 
-    return Parts(pipeline, DocNames(pipeline.store), search, answer, max_new_tokens)
+    return Parts(pipeline, DocNames(pipeline.store), search, answer, max_new_tokens, [pipeline.store.collection])
 
 
 def run_stdio(pipeline: "RAGPipeline", max_new_tokens: int = 256) -> None:
-    """Serve the tools over stdin/stdout until the client closes them."""
+    """Serve the tools over stdin/stdout until the client closes them: one collection, the pipeline's."""
     parts = standalone_parts(pipeline, max_new_tokens)
-    build_server(lambda: parts).run("stdio")
+
+    def parts_for(collection: str | None, request: Any) -> Parts:
+        if collection is not None and collection != pipeline.store.collection:
+            raise NotFound(
+                f"no collection named {collection[:64]!r} here: this server serves {pipeline.store.collection!r} "
+                "(start another with colsmol mcp --collection NAME)"
+            )
+        return parts
+
+    build_server(parts_for).run("stdio")

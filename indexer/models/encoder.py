@@ -94,6 +94,7 @@ class ColSmolEncoder:
         self._model_longest_edge: int | None = None
         self._processor_for_probe: Any = None
         self._tensor_preprocessor: Any = None  # built with the processor (LazyWeights loads both)
+        self._weights_of: ColSmolEncoder | None = None  # see sibling()
         self._page_fit: int | None = None  # the page batch that fitted after a device OOM, if one happened
         self._weights = LazyWeights(self.model_id, "encoder", ENV_VAR, self._load_processor, self._load_model)
 
@@ -176,8 +177,28 @@ class ColSmolEncoder:
             log.warning("encoder %s: %s; preprocessing with the reference processor", self.model_id, exc)
             return None
 
+    def sibling(self, longest_edge: int | None) -> ColSmolEncoder:
+        """An encoder at another page resolution sharing this one's model weights (loaded once, by whichever
+        loads first): collections indexed at different resolutions keep one copy of the model in memory."""
+        other = ColSmolEncoder(
+            self.model_id,
+            device=str(self.device),
+            batch_size=self.batch_size,
+            query_batch_size=self.query_batch_size,
+            preprocess=self.preprocess,
+            longest_edge=longest_edge,
+            runtime=self.runtime,
+            runtime_cache=self.runtime_cache,
+        )
+        other._weights_of = self
+        return other
+
     def _load_model(self) -> Any:
         from colpali_engine.models import ColIdefics3
+
+        if self._weights_of is not None:
+            self.runtime_choice = self._weights_of.runtime_choice
+            return self._weights_of.model
 
         kwargs = from_pretrained_kwargs(
             dtype=model_dtype(self.device), attn_implementation=attn_implementation(self.device)

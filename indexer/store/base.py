@@ -220,13 +220,16 @@ class VectorStore(Protocol):
         """Qdrant-side fusion: RRF of the visual side (pooled prefetch of ``candidates``, rescored by full MaxSim,
         ``depth`` kept) and the BM25 side (``text_depth`` when given, else ``depth``), best first."""
 
-    def visual_page_count(self, doc_id: str) -> int:
-        """Pages of ``doc_id`` with their visual embedding stored."""
+    def visual_page_count(self, doc_id: str | None = None) -> int:
+        """Pages of ``doc_id`` (every document's when None) with their visual embedding stored."""
 
     def version(self) -> str:
         """A cheap token that changes whenever pages are added or removed (by any process)."""
 
     def close(self) -> None: ...
+
+    def drop(self) -> None:
+        """Delete the whole collection (points, vectors, payload indexes); the store is closed afterwards."""
 
     def __enter__(self) -> VectorStore: ...
 
@@ -492,8 +495,8 @@ class QdrantStoreCore(ABC):
         flt = self._filter(doc_filter)
         return self._query_fused(q, vector, int(limit), flt, int(depth), int(rrf_k), int(candidates), text_depth)
 
-    def visual_page_count(self, doc_id: str) -> int:
-        return self._count(self._not_text(self._filter(Filter.where(doc_id=doc_id))))
+    def visual_page_count(self, doc_id: str | None = None) -> int:
+        return self._count(self._not_text(self._filter(Filter.where(doc_id=doc_id) if doc_id is not None else None)))
 
     def _not_text(self, flt: Any) -> Any:
         """``flt`` and not a text-only page."""

@@ -393,6 +393,23 @@ class EdgeStore(QdrantStoreCore):
             finally:
                 self._release_process_lock()
 
+    def drop(self) -> None:
+        """Delete the collection: close the shard and remove its directory while still holding the lock, then
+        the lock file. The store is closed afterwards."""
+        import shutil
+
+        with self._lock:
+            shard, self._shard = self._shard, None
+            try:
+                if shard is not None:
+                    shard.close()
+                shutil.rmtree(self.shard_path, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    self.lock_path.unlink()
+            finally:
+                self._release_process_lock()
+        logger.info("dropped Qdrant Edge shard %s", self.shard_path)
+
     def __enter__(self) -> EdgeStore:
         return self
 

@@ -300,6 +300,16 @@ class ServerStore(QdrantStoreCore):
             except Exception:  # closing a dead connection must not mask the caller's error
                 logger.debug("error closing Qdrant client", exc_info=True)
 
+    def drop(self) -> None:
+        """Delete the collection on the server (all its shards and replicas); the store is closed afterwards."""
+        try:
+            self.client.delete_collection(self.collection)
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot delete collection {self.collection!r} on {self.url}: {exc}") from exc
+        finally:
+            self.close()
+        logger.info("deleted Qdrant collection %r on %s", self.collection, self.url)
+
     def __enter__(self) -> ServerStore:
         return self
 

@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 
 from api.http.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
 from api.http.errors import client_interface
+from api.http.metrics import observe_answer, timed_stream
 from api.http.routes.common import DocNames
 from api.http.schemas import AnswerRequest, AnswerResponse
 from api.http.streams import EventStream, relay, start_stream
@@ -55,6 +56,7 @@ async def answer(
         result: Answer = await answers.run(
             request, lambda stop: pipeline.answer(body.question, body.k, flt, max_new_tokens, stop=stop, mode=body.mode)
         )
+        observe_answer(result.timings)
         return AnswerResponse(
             text=for_interface(result.text, client_interface(request)),
             sources=await names.hits_out(result.sources),
@@ -66,7 +68,9 @@ async def answer(
     first, queue, stop = await start_stream(
         request,
         answers,
-        lambda stop: pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop, mode=body.mode),
+        lambda stop: timed_stream(
+            pipeline.stream_answer(body.question, body.k, flt, max_new_tokens, stop=stop, mode=body.mode)
+        ),
         log,
     )
     return EventStream(_events(first, queue, names, client_interface(request)), stop)

@@ -13,10 +13,14 @@ from retriever.search import Hit
 
 #: The MCP resource of a page image (:mod:`api.mcp.server` serves it).
 PAGE_URI = "colsmol://pages/{point_id}"
+#: The same for a page of another collection than the default one.
+COLLECTION_PAGE_URI = "colsmol://collections/{collection}/pages/{point_id}"
 
 
-def page_urls(point_id: str) -> tuple[str, str]:
-    base = f"/v1/pages/{point_id}/image"
+def page_urls(point_id: str, prefix: str = "/v1") -> tuple[str, str]:
+    """A page image's URLs (full size, thumbnail) under ``prefix``: ``/v1`` or a collection's
+    ``/v1/collections/{name}``."""
+    base = f"{prefix}/pages/{point_id}/image"
     return f"{base}?size=full", f"{base}?size=thumb"
 
 
@@ -32,8 +36,12 @@ class DocNames:
     uploads from before sources named them need their document's ``metadata.original_name``, looked up once
     per document and cached."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, prefix: str = "/v1", collection: str | None = None) -> None:
         self.store = store
+        #: A collection other than the default one (its pages' MCP resources name it), else None.
+        self.collection = collection
+        #: Where this collection's routes are (page image URLs are built under it).
+        self.prefix = prefix
         self._names: dict[str, str | None] = {}
         self._lock = threading.Lock()
 
@@ -58,7 +66,7 @@ class DocNames:
             await run_in_threadpool(self._lookup, missing)
         out = []
         for rank, hit in enumerate(hits, 1):
-            image_url, thumb_url = page_urls(hit.point_id)
+            image_url, thumb_url = page_urls(hit.point_id, self.prefix)
             out.append(
                 HitOut(
                     rank=rank,
@@ -70,7 +78,11 @@ class DocNames:
                     score=round(float(hit.score), 6),
                     image_url=None if base_url is None else base_url + image_url,
                     thumb_url=None if base_url is None else base_url + thumb_url,
-                    page_uri=PAGE_URI.format(point_id=hit.point_id),
+                    page_uri=(
+                        COLLECTION_PAGE_URI.format(collection=self.collection, point_id=hit.point_id)
+                        if self.collection
+                        else PAGE_URI.format(point_id=hit.point_id)
+                    ),
                     regions=[RegionOut(**r.to_dict()) for r in hit.regions],
                     found_by=list(hit.found_by),
                 )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from api.http import uploads
-from api.http.deps import DocNamesDep, JobsDep, PipelineDep, SettingsDep
+from api.http.deps import DocNamesDep, JobsDep, PipelineDep, SettingsDep, WriteAccess
 from api.http.jobs import Job, new_job_id
 from api.http.routes.common import page_urls, shown_name
 from api.http.schemas import DeleteResponse, DocumentList, DocumentOut, JobCreated, JobOut
@@ -42,7 +42,7 @@ UPLOAD_BODY = {
 }
 
 
-def _document_out(info: Any) -> DocumentOut:
+def _document_out(info: Any, prefix: str = "/v1") -> DocumentOut:
     return DocumentOut(
         doc_id=info.doc_id,
         file_name=shown_name(info.file_name, info.metadata) or info.file_name,
@@ -56,7 +56,7 @@ def _document_out(info: Any) -> DocumentOut:
         state=info.state,
         pages_visual=info.pages_visual if info.pages_visual is not None else info.pages_stored,
         metadata=info.metadata,
-        thumb_url=page_urls(page_point_id(info.doc_id, 1))[1],
+        thumb_url=page_urls(page_point_id(info.doc_id, 1), prefix)[1],
     )
 
 
@@ -67,7 +67,9 @@ def _document_out(info: Any) -> DocumentOut:
     openapi_extra=UPLOAD_BODY,
     responses={400: {}, 403: {"description": "A cross-origin browser request"}, 413: {}, 415: {}, 422: {}},
 )
-async def upload(request: Request, settings: SettingsDep, jobs: JobsDep, _: SameOrigin) -> JobCreated:
+async def upload(
+    request: Request, settings: SettingsDep, jobs: JobsDep, _: SameOrigin, __: WriteAccess
+) -> JobCreated:
     """Upload PDFs or page images (multipart field ``files``) with optional JSON ``metadata`` and ``password``;
     poll the job."""
     declared = int(request.headers.get("content-length") or 0)
@@ -99,6 +101,7 @@ def get_job(job_id: str, jobs: JobsDep) -> JobOut:
 @router.get("/documents", response_model=DocumentList)
 async def list_documents(
     pipeline: PipelineDep,
+    names: DocNamesDep,
     offset: int = Query(0, ge=0, le=10**9),
     limit: int = Query(50, ge=1, le=500),
     state: Literal["all", "complete", "incomplete"] = Query(
@@ -113,16 +116,16 @@ async def list_documents(
     if state != "all":
         docs = [d for d in docs if d.complete == (state == "complete")]
     docs = sorted(docs, key=lambda d: (d.ingested_at, d.doc_id), reverse=True)
-    items = [_document_out(d) for d in docs[offset : offset + limit]]
+    items = [_document_out(d, names.prefix) for d in docs[offset : offset + limit]]
     return DocumentList(items=items, total=len(docs), offset=offset, limit=limit)
 
 
 @router.get("/documents/{doc_id}", response_model=DocumentOut, responses={404: {}})
-async def get_document(doc_id: str, pipeline: PipelineDep) -> DocumentOut:
+async def get_document(doc_id: str, pipeline: PipelineDep, names: DocNamesDep) -> DocumentOut:
     info = await run_in_threadpool(pipeline.store.get_document, doc_id)
     if info is None:
         raise NotFound(f"no document with id {doc_id[:64]!r}; GET /v1/documents lists them")
-    return _document_out(info)
+    return _document_out(info, names.prefix)
 
 
 @router.delete(
@@ -130,7 +133,9 @@ async def get_document(doc_id: str, pipeline: PipelineDep) -> DocumentOut:
     response_model=DeleteResponse,
     responses={403: {"description": "A cross-origin browser request"}, 404: {}},
 )
-async def delete_document(doc_id: str, pipeline: PipelineDep, names: DocNamesDep, _: SameOrigin) -> DeleteResponse:
+async def delete_document(
+    doc_id: str, pipeline: PipelineDep, names: DocNamesDep, _: SameOrigin, __: WriteAccess
+) -> DeleteResponse:
     """Remove a document's pages, page images and record."""
     n = await run_in_threadpool(pipeline.delete, doc_id)
     names.forget(doc_id)

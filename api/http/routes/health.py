@@ -19,7 +19,9 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request) -> Health | JSONResponse:
-    """Models are loaded and warmed up, and the vector store answers."""
+    """Models are loaded and warmed up, and the vector store answers. ``collections`` gives each collection's
+    search index state: ``ready``, ``cold`` (loads on its first request, which waits for it), ``loading`` or
+    ``failed: <why>``."""
     pipeline = getattr(request.app.state, "pipeline", None)
     if pipeline is None or not getattr(request.app.state, "ready", False):
         return JSONResponse({"status": "starting", "detail": "models are loading"}, status_code=503)
@@ -27,4 +29,12 @@ async def readyz(request: Request) -> Health | JSONResponse:
         pages = await run_in_threadpool(pipeline.store.count_pages)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "detail": f"vector store: {exc}"}, status_code=503)
-    return Health(status="ready", detail=f"{pages} pages indexed", search_mode=getattr(pipeline, "search_mode", None))
+    services = getattr(request.app.state, "collections", None)
+    # Ready means the default collection serves; the others load on their first request (their state here).
+    states = await run_in_threadpool(services.registry.states) if services is not None else None
+    return Health(
+        status="ready",
+        detail=f"{pages} pages indexed",
+        collections=states,
+        search_mode=getattr(pipeline, "search_mode", None),
+    )

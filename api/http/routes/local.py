@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from starlette.concurrency import run_in_threadpool
 
 from api.cli.advert import TOKEN_HEADER
-from api.http.deps import JobsDep, PipelineDep
+from api.http.deps import JobsDep, PipelineDep, WriteAccess
 from api.http.jobs import Job, new_job_id
 from api.http.schemas import JobCreated
 
@@ -59,7 +59,7 @@ class LocalExportRequest(BaseModel):
 
 
 @router.post("/ingest", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated)
-def ingest(body: LocalIngestRequest, jobs: JobsDep, _: LocalToken) -> JobCreated:
+def ingest(body: LocalIngestRequest, jobs: JobsDep, _: LocalToken, __: WriteAccess) -> JobCreated:
     """Ingest files and folders of this machine; poll ``GET /v1/jobs/{id}``: its ``report`` is ``colsmol ingest``'s."""
     paths = [Path(p) for p in body.paths]
     job = Job(

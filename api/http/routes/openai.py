@@ -23,8 +23,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
-from api.http.deps import AnswersDep, DocNamesDep, PipelineDep, SettingsDep
+from api.http.deps import AnswersDep, PrincipalDep, SettingsDep, services_for, visible_collection
+from api.http.metrics import observe_answer, timed_stream
 from api.http.openai_schemas import (
     MODEL_ID,
     AssistantMessage,
@@ -43,8 +45,10 @@ from api.http.openai_schemas import (
 from api.http.routes.common import DocNames, sources_text
 from api.http.schemas import HitOut
 from api.http.streams import EventStream, relay, start_stream
+from api.keys import Principal
 from indexer.errors import ColsmolError, DeviceOutOfMemory, InvalidRequest, ModelUnavailable, NotFound, StoreUnavailable
 from indexer.filters import Filter
+from indexer.settings import Settings
 from rag.pipeline import MAX_QUESTION_CHARS
 from rag.types import Answer
 
@@ -124,25 +128,51 @@ class OpenAIRoute(APIRoute):
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute, responses={400: {"model": OpenAIError}})
 
 
-def _model_card() -> ModelCard:
-    return ModelCard(id=MODEL_ID, created=STARTED)
+def _model_card(model: str = MODEL_ID) -> ModelCard:
+    return ModelCard(id=model, created=STARTED)
+
+
+def _model_ids(request: Request, principal: Principal) -> list[str]:
+    """``colsmol`` (the default collection) and ``colsmol/{name}`` for every other collection this key can use."""
+    settings: Settings = request.app.state.settings
+    services = getattr(request.app.state, "collections", None)
+    names = services.registry.names() if services is not None else [settings.collection]
+    ids = [MODEL_ID] if principal.sees(settings.collection) else []
+    return ids + [f"{MODEL_ID}/{n}" for n in names if principal.sees(n) and n != settings.collection]
 
 
 @router.get("/models", response_model=ModelList)
-async def list_models() -> ModelList:
-    """The one model colsmol serves (OpenAI's model listing)."""
-    return ModelList(data=[_model_card()])
+def list_models(request: Request, principal: PrincipalDep) -> ModelList:
+    """The models colsmol serves (OpenAI's model listing): ``colsmol`` answers from the default collection,
+    ``colsmol/{collection}`` from that collection."""
+    return ModelList(data=[_model_card(m) for m in _model_ids(request, principal)])
 
 
-@router.get("/models/{model}", response_model=ModelCard, responses={404: {"model": OpenAIError}})
-async def get_model(model: str) -> ModelCard:
-    _check_model(model)
-    return _model_card()
+@router.get("/models/{model:path}", response_model=ModelCard, responses={404: {"model": OpenAIError}})
+def get_model(model: str, request: Request, principal: PrincipalDep) -> ModelCard:
+    _collection_of_model(model, request, principal)
+    return _model_card(model)
 
 
-def _check_model(model: str) -> None:
-    if model != MODEL_ID:
-        raise HTTPException(404, f"the model {model!r} does not exist; colsmol serves {MODEL_ID!r} (GET /v1/models)")
+def _collection_of_model(model: str, request: Request, principal: Principal) -> str:
+    """The collection a ``model`` names: ``colsmol`` the default one, ``colsmol/{name}`` that one; 404 for any
+    other, and for a collection this key cannot use (the same answer)."""
+    settings: Settings = request.app.state.settings
+    name = settings.collection if model == MODEL_ID else model.removeprefix(f"{MODEL_ID}/")
+    if model != MODEL_ID and not model.startswith(f"{MODEL_ID}/"):
+        name = ""
+    try:
+        return visible_collection(request, principal, name) if name else _no_model(model)
+    except NotFound:
+        return _no_model(model)
+
+
+def _no_model(model: str) -> str:
+    raise HTTPException(
+        404,
+        f"the model {model[:100]!r} does not exist; colsmol serves {MODEL_ID!r} and {MODEL_ID}/<collection> "
+        "(GET /v1/models)",
+    )
 
 
 def question_of(messages: Sequence[ChatMessage]) -> str:
@@ -178,14 +208,16 @@ async def _citations(request: Request, names: DocNames, answer: Answer) -> list[
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
-    pipeline: PipelineDep,
+    principal: PrincipalDep,
     settings: SettingsDep,
     answers: AnswersDep,
-    names: DocNamesDep,
 ) -> Any:
-    """Answer the last user message from the collection (RAG), citing the pages; OpenAI's chat completions API."""
-    _check_model(body.model)
+    """Answer the last user message from the collection ``model`` names (RAG), citing the pages; OpenAI's chat
+    completions API."""
+    collection = _collection_of_model(body.model, request, principal)
     question = question_of(body.messages)
+    services = await run_in_threadpool(services_for, request, principal, collection)
+    pipeline, names = services.pipeline, services.doc_names
     flt = Filter.parse(body.filter)
     max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -194,11 +226,12 @@ async def chat_completions(
         answer: Answer = await answers.run(
             request, lambda stop: pipeline.answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode)
         )
+        observe_answer(answer.timings)
         citations = await _citations(request, names, answer)
         return ChatCompletion(
             id=completion_id,
             created=created,
-            model=MODEL_ID,
+            model=body.model,
             choices=[Choice(message=AssistantMessage(content=answer.text + sources_text(citations)))],
             citations=citations,
             warnings=answer.warnings,
@@ -208,7 +241,9 @@ async def chat_completions(
     first, queue, stop = await start_stream(
         request,
         answers,
-        lambda stop: pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode),
+        lambda stop: timed_stream(
+            pipeline.stream_answer(question, body.k, flt, max_tokens, stop=stop, mode=body.mode)
+        ),
         log,
     )
 
@@ -216,7 +251,7 @@ async def chat_completions(
         event = ChatCompletionChunk(
             id=completion_id,
             created=created,
-            model=MODEL_ID,
+            model=body.model,
             choices=[ChunkChoice(delta=delta, finish_reason="stop" if finish else None)],
             citations=citations,
         )

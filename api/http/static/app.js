@@ -29,6 +29,35 @@ function authHeaders(extra = {}) {
   return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
 }
 
+// ------------------------------------------------------------------ the collection
+// The server's default collection is at /v1; another at /v1/collections/{name} (GET /v1/collections lists the
+// ones this key can use). The choice is kept for this tab.
+const COLLECTION = "colsmol-collection";
+const picker = $("collection");
+let defaultCollection = null;
+
+function base(name = picker.value) {
+  return !name || name === defaultCollection ? "/v1" : `/v1/collections/${encodeURIComponent(name)}`;
+}
+
+async function loadCollections() {
+  const items = (await (await api("/v1/collections")).json()).items;
+  const wanted = picker.value || sessionStorage.getItem(COLLECTION);
+  defaultCollection = (items.find((c) => c.default) || {}).name || null;
+  picker.replaceChildren(...items.map((c) => el("option", { value: c.name, textContent: c.default ? `${c.name} (default)` : c.name })));
+  const pick = items.find((c) => c.name === wanted) || items[0];
+  if (pick) picker.value = pick.name;
+  picker.disabled = items.length < 2;
+}
+
+picker.addEventListener("change", () => {
+  sessionStorage.setItem(COLLECTION, picker.value);
+  $("results").replaceChildren();
+  $("answer").hidden = true;
+  say($("search-status"), "");
+  refreshAll();
+});
+
 // ------------------------------------------------------------------ errors a person can act on
 class ApiError extends Error {
   constructor(status, detail) { super(detail); this.status = status; this.detail = detail; }
@@ -168,7 +197,7 @@ function showViewerImage() {
   img.alt = name + boxed;
   say(caption, heatmap ? `${name}: computing heatmap for “${query}”…` : name + boxed);
   const url = heatmap
-    ? `/v1/pages/${encodeURIComponent(hit.point_id)}/explain?query=${encodeURIComponent(query)}`
+    ? `${hit.image_url.replace(/\/image(\?.*)?$/, "")}/explain?query=${encodeURIComponent(query)}`
     : hit.image_url;
   img.onload = () => {
     if (img.dataset.src === url) caption.textContent = heatmap ? `${name}: heatmap for “${query}”${boxed}` : name + boxed;
@@ -239,8 +268,8 @@ async function search(query, signal) {
   $("answer-sources").replaceChildren();
   say($("search-status"), "Searching…");
   const t0 = performance.now();
-  const res = await api("/v1/search", { ...json({ query, k: resultsK(), filter: searchFilter(), mode: searchBy() }),
-    signal });
+  const res = await api(`${base()}/search`, {
+    ...json({ query, k: resultsK(), filter: searchFilter(), mode: searchBy() }), signal });
   const { hits } = await res.json();
   if (signal.aborted) return;
   const ms = Math.round(performance.now() - t0);
@@ -259,8 +288,8 @@ async function answer(question, signal) {
   box.hidden = false; text.textContent = ""; $("answer-sources").replaceChildren(); $("results").replaceChildren();
   say($("search-status"), "Thinking…");
   const t0 = performance.now();
-  const res = await api("/v1/answer", { ...json({ question, stream: true, filter: searchFilter(), mode: searchBy() }),
-    signal });
+  const res = await api(`${base()}/answer`, {
+    ...json({ question, stream: true, filter: searchFilter(), mode: searchBy() }), signal });
   const reader = res.body.getReader();
   signal.addEventListener("abort", () => reader.cancel().catch(() => {}));
   const decoder = new TextDecoder();
@@ -289,7 +318,7 @@ async function answer(question, signal) {
 let facets = null;
 
 async function loadFacets() {
-  const f = await (await api("/v1/facets?limit=1000&values=50")).json();
+  const f = await (await api(`${base()}/facets?limit=1000&values=50`)).json();
   facets = f;
   const docSel = $("filter-doc"), metaSel = $("filter-meta");
   const keepDoc = docSel.value, keepMeta = metaSel.value;
@@ -313,7 +342,7 @@ const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", tim
 
 async function loadDocuments() {
   const state = $("doc-state").value;
-  const res = await api(`/v1/documents?offset=${docs.offset}&limit=${DOCS_PER_PAGE}&state=${state}`);
+  const res = await api(`${base()}/documents?offset=${docs.offset}&limit=${DOCS_PER_PAGE}&state=${state}`);
   const list = await res.json();
   if (!list.items.length && list.total && docs.offset) {  // the last page emptied (deletes): go back one
     docs.offset = Math.max(0, docs.offset - DOCS_PER_PAGE);
@@ -382,7 +411,7 @@ async function confirmDelete(d, button) {
   if (!ok) { button.focus(); return; }
   button.disabled = true;
   try {
-    const r = await (await api(`/v1/documents/${encodeURIComponent(d.doc_id)}`, { method: "DELETE" })).json();
+    const r = await (await api(`${base()}/documents/${encodeURIComponent(d.doc_id)}`, { method: "DELETE" })).json();
     await refreshAll();
     say($("doc-status"), `Deleted “${d.file_name}” (${r.pages_deleted} pages).`);
     $("documents-title").focus();
@@ -463,7 +492,8 @@ function upload(files, { metadata, password, replaces } = {}) {
   say(status, `Uploading ${files.length} file${files.length > 1 ? "s" : ""} (${mb(bytes)})…`);
   for (const name of rows.keys()) markFile(rows, name, "uploading");
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/v1/documents");
+  const jobBase = base();
+  xhr.open("POST", `${jobBase}/documents`);
   for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = e.loaded / e.total; };
   const fail = (err) => {
@@ -476,22 +506,22 @@ function upload(files, { metadata, password, replaces } = {}) {
     let body = {};
     try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
     if (xhr.status !== 202) { fail(new ApiError(xhr.status, body.detail || xhr.statusText)); return; }
-    sessionStorage.setItem(JOB, JSON.stringify({ id: body.job_id, names: [...rows.keys()], replaces: replaces ? replaces.doc_id : null }));
+    sessionStorage.setItem(JOB, JSON.stringify({ id: body.job_id, names: [...rows.keys()], replaces: replaces ? replaces.doc_id : null, base: jobBase }));
     for (const name of rows.keys()) markFile(rows, name, "queued");
     bar.removeAttribute("value");  // indeterminate until the job has counted its pages
-    pollJob(body.job_id, rows, replaces ? replaces.doc_id : null);
+    pollJob(body.job_id, rows, replaces ? replaces.doc_id : null, jobBase);
   };
   xhr.send(form);
 }
 
 const mb = (n) => (n < 1e6 ? `${Math.max(1, Math.round(n / 1e3))} kB` : `${(n / 1e6).toFixed(1)} MB`);
 
-async function pollJob(id, rows, replaces) {
+async function pollJob(id, rows, replaces, jobBase = base()) {
   const bar = $("upload-progress"), status = $("upload-status"), button = $("upload-button");
   const stop = () => { sessionStorage.removeItem(JOB); bar.hidden = true; button.disabled = false; };
   let job;
   try {
-    job = await (await api(`/v1/jobs/${encodeURIComponent(id)}`)).json();
+    job = await (await api(`${jobBase}/jobs/${encodeURIComponent(id)}`)).json();
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
       stop();
@@ -501,7 +531,7 @@ async function pollJob(id, rows, replaces) {
     }
     if (e instanceof ApiError && e.status === 401) { stop(); showError(status, e); return; }
     say(status, `${friendly(e, "Checking the upload")} Retrying…`);
-    setTimeout(() => pollJob(id, rows, replaces), 2000);
+    setTimeout(() => pollJob(id, rows, replaces, jobBase), 2000);
     return;
   }
   const terminal = ["done", "failed", "interrupted"].includes(job.state);
@@ -512,7 +542,7 @@ async function pollJob(id, rows, replaces) {
     say(status, job.state === "queued"
       ? "Queued: waiting for the indexer…"
       : `Indexing: ${job.pages_done} of ${job.pages_total} pages, ${job.files_total} file${job.files_total > 1 ? "s" : ""}`);
-    setTimeout(() => pollJob(id, rows, replaces), 500);
+    setTimeout(() => pollJob(id, rows, replaces, jobBase), 500);
     return;
   }
   stop();
@@ -534,7 +564,7 @@ async function pollJob(id, rows, replaces) {
   const newIds = files.filter((f) => f.doc_id && f.status !== "failed").map((f) => f.doc_id);
   if (replaces && newIds.length && !newIds.includes(replaces)) {
     try {
-      await api(`/v1/documents/${encodeURIComponent(replaces)}`, { method: "DELETE" });
+      await api(`${jobBase}/documents/${encodeURIComponent(replaces)}`, { method: "DELETE" });
       status.textContent += " The previous version was removed.";
     } catch (e) { await refreshAll(); showError($("doc-status"), e, "Removing the previous version"); return; }
   }
@@ -545,15 +575,21 @@ function resumeJob() {
   const saved = sessionStorage.getItem(JOB);
   if (!saved) return;
   try {
-    const { id, names, replaces } = JSON.parse(saved);
+    const { id, names, replaces, base: jobBase } = JSON.parse(saved);
     $("upload-progress").hidden = false; $("upload-progress").removeAttribute("value");
     $("upload-button").disabled = true;
-    pollJob(id, fileRows(names), replaces);
+    pollJob(id, fileRows(names), replaces, jobBase || "/v1");
   } catch (_) { sessionStorage.removeItem(JOB); }
 }
 
 // ------------------------------------------------------------------ start
 async function refreshAll() {
+  try {
+    await loadCollections();
+  } catch (e) {
+    showError($("doc-status"), e, "Listing collections");
+    return;
+  }
   await Promise.all([
     loadDocuments().catch((e) => showError($("doc-status"), e, "Listing documents")),
     loadFacets().catch(() => { /* the documents panel already says why */ }),
