@@ -226,13 +226,14 @@ def test_search_hits_carry_regions_that_add_up_to_their_scores(tiny_models: dict
                                              PageSpec(200, 200, text="x")])  # fmt: skip
         rag.ingest([pdf])
         queries = ["What was the revenue in 2023?", "table", "x"]  # with random weights most winners are text tokens
-        batches = rag.search_batch(queries, k=3)
+        # Visual hits only: this checks MaxSim's regions (text hits cite word boxes: tests/test_hybrid.py).
+        batches = rag.search_batch(queries, k=3, mode="visual")
         assert any(h.regions for hits in batches for h in hits)
         finder = RegionFinder(rag.store, lambda: rag.encoder.processor, max_regions=1000)
         index = rag.live_index.get()  # type: ignore[union-attr]
         encoded = rag.encoder.embed_queries(queries)  # as search_batch encodes them (padded together)
         for query, q, hits in zip(queries, encoded, batches, strict=True):
-            alone = rag.search(query, k=3)  # encoded alone, not padded in a batch: the same boxes
+            alone = rag.search(query, k=3, mode="visual")  # encoded alone, not padded in a batch: the same boxes
             assert [[(r.x0, r.y0, r.x1, r.y1) for r in h.regions] for h in hits] == [
                 [(r.x0, r.y0, r.x1, r.y1) for r in h.regions] for h in alone
             ]
