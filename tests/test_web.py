@@ -319,7 +319,8 @@ def test_search_filters_regions_viewer_keyboard(browser: Browser, server: LiveSe
     page.goto(server.url + "/")
     sync_api.expect(page.locator("#doc-list .doc")).to_have_count(2)
 
-    # Filters come from what the collection holds (GET /v1/facets).
+    # Filters come from what the collection holds (GET /v1/facets, loaded beside the documents list).
+    sync_api.expect(page.locator("#filter-doc option")).to_have_count(3)
     doc_options = page.locator("#filter-doc option").all_inner_texts()
     assert doc_options == ["All documents (2)", "handbook.pdf (2 p.)", "quarterly report.pdf (3 p.)"]
     meta_options = page.locator("#filter-meta option").all_inner_texts()
