@@ -27,6 +27,17 @@ fi
 # ... and LibreOffice (tests/test_formats.py converts real Office files; skipped, saying why, without it).
 bash scripts/libreoffice.sh
 
+# ... and Tesseract (OCR of pages without a text layer, tests/test_hybrid.py).
+if ! command -v tesseract >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "colsmol: installing tesseract-ocr"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng) \
+            >/dev/null || echo "colsmol: could not install tesseract-ocr; OCR tests will be skipped"
+    else
+        echo "colsmol: tesseract not found; OCR tests will be skipped (apt-get install tesseract-ocr)"
+    fi
+fi
+
 COLSMOL_EXTRAS=test bash scripts/setup.sh
 VENV=${COLSMOL_VENV:-.venv}
 # The hub is unreachable from test machines; tests build tiny checkpoints instead.
