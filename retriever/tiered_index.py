@@ -376,16 +376,7 @@ class TieredIndex(TokenIndex):
         ids = sorted(spans, key=lambda pid: spans[pid][0])  # file order: the disk reads run forwards
         if not ids:
             return [[] for _ in first]
-        tokens, scales = self.fine.gather([spans[p][0] for p in ids], [spans[p][1] for p in ids])
-        offsets = torch.from_numpy(np.concatenate([[0], np.cumsum([spans[p][1] for p in ids])]).astype(np.int64))
-        scores = maxsim(
-            q,
-            torch.from_numpy(tokens).to(self.device),
-            offsets.to(self.device),
-            qm,
-            torch.from_numpy(scales).to(self.device),
-            backend=self.backend,
-        ).cpu()
+        scores = self._score_file_pages(q, qm, [spans[p][0] for p in ids], [spans[p][1] for p in ids])
         col = {pid: i for i, pid in enumerate(ids)}
         out: list[list[ScoredPage]] = []
         for qi, row in enumerate(first):
@@ -404,6 +395,22 @@ class TieredIndex(TokenIndex):
             )
         return out
 
+    def _score_file_pages(
+        self, q: torch.Tensor, qm: torch.Tensor, starts: list[int], lengths: list[int]
+    ) -> torch.Tensor:
+        """Exact MaxSim of the padded queries ``q`` (Q, q, 128) against the pages at token-file rows ``starts`` of
+        ``lengths`` tokens, read in that order: a (Q, pages) score tensor on the CPU."""
+        tokens, scales = self.fine.gather(starts, lengths)
+        offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        return maxsim(
+            q,
+            torch.from_numpy(tokens).to(self.device),
+            offsets.to(self.device),
+            qm,
+            torch.from_numpy(scales).to(self.device),
+            backend=self.backend,
+        ).cpu()
+
     def score_exact(
         self, queries: Any, k: int = 10, query_mask: torch.Tensor | None = None, block_pages: int = 1024
     ) -> list[list[ScoredPage]]:
@@ -419,16 +426,7 @@ class TieredIndex(TokenIndex):
         best: list[list[ScoredPage]] = [[] for _ in range(q.shape[0])]
         for b in range(0, len(pages), block_pages):
             block = pages[b : b + block_pages]
-            tokens, scales = self.fine.gather([p[0] for p in block], [p[1] for p in block])
-            offsets = torch.from_numpy(np.concatenate([[0], np.cumsum([p[1] for p in block])]).astype(np.int64))
-            scores = maxsim(
-                q,
-                torch.from_numpy(tokens).to(self.device),
-                offsets.to(self.device),
-                qm,
-                torch.from_numpy(scales).to(self.device),
-                backend=self.backend,
-            ).cpu()
+            scores = self._score_file_pages(q, qm, [p[0] for p in block], [p[1] for p in block])
             vals, idx, valid = topk(scores, k)
             for qi in range(q.shape[0]):
                 found = [
