@@ -63,7 +63,7 @@ def build_searcher(
     log.info("search mode: %s (%s)", mode, reason)
     if mode == "two-stage":
         # Nothing resident: Qdrant proposes candidates from the pooled vectors, the device reranks them.
-        searcher: Searcher = TwoStageSearcher(store, encode_queries, s.prefetch_candidates, s.device, regions=regions)
+        searcher: Searcher = TwoStageSearcher(store, encode_queries, s.prefetch_candidates, regions=regions)
         return BuiltSearcher(searcher, None, mode, reason)
     live = LiveIndex(
         store,

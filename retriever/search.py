@@ -3,9 +3,8 @@
 :class:`ExactSearcher`: exhaustive MaxSim over the resident token index (a :class:`~retriever.live_index.LiveIndex`),
 with filters applied as a page mask *before* top-k (so a filter returns ``k`` hits whenever ``k`` pages match).
 
-:class:`TwoStageSearcher`: for corpora over the memory budget. Qdrant prefetches ``candidates`` pages per query on
-the pooled vectors (``store.prefetch``), then the candidates are reranked by exact MaxSim on the device with their
-full vectors from ``store.get_vectors``. Nothing is resident.
+:class:`TwoStageSearcher`: nothing resident. Qdrant takes ``candidates`` pages per query by the pooled vectors and
+ranks them by exact MaxSim over their tokens in the same query (``store.search_two_stage``): no vectors travel.
 
 Both take encoded queries (``search_vectors``) or texts with a query encoder (``search`` / ``search_batch``), and a
 :class:`~indexer.filters.Filter` with the same keys and meaning in both. Given a
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from indexer.filters import Filter
-from indexer.models.device import resolve_device
 from indexer.store.base import VectorStore
 from retriever.live_index import LiveIndex
 from retriever.regions import Region, RegionFinder, VectorsOf
@@ -118,52 +116,32 @@ class ExactSearcher(Searcher):
 
 
 class TwoStageSearcher(Searcher):
-    """Qdrant prefetch on pooled vectors, then exact MaxSim rerank of the candidates on the device."""
+    """Nothing resident: one store query per query ranks the ``candidates`` best pages by the pooled vectors by
+    exact MaxSim over their tokens (:meth:`~indexer.store.base.VectorStore.search_two_stage`), inside Qdrant.
+
+    No page vectors come back for ranking; only the hits' payloads, and the tokens of the hits themselves when
+    cited regions are asked for.
+    """
 
     def __init__(
         self,
         store: VectorStore,
         encode_queries: EncodeQueries | None = None,
         candidates: int = 200,
-        device: str = "auto",
         regions: RegionFinder | None = None,
     ) -> None:
         super().__init__(encode_queries, regions)
         self.store = store
         self.candidates = int(candidates)
-        self.device = resolve_device(device)
 
     def search_vectors(
         self, queries: Sequence[np.ndarray], k: int = 10, filter: Filter | None = None
     ) -> list[list[Hit]]:
-        import torch
-
-        from retriever.maxsim import maxsim, pack, pad_queries, topk
-
         out: list[list[Hit]] = []
-        reranked: dict[str, np.ndarray] = {}  # the candidates' vectors, for the hits' regions
         for q in queries:
-            qn = np.asarray(q, dtype=np.float32)
-            cands = [pid for pid, _ in self.store.prefetch(qn, limit=max(self.candidates, k), doc_filter=filter)]
-            vecs = self.store.get_vectors(cands) if cands else {}
-            ids = [c for c in cands if c in vecs]
-            if not ids:
-                out.append([])
-                continue
-            tokens, offsets = pack([torch.from_numpy(vecs[c]) for c in ids])
-            tokens = tokens.to(self.device, torch.float16 if self.device.type == "cuda" else torch.float32)
-            qt, qm = pad_queries([qn], device=self.device)
-            scores = maxsim(qt, tokens, offsets.to(self.device), qm)
-            vals, idx, valid = topk(scores, k)
-            payloads = self.store.get_payloads([ids[r] for r, ok in zip(idx[0], valid[0], strict=True) if ok])
+            ranked = self.store.search_two_stage(np.asarray(q, dtype=np.float32), k, self.candidates, filter)
+            payloads = self.store.get_payloads([pid for pid, _ in ranked])
             if self.regions is not None:
                 self.regions.sizes.remember(payloads)
-                reranked.update((pid, vecs[pid]) for pid in payloads)
-            out.append(
-                [
-                    _hit(ids[r], float(s), payloads.get(ids[r], {}))
-                    for s, r, ok in zip(vals[0], idx[0], valid[0], strict=True)
-                    if ok
-                ]
-            )
-        return self._with_regions(queries, out, lambda ids: {p: reranked[p] for p in ids if p in reranked})
+            out.append([_hit(pid, score, payloads.get(pid, {})) for pid, score in ranked])
+        return self._with_regions(queries, out, self.store.get_vectors)

@@ -288,7 +288,7 @@ def test_every_mode_and_filter(rag: RAGPipeline) -> None:
 def test_two_stage_hybrid_fuses_in_qdrant(rag: RAGPipeline, tiny_models, tmp_path) -> None:
     from retriever.search import TwoStageSearcher
 
-    two = TwoStageSearcher(rag.store, rag.encoder.embed_queries, candidates=50, device="cpu")
+    two = TwoStageSearcher(rag.store, rag.encoder.embed_queries, candidates=50)
     store_side = HybridSearcher(two, rag.store)
     items = rag.known  # type: ignore[attr-defined]
     ranked = [

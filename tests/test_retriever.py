@@ -358,15 +358,71 @@ def test_pooling_shape_and_norm():
     assert pooled.shape == (10, DIM) and np.allclose(np.sort((pooled @ base.T).max(1)), 1.0, atol=1e-5)
 
 
-def test_two_stage_recall(structured):
+class _Recorder:
+    """A QdrantClient that records every call it forwards (name, keyword arguments)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.calls: list[tuple[str, dict]] = []
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            self.calls.append((name, kwargs))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_two_stage_recall_in_the_store(structured, backend, tmp_path):
+    """Two-stage is one store query per query (pooled prefetch, token MaxSim rescore), on Edge and on a server's
+    Query API; its recall against exact is the pooled prefetch's. The server is qdrant-client's local mode, which
+    runs the same query plan in the client process: what it proves is the calls made, not a server's speed."""
+    from indexer.store.base import page_point_id
+    from indexer.types import PageRecord
+
     pages, queries, exact_idx = structured
-    # The prefetch vectors ingest writes (one pooling for production, eval, bench and this test).
-    store = ListStore(pages, [prefetch_vectors(p) for p in pages])
-    ts = TwoStageSearcher(store, candidates=30, device="cpu")
-    got = np.array([[int(h.point_id[1:]) for h in row] for row in ts.search_vectors(queries, k=10)])
-    assert recall_at(exact_idx, got) >= 0.9
-    hits = one(ts, queries[0], 5, {"doc_id": "doc3"})
-    assert len(hits) == 5 and {h.doc_id for h in hits} == {"doc3"}
+    if backend == "edge":
+        pytest.importorskip("qdrant_edge")
+        from indexer.store.edge import EdgeStore
+
+        store = EdgeStore(tmp_path / "qdrant", "pages")
+        recorder = None
+    else:
+        from qdrant_client import QdrantClient
+
+        from indexer.store.server import ServerStore
+
+        recorder = _Recorder(QdrantClient(":memory:"))
+        store = ServerStore(recorder, "pages")
+    try:
+        ids = [page_point_id(payload(i)["doc_id"], payload(i)["page_number"]) for i in range(len(pages))]
+        store.upsert_pages(
+            [PageRecord(pid, pages[i], payload(i), prefetch_vectors(pages[i])) for i, pid in enumerate(ids)]
+        )
+        ts = TwoStageSearcher(store, candidates=30)
+        if recorder is not None:
+            recorder.calls.clear()
+        got = np.array([[ids.index(h.point_id) for h in row] for row in ts.search_vectors(queries, k=10)])
+        assert recall_at(exact_idx, got) >= 0.9
+        if recorder is not None:
+            # One Query API call a query, pooled prefetch inside it; nothing read back with vectors.
+            queries_made = [kw for name, kw in recorder.calls if name == "query_points"]
+            assert len(queries_made) == len(queries)
+            assert all(kw["using"] == "tokens" and kw["prefetch"].using == "pooled" for kw in queries_made)
+            assert all(kw["prefetch"].limit == 30 for kw in queries_made)
+            assert not [c for c in recorder.calls if c[1].get("with_vectors")]
+        hits = one(ts, queries[0], 5, {"doc_id": "doc3"})
+        assert len(hits) == 5 and {h.doc_id for h in hits} == {"doc3"}
+        # Scores are exact MaxSim over the stored (fp16) tokens.
+        ref = colpali_scores([queries[0]], [pages[ids.index(h.point_id)] for h in hits])[0]
+        assert np.allclose([h.score for h in hits], ref.numpy(), atol=2e-2)
+    finally:
+        store.close()
 
 
 # ------------------------------------------------------------------------------------------------ Triton / GPU
@@ -485,7 +541,7 @@ def test_build_from_real_edge_store(tmp_path):
         assert_topk_equal_up_to_ties(ref, got, 5)
         hits = one(exact(store, index), queries[0], 10, {"doc_id": ["doc1"]})
         assert len(hits) == 6 and {h.doc_id for h in hits} == {"doc1"}
-        ts = one(TwoStageSearcher(store, candidates=24, device="cpu"), queries[0], 5)
+        ts = one(TwoStageSearcher(store, candidates=24), queries[0], 5)
         assert [h.point_id for h in ts] == [ids[i] for i in got[0]]
         index.save(tmp_path / "cache")
         store.delete_pages(ids[:2])

@@ -423,6 +423,18 @@ def test_server_schema_mismatch():
     assert "'c'" in msg and "distance=Cosine" in msg and "'pooled' is missing" in msg and "COLSMOL_COLLECTION" in msg
 
 
+def test_server_schema_keeps_tokens_on_disk_without_a_graph():
+    """At scale the server's RAM holds the pooled vectors (and their HNSW graph); the full tokens, only ever
+    rescored for a query's candidates, are on disk with no graph."""
+    from qdrant_client import QdrantClient
+
+    client = QdrantClient(":memory:")
+    ServerStore(client, "c")
+    vectors = client.get_collection("c").config.params.vectors
+    assert vectors["tokens"].on_disk is True and vectors["tokens"].hnsw_config.m == 0
+    assert not vectors["pooled"].on_disk and vectors["pooled"].hnsw_config.m > 0
+
+
 def test_server_version_sees_other_writers():
     from qdrant_client import QdrantClient
 

@@ -191,6 +191,13 @@ class VectorStore(Protocol):
         pages stored without pooled vectors). Pages without the ``using`` vector are never returned.
         """
 
+    def search_two_stage(
+        self, query: np.ndarray, limit: int, candidates: int, doc_filter: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        """Top ``limit`` pages ``[(point_id, score)]`` for a query ``(n_q, 128)`` by exact MaxSim over the token
+        vectors of the ``candidates`` best pages by the pooled vectors: one store query (Qdrant's prefetch then
+        rescore), so no vector leaves the store."""
+
     def count_pages(self) -> int: ...
 
     #: Whether the collection has the sparse ``text`` vector (collections created before it have not).
@@ -377,8 +384,11 @@ class QdrantStoreCore(ABC):
         ...
 
     @abstractmethod
-    def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
-        ...
+    def _query(
+        self, query: np.ndarray, using: str, limit: int, flt: Any, prefetch: int | None = None
+    ) -> list[tuple[str, float]]:
+        """Top ``limit`` by MaxSim on ``using``; with ``prefetch``, over only the ``prefetch`` best pages by the
+        pooled vectors, in the same store query."""
 
     def _changed(self) -> None:
         """Called after every write, so that ``version()`` moves: a fresh random token in the state point.
@@ -648,6 +658,18 @@ class QdrantStoreCore(ABC):
         if limit <= 0 or (doc_filter is not None and doc_filter.matches_nothing):
             return []
         return self._query(q, using, int(limit), self._filter(doc_filter))
+
+    def search_two_stage(
+        self, query: np.ndarray, limit: int, candidates: int, doc_filter: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        q = np.asarray(query, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        check_vectors(q, "query")
+        if limit <= 0 or (doc_filter is not None and doc_filter.matches_nothing):
+            return []
+        flt = self._filter(doc_filter)
+        return self._query(q, TOKENS_VECTOR, int(limit), flt, prefetch=max(int(candidates), int(limit)))
 
     def count_pages(self) -> int:
         return self._count(self._filter())

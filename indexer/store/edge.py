@@ -319,11 +319,17 @@ class EdgeStore(QdrantStoreCore):
                 out[str(r.id)] = tokens_array(rows)
         return out
 
-    def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
+    def _query(
+        self, query: np.ndarray, using: str, limit: int, flt: Any, prefetch: int | None = None
+    ) -> list[tuple[str, float]]:
         qe = self._qe
+        q = query.tolist()
+        pooled = qe.Query.Nearest(q, using=POOLED_VECTOR)
+        first = [qe.Prefetch(limit=prefetch, query=pooled, filter=flt)] if prefetch else []
         req = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest(query.tolist(), using=using),
+            prefetches=first,
+            query=qe.Query.Nearest(q, using=using),
             filter=flt,
             with_payload=False,
             with_vector=False,

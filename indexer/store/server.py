@@ -1,7 +1,7 @@
 """The shared store: a Qdrant server or cluster through ``qdrant-client``.
 
 Same schema as the Edge backend: named multivectors ``tokens``
-``(n_tokens, 128)`` (Dot, MaxSim, fp16, HNSW off ``m=0``) and ``pooled`` ``(n_pooled, 128)``
+``(n_tokens, 128)`` (Dot, MaxSim, fp16, HNSW off ``m=0``, stored ``on_disk``) and ``pooled`` ``(n_pooled, 128)``
 (Dot, MaxSim, HNSW on), payload indexes on the filter fields (keyword, integer for
 ``page_number``). The collection is created on first use; an existing one with another schema
 raises :class:`SchemaMismatch`.
@@ -98,7 +98,8 @@ class ServerStore(QdrantStoreCore):
                 distance=m.Distance.DOT,
                 multivector_config=maxsim,
                 datatype=m.Datatype.FLOAT16,
-                hnsw_config=m.HnswConfigDiff(m=0),
+                hnsw_config=m.HnswConfigDiff(m=0),  # only ever rescored: no graph
+                on_disk=True,  # read for the candidates' rescore only; RAM holds the pooled vectors
             ),
             POOLED_VECTOR: m.VectorParams(
                 size=DIM,
@@ -233,11 +234,16 @@ class ServerStore(QdrantStoreCore):
                 out[str(r.id)] = tokens_array(rows)
         return out
 
-    def _query(self, query: np.ndarray, using: str, limit: int, flt: Any) -> list[tuple[str, float]]:
+    def _query(
+        self, query: np.ndarray, using: str, limit: int, flt: Any, prefetch: int | None = None
+    ) -> list[tuple[str, float]]:
+        q = query.tolist()
+        first = self._m.Prefetch(query=q, using=POOLED_VECTOR, limit=prefetch, filter=flt) if prefetch else None
         res = self._live().query_points(
             self.collection,
-            query=query.tolist(),
+            query=q,
             using=using,
+            prefetch=first,
             limit=limit,
             query_filter=flt,
             with_payload=False,

@@ -395,9 +395,9 @@ def run_eval(
                             ]
                         )
                     build_s = time.perf_counter() - t
-                    # As production builds it: the pooled prefetch vectors ingest writes, the rerank's full
-                    # vectors fetched from the store.
-                    searcher = TwoStageSearcher(store, candidates=candidates, device=str(dev))
+                    # As production builds it: the pooled prefetch vectors ingest writes, the candidates
+                    # rescored on their tokens inside the store.
+                    searcher = TwoStageSearcher(store, candidates=candidates)
 
                     def search_two(q: np.ndarray, searcher: TwoStageSearcher = searcher) -> list[str]:
                         return [cid_of[h.point_id] for h in searcher.search_vectors([q], k=depth)[0]]
