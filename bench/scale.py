@@ -237,6 +237,21 @@ def run(args: argparse.Namespace) -> None:
             target.candidates = keep
             sweep[str(c)] = {"top10": s_top, "latency_ms": s_lat, "p50_ms": float(np.median(s_lat))}
             print(f"  candidates {c}: p50 {np.median(s_lat):.1f} ms", file=sys.stderr)
+        sketch_sweep = {}
+        for f in args.sweep_sketch or []:
+            target = searcher.live.get() if isinstance(searcher, ExactSearcher) else None
+            if target is None or not hasattr(target, "sketch_factor"):
+                break
+            keep, target.sketch_factor = target.sketch_factor, f
+            s_top, s_lat = [], []
+            for q in queries:
+                t = time.perf_counter()
+                hits = searcher.search_vectors([q], k=10)[0]
+                s_lat.append((time.perf_counter() - t) * 1000)
+                s_top.append([index_of[h.point_id] for h in hits])
+            target.sketch_factor = keep
+            sketch_sweep[str(f)] = {"top10": s_top, "latency_ms": s_lat, "p50_ms": float(np.median(s_lat))}
+            print(f"  sketch factor {f}: p50 {np.median(s_lat):.1f} ms", file=sys.stderr)
         if baseline is not None:
             baseline_block = {
                 "baseline_mode": baseline.mode,
@@ -254,6 +269,7 @@ def run(args: argparse.Namespace) -> None:
             **exact_block,
             **baseline_block,
             "sweep": sweep,
+            "sketch_sweep": sketch_sweep,
             "mode": mode,
             "requested_mode": args.mode,
             "direct": bool(args.direct),
@@ -335,6 +351,12 @@ def recall(got: list[list[int]], want: list[list[int]]) -> float:
     return float(np.mean([len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(got, want, strict=False)]))
 
 
+def _sweeps(run: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """A run's extra settings, each over every query: candidate counts, then tier-0 factors."""
+    rows = [("candidates", c, sw) for c, sw in (run.get("sweep") or {}).items()]
+    return rows + [("sketch factor", f, sw) for f, sw in (run.get("sketch_sweep") or {}).items()]
+
+
 def compare(paths: list[Path]) -> None:
     runs = [json.loads(p.read_text()) for p in paths]
     ref = runs[0]
@@ -346,9 +368,9 @@ def compare(paths: list[Path]) -> None:
                 f"{recall(r['top10'][:n], r['baseline_top10']):.3f}; p50 {np.median(r['latency_ms'][:n]):.1f} ms vs "
                 f"{r['baseline_p50_ms']:.1f} ms ({r['baseline_p50_ms'] / np.median(r['latency_ms'][:n]):.1f}x)"
             )
-            for c, sw in (r.get("sweep") or {}).items():
+            for what, c, sw in _sweeps(r):
                 print(
-                    f"  candidates {c}: recall@10 {recall(sw['top10'][:n], r['baseline_top10']):.3f}, "
+                    f"  {what} {c}: recall@10 {recall(sw['top10'][:n], r['baseline_top10']):.3f}, "
                     f"p50 {sw['p50_ms']:.1f} ms"
                 )
         if "exact_top10" in r:  # a tiered run that carries its own exact baseline
@@ -357,9 +379,9 @@ def compare(paths: list[Path]) -> None:
                 f"{recall(r['top10'], r['exact_top10']):.3f}; p50 {r['p50_ms']:.1f} ms vs exact "
                 f"{r['exact_p50_ms']:.0f} ms ({r['exact_p50_ms'] / r['p50_ms']:.1f}x)"
             )
-            for c, sw in (r.get("sweep") or {}).items():
+            for what, c, sw in _sweeps(r):
                 print(
-                    f"  candidates {c}: recall@10 {recall(sw['top10'], r['exact_top10']):.3f}, "
+                    f"  {what} {c}: recall@10 {recall(sw['top10'], r['exact_top10']):.3f}, "
                     f"p50 {sw['p50_ms']:.1f} ms"
                 )
     print(f"| mode | pages | recall@10 vs {ref['mode']} | p50 ms | p50 ratio | resident B/page | disk GiB | build s |")
@@ -401,6 +423,13 @@ def main() -> None:
     )
     ap.add_argument("--baseline-candidates", type=int, default=200, help="candidates of a two-stage baseline")
     ap.add_argument("--baseline-queries", type=int, default=0, help="search only the first N queries with it")
+    ap.add_argument(
+        "--sweep-sketch",
+        type=int,
+        nargs="*",
+        default=None,
+        help="tiered: also run every query with tier 0 handing tier 1 these multiples of --candidates (0: no tier 0)",
+    )
     ap.add_argument(
         "--sweep", type=int, nargs="*", default=None, help="tiered: also run every query at these candidate counts"
     )

@@ -46,6 +46,7 @@ struct Job {
     int kind;
     const float* scales;    // (T,), int8 only
     const int64_t* offsets; // (P + 1,)
+    const int64_t* rows;    // (n_pages,) pages to score (indexes into offsets), or null: pages 0 .. n_pages - 1
     int64_t n_pages;
     int dim;
     const float* qT;        // (n_vec, dim, 8)
@@ -158,7 +159,8 @@ TARGET void worker(const Job& job, Scratch* scratch, std::atomic<int64_t>* next_
         const int64_t p1 = std::min(job.n_pages, p0 + PAGES_PER_GRAB);
         for (int64_t p = p0; p < p1; ++p) {
             std::fill(rm.begin(), rm.end(), -INFINITY);
-            const int64_t start = job.offsets[p], end = job.offsets[p + 1];
+            const int64_t page = job.rows ? job.rows[p] : p;
+            const int64_t start = job.offsets[page], end = job.offsets[page + 1];
             for (int64_t c = start; c < end; c += CHUNK) {
                 const int n = static_cast<int>(std::min<int64_t>(CHUNK, end - c));
                 int n_pad = n;
@@ -202,7 +204,7 @@ bool cpu_supported() {
 
 // Releases the Py_buffers it holds, whatever the exit path.
 struct Buffers {
-    Py_buffer b[6] = {};
+    Py_buffer b[7] = {};
     ~Buffers() {
         for (auto& x : b)
             if (x.obj) PyBuffer_Release(&x);
@@ -212,8 +214,10 @@ struct Buffers {
 PyObject* py_maxsim(PyObject*, PyObject* args) {
     Buffers B;
     Py_buffer &tok = B.b[0], &sc = B.b[1], &off = B.b[2], &qT = B.b[3], &qoff = B.b[4], &out = B.b[5];
+    Py_buffer& rows = B.b[6];
     int kind, dim, n_threads;
-    if (!PyArg_ParseTuple(args, "y*iiy*y*y*y*w*i", &tok, &kind, &dim, &sc, &off, &qT, &qoff, &out, &n_threads))
+    if (!PyArg_ParseTuple(args, "y*iiy*y*y*y*w*i|y*", &tok, &kind, &dim, &sc, &off, &qT, &qoff, &out, &n_threads,
+                          &rows))
         return nullptr;
     if (!cpu_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "this CPU lacks AVX2/FMA/F16C: use the torch path");
@@ -228,11 +232,20 @@ PyObject* py_maxsim(PyObject*, PyObject* args) {
     const int64_t P = off.len / 8 - 1, Q = qoff.len / 8 - 1, n_vec = qT.len / (4 * 8 * dim);
     const int64_t* o = static_cast<const int64_t*>(off.buf);
     const int64_t* qo = static_cast<const int64_t*>(qoff.buf);
-    if (P < 0 || Q < 0 || off.len % 8 || qoff.len % 8 || qT.len % (4 * 8 * dim) || out.len != Q * P * 4) {
+    const bool some = rows.obj != nullptr && rows.len > 0;
+    const int64_t* ro = some ? static_cast<const int64_t*>(rows.buf) : nullptr;
+    const int64_t n_out = some ? static_cast<int64_t>(rows.len / 8) : P;
+    if (P < 0 || Q < 0 || off.len % 8 || qoff.len % 8 || rows.len % 8 || qT.len % (4 * 8 * dim) ||
+        out.len != Q * n_out * 4) {
         PyErr_SetString(PyExc_ValueError, "maxsim: inconsistent buffer sizes");
         return nullptr;
     }
-    if (P == 0 || Q == 0) Py_RETURN_NONE;
+    for (int64_t i = 0; ro && i < n_out; ++i)
+        if (ro[i] < 0 || ro[i] >= P) {
+            PyErr_SetString(PyExc_ValueError, "maxsim: a row index is out of range");
+            return nullptr;
+        }
+    if (P == 0 || Q == 0 || n_out == 0) Py_RETURN_NONE;
     for (int64_t p = 0; p < P; ++p)
         if (o[p + 1] <= o[p]) {
             PyErr_Format(PyExc_ValueError, "maxsim: page %lld has no tokens (offsets must increase)", (long long)p);
@@ -249,9 +262,9 @@ PyObject* py_maxsim(PyObject*, PyObject* args) {
         PyErr_SetString(PyExc_ValueError, "maxsim: bad query row offsets");
         return nullptr;
     }
-    const int64_t useful = (P + PAGES_PER_GRAB - 1) / PAGES_PER_GRAB;
+    const int64_t useful = (n_out + PAGES_PER_GRAB - 1) / PAGES_PER_GRAB;
     const int n = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, useful)));
-    Job job{tok.buf, kind, static_cast<const float*>(sc.buf), o, P, dim, static_cast<const float*>(qT.buf),
+    Job job{tok.buf, kind, static_cast<const float*>(sc.buf), o, ro, n_out, dim, static_cast<const float*>(qT.buf),
             static_cast<int>(n_vec), qo, static_cast<int>(Q), static_cast<float*>(out.buf),
             dim * elt, static_cast<size_t>(tok.len), {}};
     std::vector<Scratch> scratch;
@@ -282,11 +295,108 @@ PyObject* py_maxsim(PyObject*, PyObject* args) {
     Py_RETURN_NONE;
 }
 
+// ---- Binary sketches: MaxSim of sign bits (tier 0 of a tiered index) ------------------------------------------
+//
+// Every vector is its 128 sign bits, two 64-bit words; the similarity of two is their +-1 dot product,
+// 128 - 2 * popcount(a ^ b). A page's score for a query is the sum over query rows of the best similarity over
+// the page's vectors: MaxSim with 16 bytes a vector and two XOR + POPCNT a pair, against 128 multiply-adds for
+// int8. Only the popcount instruction is needed (every AVX2 CPU has it); the row loop is plain C++.
+
+struct HammingJob {
+    const uint64_t* codes;    // (T, 2)
+    const int64_t* offsets;   // (P + 1,)
+    int64_t n_pages;
+    const uint64_t* qcodes;   // (R, 2): the packed query rows
+    int n_rows;
+    const int64_t* qoff;      // (Q + 1,)
+    int n_queries;
+    float* out;               // (Q, P)
+};
+
+#if HAVE_KERNEL
+__attribute__((target("popcnt"))) void hamming_worker(const HammingJob& job, std::atomic<int64_t>* next_page) {
+    std::vector<int> best(static_cast<size_t>(job.n_rows));
+    for (;;) {
+        const int64_t p0 = next_page->fetch_add(64);
+        if (p0 >= job.n_pages) break;
+        const int64_t p1 = std::min(job.n_pages, p0 + 64);
+        for (int64_t p = p0; p < p1; ++p) {
+            std::fill(best.begin(), best.end(), 129);
+            for (int64_t t = job.offsets[p]; t < job.offsets[p + 1]; ++t) {
+                const uint64_t a0 = job.codes[2 * t], a1 = job.codes[2 * t + 1];
+                for (int r = 0; r < job.n_rows; ++r) {
+                    const int h = __builtin_popcountll(a0 ^ job.qcodes[2 * r]) +
+                                  __builtin_popcountll(a1 ^ job.qcodes[2 * r + 1]);
+                    best[r] = h < best[r] ? h : best[r];
+                }
+            }
+            for (int qi = 0; qi < job.n_queries; ++qi) {
+                int sum = 0;
+                for (int64_t r = job.qoff[qi]; r < job.qoff[qi + 1]; ++r) sum += 128 - 2 * best[r];
+                job.out[static_cast<int64_t>(qi) * job.n_pages + p] = static_cast<float>(sum);
+            }
+        }
+    }
+}
+#endif
+
+PyObject* py_hamming(PyObject*, PyObject* args) {
+    Buffers B;
+    Py_buffer &codes = B.b[0], &off = B.b[1], &qcodes = B.b[2], &qoff = B.b[3], &out = B.b[4];
+    int n_threads;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*i", &codes, &off, &qcodes, &qoff, &out, &n_threads)) return nullptr;
+#if HAVE_KERNEL
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("popcnt")) {
+        PyErr_SetString(PyExc_RuntimeError, "this CPU lacks POPCNT");
+        return nullptr;
+    }
+    const int64_t P = off.len / 8 - 1, Q = qoff.len / 8 - 1, R = qcodes.len / 16, T = codes.len / 16;
+    const int64_t* o = static_cast<const int64_t*>(off.buf);
+    const int64_t* qo = static_cast<const int64_t*>(qoff.buf);
+    if (P < 0 || Q < 0 || off.len % 8 || qoff.len % 8 || codes.len % 16 || qcodes.len % 16 || out.len != Q * P * 4) {
+        PyErr_SetString(PyExc_ValueError, "hamming: inconsistent buffer sizes");
+        return nullptr;
+    }
+    if (P == 0 || Q == 0) Py_RETURN_NONE;
+    bool ok = o[0] >= 0 && o[P] <= T && qo[0] == 0 && qo[Q] <= R;
+    for (int64_t p = 0; ok && p < P; ++p) ok = o[p + 1] >= o[p];
+    for (int64_t q = 0; ok && q < Q; ++q) ok = qo[q + 1] >= qo[q];
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "hamming: offsets out of range");
+        return nullptr;
+    }
+    HammingJob job{static_cast<const uint64_t*>(codes.buf), o, P, static_cast<const uint64_t*>(qcodes.buf),
+                   static_cast<int>(R), qo, static_cast<int>(Q), static_cast<float*>(out.buf)};
+    const int n = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_threads, (P + 63) / 64)));
+    Py_BEGIN_ALLOW_THREADS
+    std::atomic<int64_t> next_page{0};
+    std::vector<std::thread> threads;
+    for (int i = 1; i < n; ++i) {
+        try {
+            threads.emplace_back(hamming_worker, std::cref(job), &next_page);
+        } catch (...) {
+            break;
+        }
+    }
+    hamming_worker(job, &next_page);
+    for (auto& t : threads) t.join();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+#else
+    PyErr_SetString(PyExc_RuntimeError, "no binary kernel on this platform");
+    return nullptr;
+#endif
+}
+
 PyObject* py_cpu_supported(PyObject*, PyObject*) { return PyBool_FromLong(cpu_supported()); }
 
 PyMethodDef methods[] = {
     {"maxsim", py_maxsim, METH_VARARGS,
-     "maxsim(tokens, kind, dim, scales, offsets, qT, qoff, out, n_threads): fill out (Q, P) float32 in place."},
+     "maxsim(tokens, kind, dim, scales, offsets, qT, qoff, out, n_threads[, rows]): fill out (Q, P) float32 in "
+     "place; with rows (int64 page indexes), out is (Q, len(rows)) for those pages only."},
+    {"hamming", py_hamming, METH_VARARGS,
+     "hamming(codes, offsets, qcodes, qoff, out, n_threads): fill out (Q, P) float32 with sign-bit MaxSim."},
     {"cpu_supported", py_cpu_supported, METH_NOARGS, "True when this CPU has AVX2, FMA and F16C."},
     {nullptr, nullptr, 0, nullptr}};
 

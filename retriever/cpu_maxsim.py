@@ -96,25 +96,30 @@ def maxsim_cpu(
     query_mask: torch.Tensor | None = None,
     scales: torch.Tensor | None = None,
     n_threads: int | None = None,
+    rows: np.ndarray | None = None,
 ) -> torch.Tensor:
     """MaxSim of ``queries (Q, n_q, dim)`` against packed CPU ``tokens (T, dim)`` / ``offsets (P + 1,)`` -> ``(Q, P)``.
 
     ``tokens`` fp16, int8 (with ``scales (T,)``) or fp32; other dtypes, or no usable kernel, take the torch path.
-    ``n_threads`` defaults to ``torch.get_num_threads()``.
+    ``n_threads`` defaults to ``torch.get_num_threads()``. ``rows`` (page indexes) scores those pages only, in that
+    order: ``(Q, len(rows))``, without copying their tokens.
     """
     ext = _extension()
     dim = tokens.shape[-1]
     if ext is None or tokens.dtype not in _KINDS or dim % 8 or tokens.device.type != "cpu":
         from retriever.maxsim import maxsim_torch
 
+        if rows is not None:
+            tokens, offsets, scales = _gather_pages(tokens, offsets, scales, rows)
         return maxsim_torch(queries, tokens, offsets, query_mask, scales)
     if tokens.dtype == torch.int8 and scales is None:
         raise ValueError("int8 tokens need scales")
     qT, qoff = pack_query_rows(queries, query_mask)
     off = offsets.detach().to(device="cpu", dtype=torch.int64).contiguous()
     P, Q = off.numel() - 1, qoff.numel() - 1
-    out = torch.zeros(Q, max(P, 0), dtype=torch.float32)
-    if P <= 0 or Q == 0 or qT.shape[0] == 0:  # no pages, or only empty queries (their score is 0)
+    some = np.ascontiguousarray(rows, dtype=np.int64) if rows is not None else None
+    out = torch.zeros(Q, max(P, 0) if some is None else len(some), dtype=torch.float32)
+    if P <= 0 or Q == 0 or qT.shape[0] == 0 or out.shape[1] == 0:  # no pages, or only empty queries (score 0)
         if P > 0 and bool((off[1:] <= off[:-1]).any()):
             raise ValueError("maxsim_cpu: every page needs at least one token")
         return out
@@ -129,8 +134,68 @@ def maxsim_cpu(
         qoff.numpy(),
         out.numpy(),
         int(n_threads or torch.get_num_threads()),
+        *(() if some is None else (some,)),
     )
     return out
+
+
+def _gather_pages(
+    tokens: torch.Tensor, offsets: torch.Tensor, scales: torch.Tensor | None, rows: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The tokens of pages ``rows`` packed back to back (the torch path's form of ``rows``)."""
+    off = offsets.detach().cpu().numpy()
+    r = np.asarray(rows, dtype=np.int64)
+    lengths = off[r + 1] - off[r]
+    idx = torch.from_numpy(np.concatenate([np.arange(off[i], off[i + 1]) for i in r]) if len(r) else np.zeros(0, int))
+    new_off = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    idx = idx.to(tokens.device)
+    return tokens[idx], new_off.to(offsets.device), None if scales is None else scales[idx]
+
+
+def sign_codes(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``(n, 128)`` vectors (any real dtype) -> their sign bits ``(n, 2)`` uint64: bit set where a component >= 0.
+    The binary sketch of :func:`hamming_maxsim` (16 bytes a vector)."""
+    a = vectors.detach().cpu().numpy() if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
+    if a.ndim != 2 or a.shape[1] != 128:
+        raise ValueError(f"sign_codes needs (n, 128) vectors, got {a.shape}")
+    return np.packbits(a >= 0, axis=1).view(np.uint64)
+
+
+def hamming_maxsim(
+    codes: np.ndarray,
+    offsets: np.ndarray,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor | None = None,
+    n_threads: int | None = None,
+) -> torch.Tensor:
+    """MaxSim over sign bits: ``(Q, P)`` float32 where page ``p`` (``codes[offsets[p]:offsets[p + 1]]`` from
+    :func:`sign_codes`) scores, for each query, the sum over its rows of the best ``+-1`` dot product
+    (``128 - 2 * popcount(a ^ b)``) with the page's vectors. ``queries (Q, n_q, 128)`` float, signs taken here.
+
+    The compiled kernel when available, else numpy (``np.bitwise_count``; same numbers, slower).
+    """
+    if queries.ndim == 2:
+        queries = queries.unsqueeze(0)
+    Q, nq, _ = queries.shape
+    m = torch.ones(Q, nq, dtype=torch.bool) if query_mask is None else torch.as_tensor(query_mask).bool().cpu()
+    q = queries.detach().float().cpu()
+    qcodes = np.ascontiguousarray(sign_codes(q[m]))
+    qoff = np.zeros(Q + 1, dtype=np.int64)
+    np.cumsum(m.sum(1).numpy(), out=qoff[1:])
+    off = np.ascontiguousarray(offsets, dtype=np.int64)
+    P = len(off) - 1
+    out = np.zeros((Q, max(P, 0)), dtype=np.float32)
+    ext = _extension()
+    if ext is not None and hasattr(ext, "hamming"):
+        ext.hamming(np.ascontiguousarray(codes), off, qcodes, qoff, out, int(n_threads or torch.get_num_threads()))
+        return torch.from_numpy(out)
+    for p in range(P):  # the reference form: (tokens, rows) distances, min per row, summed per query
+        c = codes[off[p] : off[p + 1]]
+        h = np.bitwise_count(c[:, None, :] ^ qcodes[None, :, :]).sum(-1, dtype=np.int64)
+        best = 128 - 2 * h.min(0) if len(c) else np.full(len(qcodes), -128)
+        for qi in range(Q):
+            out[qi, p] = best[qoff[qi] : qoff[qi + 1]].sum()
+    return torch.from_numpy(out)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

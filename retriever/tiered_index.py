@@ -5,13 +5,17 @@ vectors (:func:`retriever.pooling.prefetch_vectors`: means of 16 consecutive tok
 vectors the store keeps for prefetch), int8. Every page's full tokens go to a :class:`TokenFile` on local disk,
 int8 with per-token scales, memory-mapped. A search:
 
-1. **tier 1**: MaxSim of the query against every page's pooled vectors (the same kernel as exact search, on 1/16
-   of the tokens), filters applied as a page mask before top-k, so a selective filter still yields ``k`` pages;
-   the best ``candidates`` pages go on;
+0. **tier 0** (CPU, with the compiled kernel): MaxSim over the sign bits of the pooled vectors (16 bytes a vector,
+   two XOR + POPCNT a pair: :func:`retriever.cpu_maxsim.hamming_maxsim`) ranks every allowed page; the best
+   ``sketch_factor x candidates`` go on. Skipped where that would not cut tier 1's work in half;
+1. **tier 1**: MaxSim of the query against the pooled vectors (the same kernel as exact search, on 1/16 of the
+   tokens) of tier 0's pages, or of every page without tier 0; filters are applied as a page mask before any
+   top-k, so a selective filter still yields ``k`` pages; the best ``candidates`` pages go on;
 2. **tier 2**: exact MaxSim of the query against the candidates' full tokens, read from the memory-mapped file
    (gathered candidate by candidate, in file order); the best ``k`` are the hits.
 
-Resident memory is the pooled vectors (about 8.5 KB a page at 1,000 tokens) plus the page ids and payload bits;
+Resident memory is the pooled vectors (about 8.5 KB a page at 1,000 tokens), their sign bits (about 1 KB, derived
+from them, never saved) plus the page ids and payload bits;
 the token file (about 130 KB a page) lives in the OS page cache as far as memory allows and is read from disk
 otherwise.
 
@@ -38,6 +42,7 @@ import numpy as np
 import torch
 
 from indexer.filters import Filter
+from retriever.cpu_maxsim import hamming_maxsim, kernel_available, maxsim_cpu, sign_codes
 from retriever.maxsim import DIM, maxsim, pad_queries, quantize_int8, topk
 from retriever.pooling import PREFETCH_POOL_FACTOR, prefetch_vectors
 from retriever.token_index import ScoredPage, TokenIndex
@@ -46,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 #: Candidates per query when none are given: measured by ``bench/scale.py`` (BENCHMARKS.md, tiered search).
 DEFAULT_CANDIDATES = 512
+#: Tier 0 hands tier 1 this many times ``candidates`` pages (measured by ``bench/scale.py --sweep-sketch``).
+SKETCH_FACTOR = 8
 #: The token file is rewritten without dead pages on save once they are over this share of it.
 FILE_COMPACT_RATIO = 0.25
 
@@ -166,7 +173,8 @@ class TieredIndex(TokenIndex):
     ``root``: the folder of the token file (a temporary folder, removed on :meth:`close`, when None).
     ``candidates``: pages per query that tier 1 hands to tier 2. ``coarse_factor``: tokens per pooled vector
     (:data:`~retriever.pooling.PREFETCH_POOL_FACTOR`, the store's prefetch pooling, so the pooled vectors ingest
-    made once serve both). ``device``: where tier 1 is resident and both tiers are scored.
+    made once serve both). ``device``: where tier 1 is resident and both tiers are scored. ``sketch_factor``: tier
+    0 passes ``sketch_factor x candidates`` pages to tier 1 (0 turns tier 0 off).
     """
 
     kind = "tiered"
@@ -177,6 +185,7 @@ class TieredIndex(TokenIndex):
         device: str | torch.device = "auto",
         candidates: int = DEFAULT_CANDIDATES,
         coarse_factor: int = PREFETCH_POOL_FACTOR,
+        sketch_factor: int = SKETCH_FACTOR,
         dtype: str = "int8",
         pool_factor: int = 1,
         initial_capacity_tokens: int = 1 << 14,
@@ -191,6 +200,7 @@ class TieredIndex(TokenIndex):
         self.fine = TokenFile(self.root, gen=_current_gen(self.root))
         self.candidates = int(candidates)
         self.coarse_factor = int(coarse_factor)
+        self.sketch_factor = int(sketch_factor)
         super().__init__(
             device=device, dtype="int8", pool_factor=1, initial_capacity_tokens=initial_capacity_tokens, **kwargs
         )
@@ -201,6 +211,20 @@ class TieredIndex(TokenIndex):
         self._fine_starts: list[int] = []
         self._fine_lengths: list[int] = []
         self._fine_dead = 0
+        self._codes = np.zeros((0, 2), dtype=np.uint64)  # sign bits of the resident rows (tier 0)
+        self._codes_n = 0  # rows of _codes that are current
+
+    def _catch_up_codes(self) -> np.ndarray:
+        """Sign bits of every resident row, computed for the rows appended since the last call (lock held)."""
+        n = self._n_tokens
+        if self._codes_n < n:
+            if len(self._codes) < n:  # a new array: snapshots keep the old one
+                grown = np.empty((max(n, len(self._codes) + len(self._codes) // 4), 2), dtype=np.uint64)
+                grown[: self._codes_n] = self._codes[: self._codes_n]
+                self._codes = grown
+            self._codes[self._codes_n : n] = sign_codes(self._tokens[self._codes_n : n])
+            self._codes_n = n
+        return self._codes[:n]
 
     def _capacity_for(self, pages: int) -> int:
         return pages * 1100 // self.coarse_factor + 1
@@ -257,6 +281,8 @@ class TieredIndex(TokenIndex):
         with self._lock:
             self._append_tiers(list(point_ids), full, coarse, payloads)
             self._maybe_compact()
+            if self.sketch_factor > 0:
+                self._catch_up_codes()  # here, not in the next search
 
     def _append_block(self, point_ids: Sequence[str], vectors: Sequence[np.ndarray], payloads: Sequence[dict]) -> None:
         self._append_tiers(point_ids, vectors, self._pooled(vectors, None), payloads)
@@ -290,6 +316,7 @@ class TieredIndex(TokenIndex):
             dead = self._fine_dead
             super().compact()  # resets the rows; the token file keeps the dead pages until a save rewrites it
             self._fine_starts, self._fine_lengths, self._fine_dead = starts, lengths, dead
+            self._codes, self._codes_n = np.zeros((0, 2), dtype=np.uint64), 0
 
     def spans(self, point_ids: Sequence[str]) -> tuple[int, list[tuple[int, int]], list[np.ndarray]]:
         """Where the given pages lie in the token file, for a journal: ``(gen, [(start, n_tokens)], [pooled
@@ -327,8 +354,9 @@ class TieredIndex(TokenIndex):
 
     # ------------------------------------------------------------------ reading
     def nbytes(self) -> int:
-        """Resident bytes of tier 1 (the token file is on disk: :meth:`disk_bytes`)."""
-        return super().nbytes()
+        """Resident bytes of tiers 0 and 1 (the token file is on disk: :meth:`disk_bytes`)."""
+        with self._lock:
+            return super().nbytes() + self._codes_n * 16
 
     def disk_bytes(self) -> int:
         return self.fine.nbytes()
@@ -356,12 +384,57 @@ class TieredIndex(TokenIndex):
         candidates: Sequence[str] | None = None,
     ) -> list[list[ScoredPage]]:
         """Top-``k`` pages per query by exact MaxSim over tier 1's ``max(k, self.candidates)`` best pages.
-        Same arguments as :meth:`TokenIndex.score`; restrictions apply in tier 1, before its top-k."""
+        Same arguments as :meth:`TokenIndex.score`; restrictions apply in tiers 0 and 1, before their top-k."""
         q, qm = pad_queries(queries, query_mask, device=self.device)
-        first = super().score(
-            q, k=max(k, self.candidates), allowed_mask=allowed_mask, where=where, query_mask=qm, candidates=candidates
-        )
+        first_k = max(k, self.candidates)
+        if self._sketch_usable():
+            first = self._sketched(q, qm, first_k, allowed_mask, where, candidates)
+        else:
+            first = super().score(
+                q, k=first_k, allowed_mask=allowed_mask, where=where, query_mask=qm, candidates=candidates
+            )
         return self.rerank(q, qm, first, k)
+
+    def _sketch_usable(self) -> bool:
+        """Tier 0 runs on the CPU with the compiled kernel, where it cuts tier 1's pages at least in half."""
+        n0 = self.sketch_factor * self.candidates
+        on_cpu = self.device.type == "cpu" and self.backend == "auto" and kernel_available()
+        return on_cpu and n0 > 0 and len(self) > 2 * n0
+
+    def _sketched(
+        self,
+        q: torch.Tensor,
+        qm: torch.Tensor,
+        first_k: int,
+        allowed_mask: np.ndarray | None,
+        where: Filter | Any | None,
+        candidates: Sequence[str] | None,
+    ) -> list[list[ScoredPage]]:
+        """Tiers 0 and 1: sign-bit MaxSim over every allowed page, then pooled int8 MaxSim over the union of each
+        query's ``sketch_factor x candidates`` best pages; the best ``first_k`` a query go to the rerank."""
+        with self._lock:
+            codes = self._catch_up_codes()
+            snap = self.snapshot()
+        allowed = self._allowed(snap, allowed_mask, where, candidates)
+        n_allowed = int(allowed.sum())
+        if n_allowed == 0:
+            return [[] for _ in range(q.shape[0])]
+        offsets = snap.offsets.numpy()
+        s0 = hamming_maxsim(codes, offsets, q, qm)
+        if n_allowed < snap.n_rows:
+            s0[:, torch.from_numpy(~allowed)] = float("-inf")
+        take = min(self.sketch_factor * self.candidates, n_allowed)
+        rows = np.unique(torch.topk(s0, take, dim=1).indices.numpy())  # ascending: memory order
+        s1 = maxsim_cpu(q, snap.tokens, snap.offsets, qm, snap.scales, rows=rows)
+        vals, idx, valid = topk(s1, min(first_k, len(rows)))
+        return [
+            [
+                ScoredPage(snap.point_ids[rows[c]], float(v), snap.bits[rows[c]])
+                for v, c, ok in zip(vals[qi], idx[qi], valid[qi], strict=True)
+                if ok
+            ]
+            for qi in range(vals.shape[0])
+        ]
 
     def rerank(
         self, q: torch.Tensor, qm: torch.Tensor, first: list[list[ScoredPage]], k: int

@@ -600,6 +600,30 @@ class TokenIndex:
         self._mask_cache[where] = (snap.bits, done)
         return done[: snap.n_rows]
 
+    def _allowed(
+        self,
+        snap: _Snapshot,
+        allowed_mask: np.ndarray | None,
+        where: Filter | Mapping[str, Any] | None,
+        candidates: Sequence[str] | None,
+    ) -> np.ndarray:
+        """The snapshot's rows a search may return: alive, and within every restriction given (see :meth:`score`)."""
+        P = snap.n_rows
+        allowed = snap.alive.copy()
+        if allowed_mask is not None:
+            am = np.asarray(allowed_mask, dtype=bool)
+            live_rows = np.flatnonzero(snap.alive)
+            if am.shape != (len(live_rows),):
+                raise ValueError(f"allowed_mask: expected ({len(live_rows)},) over point_ids(), got {am.shape}")
+            allowed[live_rows] &= am
+        flt = Filter.parse(where) if where is not None else None
+        if flt:
+            allowed &= self._where_mask(snap, flt)
+        if candidates is not None:
+            cand = set(candidates)
+            allowed &= np.fromiter((p in cand for p in snap.point_ids[:P]), dtype=bool, count=P)
+        return allowed
+
     def score(
         self,
         queries: Any,
@@ -615,24 +639,11 @@ class TokenIndex:
         Restrict pages with ``where`` (a :class:`~indexer.filters.Filter`), ``allowed_mask`` (bool over
         :meth:`point_ids` order at call time) or ``candidates`` (point ids). Restrictions apply before top-k.
         """
-        where = Filter.parse(where) if where is not None else None
         snap = self.snapshot()
-        P = snap.n_rows
         q, qm = pad_queries(queries, query_mask, device=self.device)
-        if P == 0 or not snap.alive.any():
+        if snap.n_rows == 0 or not snap.alive.any():
             return [[] for _ in range(q.shape[0])]
-        allowed = snap.alive.copy()
-        if allowed_mask is not None:
-            am = np.asarray(allowed_mask, dtype=bool)
-            live_rows = np.flatnonzero(snap.alive)
-            if am.shape != (len(live_rows),):
-                raise ValueError(f"allowed_mask: expected ({len(live_rows)},) over point_ids(), got {am.shape}")
-            allowed[live_rows] &= am
-        if where:
-            allowed &= self._where_mask(snap, where)
-        if candidates is not None:
-            cand = set(candidates)
-            allowed &= np.fromiter((p in cand for p in snap.point_ids[:P]), dtype=bool, count=P)
+        allowed = self._allowed(snap, allowed_mask, where, candidates)
         scores = maxsim(q, snap.tokens, snap.offsets, qm, snap.scales, backend=self.backend)
         vals, idx, valid = topk(scores, k, None if allowed.all() else torch.from_numpy(allowed))
         out: list[list[ScoredPage]] = []

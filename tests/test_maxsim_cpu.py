@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from retriever import cpu_maxsim
-from retriever.cpu_maxsim import kernel_available, maxsim_cpu, pack_query_rows
+from retriever.cpu_maxsim import hamming_maxsim, kernel_available, maxsim_cpu, pack_query_rows, sign_codes
 from retriever.maxsim import maxsim, maxsim_torch, pack, pad_queries, quantize_int8
 from retriever.token_index import TokenIndex
 
@@ -131,6 +131,58 @@ def test_bad_input_raises_instead_of_reading_past_buffers():
         maxsim_cpu(q, tokens.half(), torch.tensor([0, 3, 8]))
     with pytest.raises(ValueError, match="scales"):
         maxsim_cpu(q, quantize_int8(tokens)[0], off)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_rows_score_only_those_pages(dtype: str):
+    """``rows`` scores a subset of pages in place (no copy of their tokens), in the order given."""
+    tokens, off = pack(_pages(LENGTHS))
+    q, m = _queries([20, 5])
+    stored, scales = _stored(tokens, dtype)
+    full = maxsim_cpu(q, stored, off, m, scales)
+    rows = np.array([16, 0, 3, 3, 9], dtype=np.int64)
+    assert torch.equal(maxsim_cpu(q, stored, off, m, scales, rows=rows), full[:, rows])
+    assert maxsim_cpu(q, stored, off, m, scales, rows=np.zeros(0, np.int64)).shape == (2, 0)
+    with pytest.raises(ValueError, match="out of range"):
+        maxsim_cpu(q, stored, off, m, scales, rows=np.array([len(LENGTHS)]))
+
+
+def _sign_maxsim(q: torch.Tensor, m: torch.Tensor, pages: list[np.ndarray]) -> torch.Tensor:
+    """The definition: MaxSim of the +-1 sign vectors, in float arithmetic."""
+    sign = lambda x: np.where(np.asarray(x) >= 0, 1.0, -1.0)  # noqa: E731
+    out = torch.zeros(q.shape[0], len(pages))
+    for qi in range(q.shape[0]):
+        rows = sign(q[qi][m[qi]].numpy())
+        for p, page in enumerate(pages):
+            out[qi, p] = float((rows @ sign(page).T).max(1).sum())
+    return out
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_hamming_maxsim_is_maxsim_of_the_sign_vectors(kernel: bool, monkeypatch: pytest.MonkeyPatch):
+    """Tier 0 of a tiered index: the kernel and the numpy fallback both give MaxSim over +-1 sign vectors."""
+    if kernel and not kernel_available():
+        pytest.skip("CPU MaxSim extension not built")
+    if not kernel:
+        monkeypatch.setattr(cpu_maxsim, "_EXT", {"ext": None})
+    pages = _pages(LENGTHS)
+    q, m = _queries([20, 5, 1])
+    codes = sign_codes(np.concatenate(pages))
+    assert codes.shape == (sum(LENGTHS), 2) and codes.dtype == np.uint64
+    off = np.concatenate([[0], np.cumsum(LENGTHS)]).astype(np.int64)
+    got = hamming_maxsim(codes, off, q, m)
+    assert torch.equal(got, _sign_maxsim(q, m, pages))
+
+
+@needs_kernel
+def test_hamming_bad_input_raises():
+    codes = sign_codes(np.ones((4, DIM), np.float32))
+    q, m = _queries([3])
+    with pytest.raises(ValueError, match="offsets"):
+        hamming_maxsim(codes, np.array([0, 2, 9]), q, m)
+    with pytest.raises(ValueError, match="sign_codes"):
+        sign_codes(np.ones((4, 64), np.float32))
 
 
 def test_pack_query_rows_layout():

@@ -23,6 +23,7 @@ from indexer.settings import Settings
 from indexer.store.edge import EdgeStore
 from indexer.types import PageRecord
 from rag.searchers import build_searcher
+from retriever.cpu_maxsim import kernel_available
 from retriever.live_index import LiveIndex
 from retriever.pooling import prefetch_vectors
 from retriever.tiered_index import TieredIndex
@@ -83,6 +84,44 @@ def test_tier_two_recovers_what_tier_one_misses(corpus) -> None:
             assert p.score == pytest.approx(ref[p.point_id], abs=1e-3)
     finally:
         tiered.close()
+
+
+@pytest.mark.skipif(not kernel_available(), reason="tier 0 runs with the compiled CPU kernel only")
+def test_tier_zero_sign_bits_keep_recall_and_filters(corpus, monkeypatch) -> None:
+    """With tier 0 on (30 pages of 300 go to tier 1), recall stays what it is without it, a selective filter still
+    gives k hits, and adds, deletes and compaction keep the sign bits in step with the pooled rows."""
+    import retriever.tiered_index as tiered_mod
+
+    pages, queries = corpus
+    ids = [f"p{i}" for i in range(len(pages))]
+    pays = [payload(i) for i in range(len(pages))]
+    exact = TokenIndex(device="cpu", dtype="int8")
+    exact.add(ids, pages, pays)
+    want = ids_of(exact.score(queries, k=10))
+    calls = []
+    real = tiered_mod.hamming_maxsim
+    monkeypatch.setattr(tiered_mod, "hamming_maxsim", lambda *a: calls.append(1) or real(*a))
+    tiered = TieredIndex(None, device="cpu", candidates=20, sketch_factor=3)
+    plain = TieredIndex(None, device="cpu", candidates=20, sketch_factor=0)
+    try:
+        for index in (tiered, plain):
+            index.add(ids[:200], pages[:200], pays[:200])
+            index.add(ids[200:], pages[200:], pays[200:])  # codes catch up with appends
+        got, without = ids_of(tiered.score(queries, k=10)), ids_of(plain.score(queries, k=10))
+        assert calls and not plain._sketch_usable()
+        assert recall(got, want) >= 0.95 and recall(got, want) >= recall(without, want) - 0.05
+        flt = Filter.parse({"doc_id": ["doc1", "doc2"]})
+        rows = tiered.score(queries, k=10, where=flt)
+        assert all(len(r) == 10 and {p.bits["doc_id"] for p in r} <= {"doc1", "doc2"} for r in rows)
+        tiered.remove(ids[:100])  # a third dead: compacted, sign bits rebuilt from the new rows
+        exact.remove(ids[:100])
+        assert tiered._codes_n == 0 or tiered._codes_n == tiered.n_tokens
+        after = ids_of(tiered.score(queries, k=10))
+        assert tiered._sketch_usable() is False or calls  # 200 pages > 2 x 60: still on
+        assert recall(after, ids_of(exact.score(queries, k=10))) >= 0.95
+    finally:
+        tiered.close()
+        plain.close()
 
 
 def test_a_selective_filter_still_returns_k_hits(corpus) -> None:
