@@ -222,6 +222,12 @@ class TieredIndex(TokenIndex):
         """``extra_tokens`` counts full tokens; the resident tier holds one pooled vector per ``coarse_factor``."""
         super().reserve(extra_tokens // self.coarse_factor + 1)
 
+    def _resident_rows(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.coarse_factor)
+
+    def _budget_fix(self) -> str:
+        return "raise COLSMOL_INDEX_MEMORY_GB"
+
     def _prepare(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = []
         for v in vectors:
@@ -268,6 +274,8 @@ class TieredIndex(TokenIndex):
         coarse: Sequence[np.ndarray],
         payloads: Sequence[dict],
     ) -> None:
+        if self._segs is not None:  # refused before the token file grows
+            self._check_rows([int(c.shape[0]) for c in coarse])
         lengths = [int(v.shape[0]) for v in full]
         q, sc = quantize_int8(torch.from_numpy(np.concatenate([np.asarray(v, np.float32) for v in full])))
         first = self.fine.append(q.numpy(), sc.numpy())
@@ -297,16 +305,11 @@ class TieredIndex(TokenIndex):
         with self._lock:
             rows = [self._row_of[pid] for pid in point_ids]
             spans = [(self._fine_starts[r], self._fine_lengths[r]) for r in rows]
-            pooled = [
-                (
-                    self._tokens[self._starts[r] : self._starts[r] + self._lengths[r]].float()
-                    * self._scales[self._starts[r] : self._starts[r] + self._lengths[r], None]  # type: ignore[index]
-                )
-                .half()
-                .cpu()
-                .numpy()
-                for r in rows
-            ]
+            pooled = []
+            for r in rows:
+                tokens, scales = self._page_rows(r)
+                assert scales is not None  # int8
+                pooled.append((tokens.float() * scales[:, None]).half().cpu().numpy())
             return self.fine.gen, spans, pooled
 
     def adopt(
