@@ -139,14 +139,14 @@ class IndexBudgetExceeded(ColsmolError):
 
 
 def _size(n: int) -> str:
-    """Bytes for a message: GB (2**30) to two decimals, or MB/KB below a tenth of a GB.
+    """Bytes for a message: GB (2**30) to two decimals, MB or KB to one below a GB or an MB.
 
-    >>> _size(8 << 30), _size(3 << 20), _size(20480)
-    ('8.00 GB', '3.0 MB', '20.0 KB')
+    >>> _size(8 << 30), _size(300 << 20), _size(196608)
+    ('8.00 GB', '300.0 MB', '192.0 KB')
     """
-    if n >= 2**30 // 10:
+    if n >= 2**30:
         return f"{n / 2**30:.2f} GB"
-    return f"{n / 2**20:.1f} MB" if n >= 2**20 // 10 else f"{n / 2**10:.1f} KB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
 
 class EncryptedDocument(DocumentError):
