@@ -362,6 +362,37 @@ def test_a_write_past_the_budget_is_refused_before_the_store_changes(store: Edge
     live.apply(lambda: store.upsert_pages(fewer), upserted=fewer)
     assert sorted(live.get().point_ids()) == sorted(p.point_id for p in store.iter_pages(vectors=()))
     live.close()
+    # a cache larger than a smaller budget is refused when loaded, with the same line, not rebuilt from the store
+    small = LiveIndex(store, device="cpu", cache_dir=cache, segment_tokens=SEG, memory_budget_bytes=2 * SEG * 256)
+    with pytest.raises(IndexBudgetExceeded, match="16 pages"):
+        small.get()
+    assert not small.loaded
+
+
+def test_a_tiered_index_in_segments(tmp_path: Path) -> None:
+    """Tier 1 in segments ranks, journals (spans) and round-trips like tier 1 in one buffer."""
+    pages = random_pages(60, seed=21, lo=200, hi=300)
+    queries = random_queries(3, seed=22)
+    flat = TieredIndex(tmp_path / "a", device="cpu", candidates=20)
+    seg = TieredIndex(tmp_path / "b", device="cpu", candidates=20, segment_tokens=64)
+    try:
+        for index in (flat, seg):
+            index.add([pid(i) for i in range(60)], pages, [payload(i) for i in range(60)])
+            index.remove([pid(i) for i in range(0, 60, 4)])
+        assert seg._segs is not None and len(seg._segs.tokens) > 10
+        assert_same_results(flat.score(queries, k=10), seg.score(queries, k=10))
+        ids = [pid(i) for i in (1, 30, 59)]
+        for a, b in zip(flat.spans(ids)[2], seg.spans(ids)[2], strict=True):
+            assert np.array_equal(a, b)
+        seg.save(tmp_path / "snap")
+        loaded = TieredIndex.load(
+            tmp_path / "snap", device="cpu", root=tmp_path / "b", candidates=20, segment_tokens=64
+        )
+        assert loaded._segs is not None
+        assert_same_results(loaded.score(queries, k=10), flat.score(queries, k=10))
+    finally:
+        flat.close()
+        seg.close()
 
 
 def test_a_failed_index_add_leaves_store_and_index_consistent(store: EdgeStore, tmp_path: Path, monkeypatch) -> None:
