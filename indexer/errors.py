@@ -120,5 +120,34 @@ class DeviceOutOfMemory(ColsmolError):
     retry_after_s = 5
 
 
+class IndexBudgetExceeded(ColsmolError):
+    """Pages the search index cannot take without passing its device-memory budget (``COLSMOL_INDEX_MEMORY_GB``).
+
+    Raised before anything is written: the store and the index stay as they were, and ingest fails the file that
+    did not fit and goes on with the others. ``fix`` (what to change) ends the message: it names settings, which
+    mean the same on every interface.
+    """
+
+    def __init__(self, pages: int, need_bytes: int, budget_bytes: int, device: str, fix: str) -> None:
+        super().__init__(
+            f"the search index would need {_size(need_bytes)} of {device} memory for {pages:,} pages, over its "
+            f"budget of {_size(budget_bytes)}; {fix}"
+        )
+        self.pages = pages
+        self.need_bytes = need_bytes
+        self.budget_bytes = budget_bytes
+
+
+def _size(n: int) -> str:
+    """Bytes for a message: GB (2**30) to two decimals, MB or KB to one below a GB or an MB.
+
+    >>> _size(8 << 30), _size(300 << 20), _size(196608)
+    ('8.00 GB', '300.0 MB', '192.0 KB')
+    """
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
+
+
 class EncryptedDocument(DocumentError):
     """A PDF that needs a user password to open (none was given, or the one given is wrong)."""

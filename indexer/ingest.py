@@ -42,6 +42,7 @@ from indexer.errors import (
     DiskFull,
     DocumentError,
     HintedText,
+    IndexBudgetExceeded,
     InvalidRequest,
     for_interface,
 )
@@ -582,6 +583,10 @@ class Ingestor:
         self, items: list[_Page], vectors: list[np.ndarray], pooled: list[np.ndarray | None], emit: Progress
     ) -> None:
         require_free(self.images.root)  # a full disk stops the run here, with every earlier page stored
+        if all(it.doc.result.status == "failed" for it in items):  # its file failed meanwhile: store no more of it
+            for it in items:
+                it.doc.pending -= 1
+            return
         pids = [page_point_id(it.doc.doc_id, it.page.page_number) for it in items]
         clock = self._clock
 
@@ -620,7 +625,15 @@ class Ingestor:
         for fut in saves or []:
             fut.result()  # every image is on disk before its point exists: answers never miss one
         with clock.busy("store"):
-            self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
+            try:
+                self.hooks.apply(lambda: self.store.upsert_pages(records), upserted=records)
+            except IndexBudgetExceeded as exc:  # refused before the store write: this file fails, the others go on
+                log.warning("%s", for_interface(exc, "cli"))
+                self.images.delete(pids)
+                for it in items:
+                    it.doc.pending -= 1
+                    it.doc.result.status, it.doc.result.error = "failed", HintedText(str(exc), exc.hints)
+                return
         self._embedded += len(items)
         for it in items:
             it.doc.pending -= 1

@@ -121,8 +121,9 @@ class Settings(BaseSettings):
         8.0,
         gt=0,
         le=100_000,
-        description="auto search mode: the memory the exact index may take (pages x 1,100 tokens x 256 B in fp16, "
-        "132 B in int8); a larger collection is searched tiered.",
+        description="The memory a collection's search index may take (GB). auto search mode: exact while the exact "
+        "index fits (pages x 1,100 tokens x 256 B in fp16, 132 B in int8), else tiered. On an accelerator: the "
+        "index's device-memory budget; a write that would pass it is refused before the store changes.",
     )
     index_sync_interval_s: float = Field(
         1.0,

@@ -74,5 +74,7 @@ def build_searcher(
         candidates=s.prefetch_candidates,
         cache_dir=s.data_dir / "index-cache" / s.collection,
         sync_interval_s=s.index_sync_interval_s,
+        # ``auto``'s budget is also what the index may hold on an accelerator: growth past it is refused
+        memory_budget_bytes=int(s.index_memory_gb * 2**30),
     )
     return BuiltSearcher(ExactSearcher(live, encode_queries, regions=regions), live, mode, reason)

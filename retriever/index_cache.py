@@ -59,18 +59,26 @@ class IndexCache:
     def exists(self) -> bool:
         return (self.snapshot / "meta.json").is_file()
 
-    def load(self, device: str, candidates: int = 512) -> TokenIndex:
-        """The snapshot with the journal replayed; raises (OSError, ValueError, KeyError) when unusable.
-        ``candidates`` applies to a tiered index."""
+    def load(
+        self,
+        device: str,
+        candidates: int = 512,
+        segment_tokens: int | None = None,
+        memory_budget_bytes: int | None = None,
+    ) -> TokenIndex:
+        """The snapshot with the journal replayed; raises (OSError, ValueError, KeyError) when unusable, and
+        :class:`~indexer.errors.IndexBudgetExceeded` when it does not fit ``memory_budget_bytes``.
+        ``candidates`` applies to a tiered index; ``segment_tokens`` and the budget as in ``TokenIndex``."""
         metas = [(seg, json.loads((seg / "meta.json").read_text())) for seg in self._segments()]
+        sizes = {"segment_tokens": segment_tokens, "memory_budget_bytes": memory_budget_bytes}
         index: TokenIndex
         if snapshot_kind(self.snapshot) == TieredIndex.kind:
             keep = max((s + n for _, m in metas for s, n in m.get("fine_spans") or []), default=0)
             index = TieredIndex.load(
-                self.snapshot, device=device, root=self.tiers, candidates=candidates, keep_tokens=keep
+                self.snapshot, device=device, root=self.tiers, candidates=candidates, keep_tokens=keep, **sizes
             )
         else:
-            index = TokenIndex.load(self.snapshot, device=device)
+            index = TokenIndex.load(self.snapshot, device=device, **sizes)
         added = sum(sum(meta.get("lengths") or []) for _, meta in metas)
         if added:
             index.reserve(added)  # one copy of the mapped snapshot at its final size, not one per growth

@@ -22,6 +22,12 @@ its page vectors. :class:`LiveIndex` keeps the copy current:
 
 A write by another process that lands between our write and our version read is recorded as ours; the next
 version change (any later write) reconciles it, since ``sync`` diffs by point id.
+
+**Room and failures.** Pages the index has no room for under its device-memory budget are refused before the
+store write (:class:`~indexer.errors.IndexBudgetExceeded`): store, index and journal stay as they were. If the
+index fails after the store write (a device out of memory, a bug), the store keeps the write and the index is
+marked stale: no store version is recorded for it until the next search reconciles it with a payload scan
+(``sync``), and the journal takes no more writes until the next snapshot, so a restart reconciles the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from indexer.errors import IndexBudgetExceeded
 from indexer.store.base import VectorStore
 from indexer.types import PageRecord
 from retriever.index_cache import IndexCache
@@ -57,6 +64,8 @@ class LiveIndex:
     ``sync_interval_s`` bounds how often searches look for foreign writes (0: on every search).
     ``index`` adopts an index already built from this store (benchmarks, tests) instead of loading one.
     ``progress(done, total)``, when set, is told how a build from the store goes (the CLI draws a bar).
+    ``memory_budget_bytes`` bounds the index's device memory and ``segment_tokens`` its segments (see
+    :class:`~retriever.token_index.TokenIndex`: segments, and so the budget, apply off the CPU unless forced).
     """
 
     def __init__(
@@ -72,6 +81,8 @@ class LiveIndex:
         sync_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         index: TokenIndex | None = None,
+        memory_budget_bytes: int | None = None,
+        segment_tokens: int | None = None,
     ) -> None:
         self.store = store
         self.device = device
@@ -79,6 +90,8 @@ class LiveIndex:
         self.pool_factor = pool_factor
         self.tiered = tiered
         self.candidates = int(candidates)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.segment_tokens = segment_tokens
         self.cache = IndexCache(cache_dir) if cache_dir is not None else None
         self.sync_interval_s = float(sync_interval_s)
         self.progress: Callable[[int, int], None] | None = None
@@ -88,6 +101,8 @@ class LiveIndex:
         self._sync_lock = threading.RLock()
         self._last_check = float("-inf")
         self._snapshot_stale = False  # the index changed in a way the journal does not hold
+        self._index_stale = False  # an index write failed after its store write: sync before recording a version
+        self._journal_gap = False  # a write is missing from the journal: record none until the next snapshot
         #: payload scans run to reconcile with foreign writes (or a stale cache); tests and metrics read it
         self.syncs = 0
 
@@ -104,7 +119,7 @@ class LiveIndex:
     def get(self) -> TokenIndex:
         """The index for a search: loaded on first use, then checked for foreign writes (rate limited)."""
         index = self.load()
-        self.refresh()
+        self.refresh(force=self._index_stale)
         return index
 
     def load(self) -> TokenIndex:
@@ -135,6 +150,7 @@ class LiveIndex:
             self.syncs += 1
             changed = index.sync(self.store, version)
             self._snapshot_stale = True  # the journal does not hold what sync changed
+            self._index_stale = False
             return changed
 
     # ------------------------------------------------------------------ writing
@@ -151,32 +167,53 @@ class LiveIndex:
 
         Pass every write that changes the store's version (page upserts, deletes, document markers, sources),
         so the recorded version stays the store's.
+
+        Raises :class:`~indexer.errors.IndexBudgetExceeded`, before ``write`` runs, when the loaded index has no
+        room for ``upserted``. Anything the index raises after ``write`` is raised again once the index is marked
+        stale (the module docstring says how it recovers).
         """
         with self._sync_lock:
             if self.tiered and self._index is None and self.cache is not None:
                 # A tiered journal records where pages lie in the token file, so the index takes every write.
                 self.load()
             index = self._index
+            if index is not None and upserted:
+                index.check_room([int(r.vectors.shape[0]) for r in upserted])
             # With no snapshot yet, an empty store can start one now: the journal then holds every page.
             start_cache = index is None and self.cache is not None and not self.cache.exists()
             empty_before = start_cache and self.store.count_pages() == 0
             result = write()
             version = self.store.version()
             if index is not None:
-                if deleted:
-                    index.remove(deleted)
-                if upserted:
-                    index.add(
-                        [r.point_id for r in upserted],
-                        [r.vectors for r in upserted],
-                        [r.payload for r in upserted],
-                        pooled=[r.pooled for r in upserted],
-                    )
-                for doc_id, fields in (updated or {}).items():
-                    index.update_bits(doc_id, fields)
-                index.mark_synced(version)
+                try:
+                    if deleted:
+                        index.remove(deleted)
+                    if upserted:
+                        index.add(
+                            [r.point_id for r in upserted],
+                            [r.vectors for r in upserted],
+                            [r.payload for r in upserted],
+                            pooled=[r.pooled for r in upserted],
+                        )
+                    for doc_id, fields in (updated or {}).items():
+                        index.update_bits(doc_id, fields)
+                except BaseException:
+                    self._mark_stale(index)
+                    raise
+                if not self._index_stale:
+                    index.mark_synced(version)
             self._journal(upserted, deleted, updated, version, start_empty=empty_before, index=index)
             return result
+
+    def _mark_stale(self, index: TokenIndex) -> None:
+        """The store holds a write the index may hold part of: no version is recorded for the index until a sync
+        (the next search's :meth:`refresh`), and the journal, which cannot hold this write, takes no more until
+        the next snapshot."""
+        log.warning("the search index failed to follow a store write; it is reconciled with the store on next use")
+        index.mark_synced(None)  # never a store version: the next refresh syncs
+        self._index_stale = True
+        self._journal_gap = True
+        self._snapshot_stale = True
 
     def _journal(
         self,
@@ -188,7 +225,7 @@ class LiveIndex:
         index: TokenIndex | None = None,
     ) -> None:
         cache = self.cache
-        if cache is None:
+        if cache is None or self._journal_gap:
             return
         try:
             if not cache.exists():
@@ -208,10 +245,19 @@ class LiveIndex:
 
     # ------------------------------------------------------------------ cache
     def _new_index(self, device: str) -> TokenIndex:
+        seg, budget = self.segment_tokens, self.memory_budget_bytes
         if self.tiered:
             root = self.cache.tiers if self.cache is not None else None
-            return TieredIndex(root, device=device, candidates=self.candidates)
-        return TokenIndex(device=device, dtype=self.dtype, pool_factor=self.pool_factor)
+            return TieredIndex(
+                root, device=device, candidates=self.candidates, segment_tokens=seg, memory_budget_bytes=budget
+            )
+        return TokenIndex(
+            device=device,
+            dtype=self.dtype,
+            pool_factor=self.pool_factor,
+            segment_tokens=seg,
+            memory_budget_bytes=budget,
+        )
 
     def _build(self) -> TokenIndex:
         index = self._new_index(self.device)
@@ -227,7 +273,14 @@ class LiveIndex:
         if cache is None or not cache.exists():
             return None
         try:
-            index = cache.load(self.device, candidates=self.candidates)
+            index = cache.load(
+                self.device,
+                candidates=self.candidates,
+                segment_tokens=self.segment_tokens,
+                memory_budget_bytes=self.memory_budget_bytes,
+            )
+        except IndexBudgetExceeded:
+            raise  # a build from the store would not fit either
         except Exception as exc:  # noqa: BLE001 - a stale or corrupt cache is rebuilt, never fatal
             log.warning("ignoring the token index cache in %s (%s); rebuilding from the store", cache.root, exc)
             return None
@@ -251,6 +304,9 @@ class LiveIndex:
             try:
                 cache.save(index)
                 self._snapshot_stale = False
+                # The journal goes on from a snapshot of a reconciled index; a stale one's snapshot records no
+                # store version (a restart syncs it), and writes journaled on top would record one.
+                self._journal_gap = self._index_stale
             except OSError as exc:
                 log.warning("could not write the token index cache to %s: %s", cache.root, exc)
 

@@ -246,6 +246,12 @@ class TieredIndex(TokenIndex):
         """``extra_tokens`` counts full tokens; the resident tier holds one pooled vector per ``coarse_factor``."""
         super().reserve(extra_tokens // self.coarse_factor + 1)
 
+    def _resident_rows(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.coarse_factor)
+
+    def _budget_fix(self) -> str:
+        return "raise COLSMOL_INDEX_MEMORY_GB"
+
     def _prepare(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = []
         for v in vectors:
@@ -281,7 +287,7 @@ class TieredIndex(TokenIndex):
         with self._lock:
             self._append_tiers(list(point_ids), full, coarse, payloads)
             self._maybe_compact()
-            if self.sketch_factor > 0:
+            if self._sketch_usable():
                 self._catch_up_codes()  # here, not in the next search
 
     def _append_block(self, point_ids: Sequence[str], vectors: Sequence[np.ndarray], payloads: Sequence[dict]) -> None:
@@ -294,6 +300,8 @@ class TieredIndex(TokenIndex):
         coarse: Sequence[np.ndarray],
         payloads: Sequence[dict],
     ) -> None:
+        if self._segs is not None:  # refused before the token file grows
+            self._check_rows([int(c.shape[0]) for c in coarse])
         lengths = [int(v.shape[0]) for v in full]
         q, sc = quantize_int8(torch.from_numpy(np.concatenate([np.asarray(v, np.float32) for v in full])))
         first = self.fine.append(q.numpy(), sc.numpy())
@@ -324,16 +332,11 @@ class TieredIndex(TokenIndex):
         with self._lock:
             rows = [self._row_of[pid] for pid in point_ids]
             spans = [(self._fine_starts[r], self._fine_lengths[r]) for r in rows]
-            pooled = [
-                (
-                    self._tokens[self._starts[r] : self._starts[r] + self._lengths[r]].float()
-                    * self._scales[self._starts[r] : self._starts[r] + self._lengths[r], None]  # type: ignore[index]
-                )
-                .half()
-                .cpu()
-                .numpy()
-                for r in rows
-            ]
+            pooled = []
+            for r in rows:
+                tokens, scales = self._page_rows(r)
+                assert scales is not None  # int8
+                pooled.append((tokens.float() * scales[:, None]).half().cpu().numpy())
             return self.fine.gen, spans, pooled
 
     def adopt(
@@ -398,7 +401,7 @@ class TieredIndex(TokenIndex):
     def _sketch_usable(self) -> bool:
         """Tier 0 runs on the CPU with the compiled kernel, where it cuts tier 1's pages at least in half."""
         n0 = self.sketch_factor * self.candidates
-        on_cpu = self.device.type == "cpu" and self.backend == "auto" and kernel_available()
+        on_cpu = self.device.type == "cpu" and self._segs is None and self.backend == "auto" and kernel_available()
         return on_cpu and n0 > 0 and len(self) > 2 * n0
 
     def _sketched(

@@ -1,12 +1,16 @@
 """Page multivectors resident on the scoring device: packed tokens + offsets, updated in place.
 
-Device memory holds ``tokens (capacity, dim)`` (fp16, or int8 with per-token ``scales (capacity,)``) of which the
-first ``n_tokens`` rows are used; page ``r`` owns ``starts[r] : starts[r] + lengths[r]``. Host memory holds the
-point ids and the small payload bits that filters need (doc_id, source, file_name, page_number, metadata).
+On the CPU, memory holds ``tokens (capacity, dim)`` (fp16, or int8 with per-token ``scales (capacity,)``) of which
+the first ``n_tokens`` rows are used; page ``r`` owns ``starts[r] : starts[r] + lengths[r]``. On an accelerator the
+rows live in fixed-size segments instead (:class:`~retriever.segments.TokenSegments`): growing never copies the
+index, compacting holds at most one segment more than it, and a memory budget refuses growth before anything is
+written (:meth:`TokenIndex.check_room`, :class:`~indexer.errors.IndexBudgetExceeded`). Host memory holds the point
+ids and the small payload bits that filters need (doc_id, source, file_name, page_number, metadata).
 
 Writes (``add``/``remove``/``build``/compaction) hold a lock; ``score`` takes a consistent snapshot under the lock
-(views of the used prefix + copies of the small host arrays) and scores outside it. Appends only write past the
-snapshot's prefix or into a new buffer, and compaction builds new buffers, so a snapshot is never mutated.
+(views of the used prefix of the buffer or of each segment + copies of the small host arrays) and scores outside
+it. Appends only write past the snapshot's prefix or into a new buffer or segment, and compaction builds new
+buffers or segments, so a snapshot is never mutated.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from indexer.errors import IndexBudgetExceeded
 from indexer.filters import Filter
 from indexer.models.device import resolve_device
 from indexer.store.base import STAGE_TEXT, TOKENS_ONLY, VectorStore
 from retriever.maxsim import DIM, TritonShape, maxsim, pad_queries, quantize_int8, topk, warm_up
 from retriever.pooling import pool_tokens
+from retriever.segments import COMPACT_HEADROOM, TokenSegments, segment_tokens_for
 
 logger = logging.getLogger(__name__)
 
@@ -56,30 +62,50 @@ class ScoredPage:
     bits: dict[str, Any]
 
 
+#: One scored block of a snapshot: ``tokens (T, dim)``, int8 ``scales (T,)`` or None, ``offsets (pages + 1,)``.
+Part = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]
+
+
 @dataclass
 class _Snapshot:
-    tokens: torch.Tensor
+    tokens: torch.Tensor  # the one buffer (empty when the rows are in segments: see ``parts``)
     scales: torch.Tensor | None
     offsets: torch.Tensor
     alive: np.ndarray
     point_ids: list[str]  # shared, read only the first n_rows
     bits: list[dict[str, Any]]
     n_rows: int
+    #: the segments' used rows, in row order (None: the rows are in ``tokens``)
+    parts: list[Part] | None = None
+
+    def maxsim(self, q: torch.Tensor, qm: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """``(Q, n_rows)`` MaxSim scores of padded queries ``q`` / ``qm`` against every row of the snapshot."""
+        if self.parts is None:
+            return maxsim(q, self.tokens, self.offsets, qm, self.scales, backend=backend)
+        scores = [maxsim(q, tokens, offsets, qm, scales, backend=backend) for tokens, scales, offsets in self.parts]
+        return torch.cat(scores, 1) if len(scores) != 1 else scores[0]
 
 
 #: A snapshot's token file has room for 1/SNAPSHOT_ROOM more tokens after its data, as a sparse hole.
 SNAPSHOT_ROOM = 4
 
 
-def _save_with_room(path: Path, data: np.ndarray, room: int) -> None:
-    """``data`` as an ``.npy`` of ``len(data) + room`` rows whose extra rows are a hole: no disk blocks, read as
-    zeros, and a copy-on-write mapping of the file can take ``room`` more rows without moving."""
-    if data.shape[0] + room == 0:
-        np.save(path, data)  # an empty index (nothing to map)
+def _save_with_room(path: Path, parts: Sequence[torch.Tensor], room: int) -> None:
+    """``parts`` (one or more, same dtype and row shape) one after another as an ``.npy`` of their rows + ``room``
+    rows whose extra rows are a hole: no disk blocks, read as zeros, and a copy-on-write mapping of the file can take
+    ``room`` more rows without moving. Each part is copied to the host on its own (a segment at a time)."""
+    rows = sum(int(p.shape[0]) for p in parts)
+    if rows + room == 0:
+        np.save(path, parts[0].cpu().numpy())  # an empty index (nothing to map)
         return
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=data.dtype, shape=(data.shape[0] + room, *data.shape[1:]))
+    first = parts[0].cpu().numpy()
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=first.dtype, shape=(rows + room, *first.shape[1:]))
     try:
-        out[: data.shape[0]] = data
+        at = 0
+        for i, part in enumerate(parts):
+            data = first if i == 0 else part.cpu().numpy()
+            out[at : at + data.shape[0]] = data
+            at += data.shape[0]
         out.flush()
     finally:
         del out
@@ -90,6 +116,11 @@ class TokenIndex:
 
     ``dtype``: ``"fp16"`` (fp32 on CPU is not needed: fp16 storage, fp32 compute) or ``"int8"`` (per-token
     symmetric). ``pool_factor > 1`` pools each page's tokens at insert time (:func:`retriever.pooling.pool_tokens`).
+
+    ``segment_tokens``: None (default) keeps the rows in one buffer on the CPU (memory-mapped when loaded) and in
+    segments of :func:`~retriever.segments.segment_tokens_for` rows on an accelerator; 0 forces one buffer, ``N``
+    segments of ``N`` rows. ``memory_budget_bytes`` (None: no limit) bounds the segments: :meth:`check_room`
+    refuses growth past it (one buffer is not bounded: on the CPU the operating system pages the index).
     """
 
     def __init__(
@@ -100,6 +131,8 @@ class TokenIndex:
         initial_capacity_tokens: int = 1 << 16,
         compact_ratio: float = 0.25,
         backend: str = "auto",
+        segment_tokens: int | None = None,
+        memory_budget_bytes: int | None = None,
     ) -> None:
         if dtype not in ("fp16", "int8"):
             raise ValueError(f"TokenIndex dtype must be 'fp16' or 'int8', got {dtype!r}")
@@ -108,6 +141,12 @@ class TokenIndex:
         self.pool_factor = int(pool_factor)
         self.compact_ratio = compact_ratio
         self.backend = backend
+        self.memory_budget_bytes = memory_budget_bytes
+        if segment_tokens is None:  # one buffer on the CPU, segments on an accelerator
+            on_cpu = self.device.type == "cpu"
+            segment_tokens = 0 if on_cpu else segment_tokens_for(memory_budget_bytes, dtype == "int8")
+        #: rows a segment holds; 0: one buffer
+        self.segment_tokens = int(segment_tokens)
         self._lock = threading.RLock()
         self._store_version: str | None = None
         self._reset(initial_capacity_tokens)
@@ -117,6 +156,11 @@ class TokenIndex:
     def _reset(self, capacity: int) -> None:
         capacity = max(1, int(capacity))
         tdt = torch.int8 if self.dtype == "int8" else torch.float16
+        #: the rows in segments (None: in ``_tokens``/``_scales``, one buffer)
+        self._segs: TokenSegments | None = None
+        if self.segment_tokens:
+            self._segs = TokenSegments(self.segment_tokens, self.dtype == "int8", self.device, self.memory_budget_bytes)
+            capacity = 0  # the buffer stays empty
         self._tokens = torch.empty(capacity, DIM, dtype=tdt, device=self.device)
         self._scales = torch.empty(capacity, dtype=torch.float32, device=self.device) if self.dtype == "int8" else None
         self._n_tokens = 0
@@ -128,16 +172,57 @@ class TokenIndex:
         self._row_of: dict[str, int] = {}
         self._dead_tokens = 0
         self._offsets_cache: torch.Tensor | None = None
+        self._part_offsets: list[torch.Tensor] = []  # per segment, valid while its page count is unchanged
         self._mask_cache: dict[Filter, tuple[list[dict[str, Any]], np.ndarray]] = {}
 
     def reserve(self, extra_tokens: int) -> None:
         """Make room for ``extra_tokens`` more tokens now, exactly (one copy), instead of growing while adding.
 
         Replaying a cache journal onto a memory-mapped snapshot calls this once with the journal's size: the
-        snapshot is copied into memory once, at its final size, not grown by a quarter.
+        snapshot is copied into memory once, at its final size, not grown by a quarter. Segments need no room made.
         """
         with self._lock:
-            self._ensure_capacity(extra_tokens, exact=True)
+            if self._segs is None:
+                self._ensure_capacity(extra_tokens, exact=True)
+
+    def _resident_rows(self, n_tokens: int) -> int:
+        """Rows a page of ``n_tokens`` tokens takes in the index at most (pooling makes fewer)."""
+        return -(-n_tokens // self.pool_factor) if self.pool_factor > 1 else n_tokens
+
+    def room_for(self, lengths: Sequence[int]) -> bool:
+        """Whether pages of ``lengths`` tokens each can be added within the memory budget (always, without one or
+        in one buffer)."""
+        with self._lock:
+            return self._segs is None or self._segs.fits([self._resident_rows(n) for n in lengths])
+
+    def check_room(self, lengths: Sequence[int]) -> None:
+        """Raise :class:`~indexer.errors.IndexBudgetExceeded` unless pages of ``lengths`` tokens each can be added
+        within the memory budget; compacts first when dropping the removed pages would make the room."""
+        with self._lock:
+            self._check_rows([self._resident_rows(n) for n in lengths])
+
+    def _check_rows(self, rows: Sequence[int]) -> None:
+        """:meth:`check_room` for pages of ``rows`` rows in the index (lock held)."""
+        segs = self._segs
+        if segs is None or segs.fits(rows):
+            return
+        if self._dead_tokens:  # the removed pages' rows are still held: dropping them may make the room
+            self.compact()
+            segs = self._segs
+            assert segs is not None
+            if segs.fits(rows):
+                return
+        raise IndexBudgetExceeded(
+            pages=len(self._row_of) + len(rows),
+            need_bytes=segs.bytes_after(rows) + COMPACT_HEADROOM * segs.segment_bytes,
+            budget_bytes=int(segs.budget_bytes or 0),
+            device=str(self.device),
+            fix=self._budget_fix(),
+        )
+
+    def _budget_fix(self) -> str:
+        """What to change when the index does not fit its budget."""
+        return "search this collection tiered (COLSMOL_SEARCH_MODE=tiered) or raise COLSMOL_INDEX_MEMORY_GB"
 
     def _ensure_capacity(self, extra: int, exact: bool = False) -> None:
         need = self._n_tokens + extra
@@ -170,12 +255,25 @@ class TokenIndex:
 
     def _append_block(self, point_ids: Sequence[str], vectors: Sequence[np.ndarray], payloads: Sequence[dict]) -> None:
         """Append already prepared pages (lock held). Existing ids are tombstoned first (upsert)."""
+        lengths = [int(v.shape[0]) for v in vectors]
+        if self._segs is not None:  # refused before anything changes
+            self._check_rows(lengths)
         for pid in point_ids:
             self._tombstone(pid)
-        lengths = [int(v.shape[0]) for v in vectors]
         total = sum(lengths)
-        self._ensure_capacity(total)
         arr = np.concatenate(vectors, 0) if len(vectors) > 1 else vectors[0]
+        if self._segs is not None:
+            starts = self._segs.place(lengths, len(self._point_ids))
+            for seg, off, a, b in self._segs.runs(starts, lengths):
+                part = torch.from_numpy(arr[a:b]).to(self.device, non_blocking=True)
+                if self.dtype == "int8":
+                    self._segs.write(seg, off, *quantize_int8(part))
+                else:
+                    self._segs.write(seg, off, part.half())
+            self._add_rows(point_ids, starts, lengths, payloads)
+            self._n_tokens += total
+            return
+        self._ensure_capacity(total)
         s0 = self._n_tokens
         if self._scales is not None:  # int8
             q, sc = quantize_int8(torch.from_numpy(arr).to(self.device, non_blocking=True))
@@ -186,21 +284,25 @@ class TokenIndex:
             self._tokens[s0 : s0 + total].numpy()[...] = arr
         else:
             self._tokens[s0 : s0 + total] = torch.from_numpy(arr).to(self.device, non_blocking=True).half()
-        pos = s0
+        self._add_rows(point_ids, (s0 + np.concatenate([[0], np.cumsum(lengths)[:-1]])).tolist(), lengths, payloads)
+        self._n_tokens = s0 + total
+
+    def _add_rows(
+        self, point_ids: Sequence[str], starts: Sequence[int], lengths: Sequence[int], payloads: Sequence[dict]
+    ) -> None:
+        """The host side of appended pages: rows, ids, payload bits (lock held)."""
         r0 = len(self._point_ids)
         if r0 + len(point_ids) > len(self._alive):
             grown = np.zeros(max(2 * len(self._alive), r0 + len(point_ids)), dtype=bool)
             grown[:r0] = self._alive[:r0]
             self._alive = grown
         self._alive[r0 : r0 + len(point_ids)] = True
-        for pid, n, payload in zip(point_ids, lengths, payloads, strict=True):
+        for pid, start, n, payload in zip(point_ids, starts, lengths, payloads, strict=True):
             self._row_of[pid] = len(self._point_ids)
             self._point_ids.append(pid)
-            self._starts.append(pos)
+            self._starts.append(int(start))
             self._lengths.append(n)
             self._bits.append(page_bits(payload or {}))
-            pos += n
-        self._n_tokens = pos
         self._offsets_cache = None
 
     def _tombstone(self, pid: str) -> bool:
@@ -216,10 +318,18 @@ class TokenIndex:
             self.compact()
 
     def compact(self) -> None:
-        """Drop tombstoned pages: copy the live pages into fresh buffers (old snapshots stay valid)."""
+        """Drop tombstoned pages: copy the live pages into fresh buffers, or segment by segment into fresh segments
+        (old snapshots stay valid)."""
         with self._lock:
             live = np.flatnonzero(self._alive[: len(self._point_ids)]).tolist()
             total = sum(self._lengths[r] for r in live)
+            lengths = [self._lengths[r] for r in live]
+            if self._segs is not None:
+                self._starts = self._segs.compact([self._starts[r] for r in live], lengths)
+                self._part_offsets = []
+                self._lengths = lengths
+                self._compacted(live, total)
+                return
             idx = (
                 torch.cat([torch.arange(self._starts[r], self._starts[r] + self._lengths[r]) for r in live])
                 if live
@@ -232,19 +342,22 @@ class TokenIndex:
             if self._scales is not None:
                 scales = torch.empty(cap, dtype=torch.float32, device=self.device)
                 scales[:total] = self._scales.index_select(0, idx)
-            lengths = [self._lengths[r] for r in live]
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if live else []
             self._tokens, self._scales = tokens, scales
             self._starts, self._lengths = starts, lengths
-            self._point_ids = [self._point_ids[r] for r in live]
-            self._bits = [self._bits[r] for r in live]
-            self._mask_cache = {}
-            self._alive = np.ones(max(1024, 2 * len(live)), dtype=bool)
-            self._row_of = {pid: i for i, pid in enumerate(self._point_ids)}
-            self._n_tokens = total
-            self._dead_tokens = 0
-            self._offsets_cache = None
-            logger.debug("compacted token index to %d pages, %d tokens", len(live), total)
+            self._compacted(live, total)
+
+    def _compacted(self, live: list[int], total: int) -> None:
+        """The host side of a compaction that kept rows ``live`` (``total`` tokens), now rows ``0, 1, ...``."""
+        self._point_ids = [self._point_ids[r] for r in live]
+        self._bits = [self._bits[r] for r in live]
+        self._mask_cache = {}
+        self._alive = np.ones(max(1024, 2 * len(live)), dtype=bool)
+        self._row_of = {pid: i for i, pid in enumerate(self._point_ids)}
+        self._n_tokens = total
+        self._dead_tokens = 0
+        self._offsets_cache = None
+        logger.debug("compacted token index to %d pages, %d tokens", len(live), total)
 
     # ----------------------------------------------------------------------------------------------- public API
 
@@ -269,8 +382,10 @@ class TokenIndex:
             return self._n_tokens - self._dead_tokens
 
     def nbytes(self) -> int:
-        """Device bytes of the used token rows (plus scales)."""
+        """Device bytes of the used token rows (plus scales); in segments, of the segments held."""
         with self._lock:
+            if self._segs is not None:
+                return self._segs.nbytes()
             per = DIM * self._tokens.element_size() + (4 if self._scales is not None else 0)
             return self._n_tokens * per
 
@@ -307,10 +422,16 @@ class TokenIndex:
                 row = self._row_of.get(pid)
                 if row is None:
                     continue
-                s, n = self._starts[row], self._lengths[row]
-                t = self._tokens[s : s + n]
-                out[pid] = t.float() * self._scales[s : s + n, None] if self._scales is not None else t
+                t, sc = self._page_rows(row)
+                out[pid] = t.float() * sc[:, None] if sc is not None else t
             return out
+
+    def _page_rows(self, row: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Row ``row``'s tokens (a view) and their int8 scales (lock held)."""
+        s, n = self._starts[row], self._lengths[row]
+        if self._segs is not None:
+            return self._segs.view(s, n)
+        return self._tokens[s : s + n], None if self._scales is None else self._scales[s : s + n]
 
     def add(
         self,
@@ -413,9 +534,13 @@ class TokenIndex:
             self.compact()
             self._before_save()
             n = self._n_tokens
-            _save_with_room(path / "tokens.npy", self._tokens[:n].cpu().numpy(), n // SNAPSHOT_ROOM)
-            if self._scales is not None:
-                _save_with_room(path / "scales.npy", self._scales[:n].cpu().numpy(), n // SNAPSHOT_ROOM)
+            tokens, scales = [self._tokens[:n]], None if self._scales is None else [self._scales[:n]]
+            if self._segs is not None and self._segs.tokens:  # compacted: the used rows of each are packed pages
+                tokens = [t for t, _, _, _ in self._segs.parts()]
+                scales = None if self._scales is None else [sc for _, sc, _, _ in self._segs.parts() if sc is not None]
+            _save_with_room(path / "tokens.npy", tokens, n // SNAPSHOT_ROOM)
+            if scales is not None:
+                _save_with_room(path / "scales.npy", scales, n // SNAPSHOT_ROOM)
             meta = {
                 "format": 1,
                 "dtype": self.dtype,
@@ -461,6 +586,10 @@ class TokenIndex:
         read as the first searches touch them. The file has room for a quarter more tokens (a sparse hole on
         disk), so pages added after the load (a journal replay, the next ingest) are written into the private
         mapping, costing memory for themselves only; a write past that room moves the index to memory.
+
+        Into segments (an accelerator), the mapped file is copied a segment at a time: no full-size copy on the host
+        or the device. A snapshot larger than the memory budget raises :class:`~indexer.errors.IndexBudgetExceeded`
+        before any segment is allocated.
         """
         import json
 
@@ -468,35 +597,41 @@ class TokenIndex:
         meta = json.loads((path / "meta.json").read_text())
         idx = cls(device=device, dtype=meta["dtype"], pool_factor=meta["pool_factor"], **kwargs)
         on_cpu = idx.device.type == "cpu"
-        tokens = torch.from_numpy(np.load(path / "tokens.npy", mmap_mode="c" if on_cpu else None))
+        mapped = on_cpu or idx.segment_tokens > 0
+        tokens = torch.from_numpy(np.load(path / "tokens.npy", mmap_mode="c" if mapped else None))
         n = int(meta.get("n_tokens", tokens.shape[0]))  # snapshots before the spare room: exactly full
-        if (
-            sum(int(k) for k in meta["lengths"]) != n
-            or n > tokens.shape[0]
-            or len(meta["lengths"]) != len(meta["point_ids"])
-        ):
+        lengths = [int(k) for k in meta["lengths"]]
+        if sum(lengths) != n or n > tokens.shape[0] or len(lengths) != len(meta["point_ids"]):
             raise ValueError(f"token index cache {path} is inconsistent (lengths do not match tokens)")
+        scales = None
+        if idx.dtype == "int8":
+            scales = torch.from_numpy(np.load(path / "scales.npy", mmap_mode="c" if mapped else None))
+            if scales.shape[0] < n:
+                raise ValueError(f"token index cache {path} is inconsistent (fewer scales than tokens)")
         with idx._lock:
             idx._reset(1)
-            if on_cpu and n:
-                idx._tokens = tokens  # the mapping, spare room included: appends write into it until it is full
+            if idx._segs is not None:
+                idx._check_rows(lengths)
+                starts = idx._segs.place(lengths, 0)
+                for seg, off, a, b in idx._segs.runs(starts, lengths):
+                    part_scales = None if scales is None else scales[a:b].to(idx.device)
+                    idx._segs.write(seg, off, tokens[a:b].to(idx.device), part_scales)
             else:
-                idx._reset(max(1, n))
-                idx._tokens[:n] = tokens[:n].to(idx.device)
-            if idx.dtype == "int8":
-                scales = torch.from_numpy(np.load(path / "scales.npy", mmap_mode="c" if on_cpu else None))
-                if scales.shape[0] < n:
-                    raise ValueError(f"token index cache {path} is inconsistent (fewer scales than tokens)")
                 if on_cpu and n:
-                    idx._scales = scales[: tokens.shape[0]]
+                    idx._tokens = tokens  # the mapping, spare room included: appends write into it until it is full
                 else:
-                    assert idx._scales is not None
-                    idx._scales[:n] = scales[:n].to(idx.device)
+                    idx._reset(max(1, n))
+                    idx._tokens[:n] = tokens[:n].to(idx.device)
+                if scales is not None:
+                    if on_cpu and n:
+                        idx._scales = scales[: tokens.shape[0]]
+                    else:
+                        assert idx._scales is not None
+                        idx._scales[:n] = scales[:n].to(idx.device)
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist() if lengths else []
             idx._n_tokens = n
-            idx._lengths = [int(n) for n in meta["lengths"]]
-            idx._starts = (
-                np.concatenate([[0], np.cumsum(idx._lengths)[:-1]]).astype(int).tolist() if idx._lengths else []
-            )
+            idx._lengths = lengths
+            idx._starts = starts
             idx._point_ids = list(meta["point_ids"])
             idx._bits = list(meta["bits"])
             idx._alive = np.ones(max(1024, 2 * len(idx._point_ids)), dtype=bool)
@@ -566,6 +701,8 @@ class TokenIndex:
 
     def snapshot(self) -> _Snapshot:
         with self._lock:
+            if self._segs is not None:
+                return self._segment_snapshot(self._segs)
             if self._offsets_cache is None or self._offsets_cache.numel() != len(self._starts) + 1:
                 # rows are packed back to back (append-only, compaction repacks), so offsets = starts + end
                 off = np.empty(len(self._starts) + 1, dtype=np.int64)
@@ -584,6 +721,33 @@ class TokenIndex:
                 bits=self._bits,
                 n_rows=n,
             )
+
+    def _segment_snapshot(self, segs: TokenSegments) -> _Snapshot:
+        """:meth:`snapshot` of rows in segments (lock held): a view of each segment's used rows and its offsets,
+        which change only for the last segment (and after a compaction)."""
+        n = len(self._point_ids)
+        parts: list[Part] = []
+        seg_parts = segs.parts()
+        for i, (tokens, scales, r0, used) in enumerate(seg_parts):
+            r1 = seg_parts[i + 1][2] if i + 1 < len(seg_parts) else n
+            if i >= len(self._part_offsets) or self._part_offsets[i].numel() != r1 - r0 + 1:
+                off = np.empty(r1 - r0 + 1, dtype=np.int64)
+                off[:-1] = self._starts[r0:r1]
+                off[:-1] -= i * segs.rows
+                off[-1] = used
+                del self._part_offsets[i:]
+                self._part_offsets.append(torch.from_numpy(off).to(self.device))
+            parts.append((tokens, scales, self._part_offsets[i]))
+        return _Snapshot(
+            tokens=self._tokens[:0],
+            scales=None if self._scales is None else self._scales[:0],
+            offsets=torch.zeros(1, dtype=torch.int64, device=self.device),
+            alive=self._alive[:n].copy(),
+            point_ids=self._point_ids,
+            bits=self._bits,
+            n_rows=n,
+            parts=parts,
+        )
 
     def _where_mask(self, snap: _Snapshot, where: Filter) -> np.ndarray:
         """Filter mask over the snapshot's rows, cached per filter: rows' bits never change once appended (until a
@@ -644,7 +808,7 @@ class TokenIndex:
         if snap.n_rows == 0 or not snap.alive.any():
             return [[] for _ in range(q.shape[0])]
         allowed = self._allowed(snap, allowed_mask, where, candidates)
-        scores = maxsim(q, snap.tokens, snap.offsets, qm, snap.scales, backend=self.backend)
+        scores = snap.maxsim(q, qm, self.backend)
         vals, idx, valid = topk(scores, k, None if allowed.all() else torch.from_numpy(allowed))
         out: list[list[ScoredPage]] = []
         for qi in range(vals.shape[0]):

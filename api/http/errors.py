@@ -26,6 +26,7 @@ from indexer.errors import (
     Conflict,
     DeviceOutOfMemory,
     DocumentError,
+    IndexBudgetExceeded,
     Interface,
     InvalidRequest,
     ModelUnavailable,
@@ -43,6 +44,7 @@ ERROR_STATUS: list[tuple[type[ColsmolError], int]] = [
     (ModelUnavailable, 503),
     (DeviceOutOfMemory, 503),
     (StoreUnavailable, 503),
+    (IndexBudgetExceeded, 507),  # Insufficient Storage: the search index has no room for it under its budget
 ]
 
 MAX_ECHO_CHARS = 200  # of one echoed string
