@@ -252,13 +252,23 @@ def test_kill_9_during_a_tiered_ingest_leaves_the_tiers_consistent(tmp_path) -> 
         stored = sorted(p.point_id for p in store.iter_pages(vectors=()))
         assert sorted(index.point_ids()) == stored and len(stored) >= 24
         queries = list(TopicMixture(seed=4, n_topics=48).queries(5))
+        # A fresh index of the same pages from the float32 vectors the writer had (the pages are deterministic).
+        gen = TopicMixture(seed=4, n_topics=48, tokens=(200, 260))
+        j_of = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"p{j}")): j for j in range(len(stored) + 64)}
+        pages = [gen.page(j_of[pid]) for pid in stored]
         fresh = TieredIndex(None, device="cpu", candidates=20)
         try:
-            fresh.build(store)
+            pooled = [prefetch_vectors(v) for v in pages]
+            fresh.add(stored, pages, [payload(j_of[pid]) for pid in stored], pooled=pooled)
             got, want = index.score(queries, k=10), fresh.score(queries, k=10)
-            assert ids_of(got) == ids_of(want)
-            # the fresh build quantizes the store's fp16 copy, the writer quantized fp32: int8 rounding apart
-            np.testing.assert_allclose([p.score for r in got for p in r], [p.score for r in want for p in r], atol=2e-2)
+            # Pages the journal missed were recovered from the store's fp16 copy: their int8 scores may differ in
+            # the third decimal, so two pages that close may swap; anything else is the crash's doing.
+            tie = 5e-3
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_allclose([p.score for p in g], [p.score for p in w], atol=tie)
+                mine = {p.point_id: p.score for p in w}
+                for p in g:
+                    assert abs(mine[p.point_id] - p.score) < tie if p.point_id in mine else p.score < w[-1].score + tie
         finally:
             fresh.close()
         live.close()
